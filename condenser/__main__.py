@@ -1,0 +1,3 @@
+from condenser.cli import main
+
+main()
