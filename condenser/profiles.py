@@ -1,0 +1,119 @@
+"""Compute profiles: one named set of budgets for teacher training, evaluation and condensation.
+
+`paper` is the multisize paper's protocol (mdc.md §2.8-2.9), `cpu` the reduced budgets that fit a
+2-core machine, `smoke` the seconds-long budgets of the tests. Every result records the profile it ran
+under (`Profile.as_dict()`), so a number is never separated from the budget that produced it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from condenser.registry import Registry
+
+
+@dataclass(frozen=True)
+class TeacherBudget:
+    epochs: int
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = True
+    max_train: int | None = None  # cap on training images (smoke only)
+    max_test: int | None = None  # cap on test images (smoke only)
+
+
+@dataclass(frozen=True)
+class EvalBudget:
+    """The pinned evaluation protocol (DESIGN.md): SGD 0.01 / 0.9 / 5e-4, multi-step LR, DSA + CutMix."""
+
+    epochs: int
+    batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[float, ...] = (2 / 3, 5 / 6)  # fractions of `epochs`
+    gamma: float = 0.2
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    cutmix_p: float = 0.5
+    cutmix_beta: float = 1.0
+    seeds: int = 3
+    width: int = 128
+    max_test: int | None = None  # cap on test images (smoke only); None = the whole test split
+
+
+@dataclass(frozen=True)
+class CondenseBudget:
+    """Budgets of one condensation (mdc.md §2.8 names: T outer loops, E inner, Δt period)."""
+
+    method: str = "gm"
+    outer_loops: int = 2000
+    inner_loops: int = 100
+    period: int = 100
+    n_data: int = 2000
+    batch_real: int = 64
+    factor: int = 1
+    width: int = 128
+    views_per_image: int = 10
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    teacher: TeacherBudget
+    evaluate: EvalBudget
+    condense: CondenseBudget = field(default_factory=CondenseBudget)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def with_overrides(self, **sections: dict) -> Profile:
+        """Return a copy with fields of named sections replaced: `p.with_overrides(evaluate={"epochs": 5})`."""
+        updated = {name: replace(getattr(self, name), **fields) for name, fields in sections.items() if fields}
+        return replace(self, **updated)
+
+
+PROFILES: Registry[Profile] = Registry("profile")
+
+PROFILES.add(
+    "smoke",
+    Profile(
+        name="smoke",
+        teacher=TeacherBudget(epochs=1, batch_size=64, max_train=512, max_test=256),
+        evaluate=EvalBudget(epochs=4, seeds=2, width=16, max_test=256),
+        condense=CondenseBudget(
+            method="dm", outer_loops=4, inner_loops=2, period=2, n_data=64, batch_real=16, width=16,
+            views_per_image=2,
+        ),
+    ),
+)
+PROFILES.add(
+    "cpu",
+    Profile(
+        name="cpu",
+        teacher=TeacherBudget(epochs=6, batch_size=128),
+        evaluate=EvalBudget(epochs=300),
+        condense=CondenseBudget(method="gm", outer_loops=200, inner_loops=10, period=20, n_data=256),
+    ),
+)
+PROFILES.add(
+    "paper",
+    Profile(
+        name="paper",
+        teacher=TeacherBudget(epochs=50, batch_size=128),
+        evaluate=EvalBudget(epochs=1000),
+        condense=CondenseBudget(method="gm", outer_loops=2000, inner_loops=100, period=100, n_data=2000),
+    ),
+)
+
+
+def get_profile(name: str) -> Profile:
+    return PROFILES.get(name)
+
+
+def default_profile_name() -> str:
+    """`paper` where a GPU is present, `cpu` otherwise (DESIGN.md)."""
+    import torch
+
+    return "paper" if torch.cuda.is_available() else "cpu"
