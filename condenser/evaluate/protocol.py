@@ -1,0 +1,148 @@
+"""The pinned evaluation protocol: train a fresh network on a small image set, report last-epoch accuracy.
+
+DESIGN.md "Evaluation protocol": ConvNet-D3, SGD lr 0.01 / momentum 0.9 / wd 5e-4, multi-step LR at
+2/3 and 5/6 of training (gamma 0.2), DSA + CutMix, **last-epoch** test accuracy (never best-on-test),
+mean ± std over seeds. The budget (`EvalBudget`) is written into every result.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from condenser.augment import DSA, DSAConfig, cutmix
+from condenser.data import ImageDataset
+from condenser.device import resolve_device
+from condenser.models import build_model
+from condenser.profiles import EvalBudget
+from condenser.training import BatchSource, TensorSource, accuracy, one_hot, sgd, train_epoch
+
+
+@dataclass
+class EvalResult:
+    """Per-seed last-epoch test accuracies (percent) and the budget that produced them."""
+
+    accuracies: list[float]
+    seeds: list[int]
+    labels: str  # "hard" | "soft"
+    num_images: int
+    arch: str
+    budget: dict
+    wall_seconds: float
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.accuracies)
+
+    @property
+    def std(self) -> float:
+        """Population std (ddof=0), as the papers' tables report."""
+        return statistics.pstdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.update(mean=self.mean, std=self.std)
+        return d
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f} ± {self.std:.2f} ({self.labels} labels, {len(self.seeds)} seeds)"
+
+
+def hard_label_source(images: torch.Tensor, labels: torch.Tensor, num_classes: int, budget: EvalBudget,
+                      allow_flip: bool) -> TensorSource:
+    """Normalised images with one-hot targets, per-sample DSA and CutMix (the paper's eval augmentation)."""
+    strategy = budget.dsa_strategy if allow_flip else budget.dsa_strategy.replace("_flip", "")
+    dsa = DSA(DSAConfig(strategy=strategy), allow_flip=allow_flip) if strategy else None
+    mix = None
+    if budget.cutmix_p > 0:
+        mix = lambda x, y, g: cutmix(x, y, beta=budget.cutmix_beta, p=budget.cutmix_p, generator=g)  # noqa: E731
+    return TensorSource(
+        images=images,
+        targets=one_hot(labels, num_classes),
+        augment=(lambda x, g: dsa(x, generator=g)) if dsa else None,
+        cutmix=mix,
+    )
+
+
+def train_and_test(
+    source: BatchSource,
+    test_set: ImageDataset,
+    budget: EvalBudget,
+    seed: int,
+    arch: str = "convnet",
+    device: str = "auto",
+    model_kwargs: dict | None = None,
+) -> float:
+    """Train a fresh `arch` on `source` with `budget`; return last-epoch test accuracy (percent)."""
+    dev = resolve_device(device)
+    spec = test_set.spec
+    torch.manual_seed(seed)
+    kwargs = {"width": budget.width} if arch == "convnet" else {}
+    kwargs.update(model_kwargs or {})
+    model = build_model(arch, spec.image_shape, spec.num_classes, **kwargs).to(dev)
+    optimizer = sgd(model, budget.lr, budget.momentum, budget.weight_decay)
+    milestones = sorted({max(1, round(f * budget.epochs)) for f in budget.milestones})
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=budget.gamma)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(budget.epochs):
+        train_epoch(model, source, optimizer, budget.batch_size, generator, dev)
+        scheduler.step()
+    test = test_set if budget.max_test is None else _first(test_set, budget.max_test)
+    mean = torch.tensor(spec.mean, device=dev).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=dev).view(1, -1, 1, 1)
+    return accuracy(model, test.images, test.labels, dev, mean, std)
+
+
+def _first(ds: ImageDataset, n: int) -> ImageDataset:
+    """A deterministic, class-balanced head of a test split (smoke profile only)."""
+    per_class = max(1, n // ds.spec.num_classes)
+    idx = torch.cat([ds.first_of_class(c, min(per_class, len(ds.class_indices(c))))
+                     for c in range(ds.spec.num_classes)])
+    return ds.subset(idx)
+
+
+def evaluate_source(
+    make_source: Callable[[], BatchSource],
+    test_set: ImageDataset,
+    budget: EvalBudget,
+    labels: str,
+    num_images: int,
+    seeds: Sequence[int] | None = None,
+    arch: str = "convnet",
+    device: str = "auto",
+) -> EvalResult:
+    """Run the protocol once per seed on a fresh source (fresh augmentation state per seed)."""
+    seeds = list(seeds) if seeds is not None else list(range(budget.seeds))
+    started = time.time()
+    accs = [train_and_test(make_source(), test_set, budget, s, arch=arch, device=device) for s in seeds]
+    return EvalResult(
+        accuracies=accs,
+        seeds=seeds,
+        labels=labels,
+        num_images=num_images,
+        arch=arch,
+        budget=asdict(budget),
+        wall_seconds=time.time() - started,
+    )
+
+
+def evaluate_images(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    test_set: ImageDataset,
+    budget: EvalBudget,
+    seeds: Sequence[int] | None = None,
+    arch: str = "convnet",
+    device: str = "auto",
+) -> EvalResult:
+    """Hard-label evaluation of normalised `images` [N, C, H, W] with integer `labels`."""
+    spec = test_set.spec
+    return evaluate_source(
+        lambda: hard_label_source(images, labels, spec.num_classes, budget, spec.allow_flip),
+        test_set, budget, "hard", int(images.shape[0]), seeds, arch, device,
+    )
