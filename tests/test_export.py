@@ -1,0 +1,174 @@
+"""Trainer export: onnxruntime train steps match eager torch SGD; bundle blob round trip and errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import msgpack
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from condenser.export import ExportError, ExportSettings, export_trainer, initial_model
+from runtime.bundle import BundleError, SGDConfig, TrainerBundle
+
+B, K, SHAPE = 8, 10, (1, 28, 28)
+SGD = SGDConfig(momentum=0.9, weight_decay=5e-4)
+ARCHS = {"convnet": {"width": 16}, "resnet-ap10": {"width": 4}}
+
+
+def _session(model_bytes: bytes) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module", params=list(ARCHS))
+def exported(request):
+    torch.set_num_threads(1)
+    settings = ExportSettings(arch=request.param, in_shape=SHAPE, num_classes=K, batch_size=B, seed=3,
+                              sgd=SGD, model_kwargs=ARCHS[request.param])
+    bundle = TrainerBundle.from_bytes(export_trainer(settings).to_bytes())  # test what a device reads
+    return settings, bundle, _session(bundle.train_step), _session(bundle.inference)
+
+
+def _batches(n: int, batch: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        x = torch.randn(batch, *SHAPE, generator=g)
+        t = torch.softmax(2 * torch.randn(batch, K, generator=g), -1)
+        yield x, t
+
+
+def _ort_step(sess, bundle, lr, x, t, w, params, moms):
+    feed = dict(zip(bundle.meta.train_inputs,
+                    [np.array(lr, np.float32), x, t, w, *params, *moms], strict=True))
+    out = sess.run(bundle.meta.train_outputs, feed)
+    n = len(params)
+    return float(out[0]), out[1:1 + n], out[1 + n:]
+
+
+def _torch_model(settings, bundle):
+    model = initial_model(settings)
+    for p, init in zip(model.parameters(), bundle.params, strict=True):
+        np.testing.assert_array_equal(p.detach().numpy(), init)  # seeded init is reproducible
+    return model
+
+
+def _soft_ce(logits, t):
+    return -(t * torch.log_softmax(logits, -1)).sum(-1)
+
+
+def test_ten_steps_match_torch_sgd(exported):
+    settings, bundle, train, _ = exported
+    model = _torch_model(settings, bundle)
+    lrs = [0.05 * (1 - i / 10) for i in range(10)]  # a schedule: lr is a graph input
+    opt = torch.optim.SGD(model.parameters(), lr=lrs[0], momentum=SGD.momentum, weight_decay=SGD.weight_decay)
+    params, moms = bundle.initial_params(), bundle.initial_momenta()
+    w = np.ones(B, np.float32)
+    for lr, (x, t) in zip(lrs, _batches(10, B), strict=True):
+        loss, params, moms = _ort_step(train, bundle, lr, x.numpy(), t.numpy(), w, params, moms)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad()
+        ref = _soft_ce(model(x), t).mean()
+        ref.backward()
+        opt.step()
+        assert abs(loss - ref.item()) < 1e-5
+    for name, p, q in zip(bundle.meta.param_names, params, model.parameters(), strict=True):
+        np.testing.assert_allclose(p, q.detach().numpy(), atol=1e-5, rtol=0, err_msg=name)
+
+
+def test_partial_batch_equals_smaller_batch(exported):
+    settings, bundle, train, _ = exported
+    model = _torch_model(settings, bundle)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=SGD.momentum, weight_decay=SGD.weight_decay)
+    params, moms = bundle.initial_params(), bundle.initial_momenta()
+    real = 5
+    for x, t in _batches(3, B, seed=1):
+        w = np.array([1.0] * real + [0.0] * (B - real), np.float32)
+        x_pad = x.clone()
+        x_pad[real:] = 100.0  # padding content must not matter
+        loss, params, moms = _ort_step(train, bundle, 0.1, x_pad.numpy(), t.numpy(), w, params, moms)
+        opt.zero_grad()
+        ref = _soft_ce(model(x[:real]), t[:real]).mean()
+        ref.backward()
+        opt.step()
+        assert abs(loss - ref.item()) < 1e-5
+    for name, p, q in zip(bundle.meta.param_names, params, model.parameters(), strict=True):
+        np.testing.assert_allclose(p, q.detach().numpy(), atol=1e-5, rtol=0, err_msg=name)
+
+
+def test_sample_weights_weight_the_loss(exported):
+    settings, bundle, train, _ = exported
+    model = _torch_model(settings, bundle)
+    x, t = next(_batches(1, B, seed=2))
+    w = np.linspace(0.2, 2.0, B).astype(np.float32)
+    loss, _, _ = _ort_step(train, bundle, 0.0, x.numpy(), t.numpy(), w, bundle.initial_params(),
+                           bundle.initial_momenta())
+    wt = torch.from_numpy(w)
+    ref = (wt * _soft_ce(model(x), t)).sum() / wt.sum()
+    assert abs(loss - ref.item()) < 1e-5
+
+
+def test_inference_graph_matches_model(exported):
+    settings, bundle, _, infer = exported
+    model = _torch_model(settings, bundle)
+    x, _ = next(_batches(1, B, seed=4))
+    feed = dict(zip(bundle.meta.inference_inputs, [x.numpy(), *bundle.params], strict=True))
+    (logits,) = infer.run(bundle.meta.inference_outputs, feed)
+    with torch.no_grad():
+        np.testing.assert_allclose(logits, model(x).numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_metadata(exported):
+    settings, bundle, train, _ = exported
+    meta = bundle.meta
+    assert (meta.arch, meta.in_shape, meta.num_classes, meta.batch_size) == (settings.arch, SHAPE, K, B)
+    assert meta.optimizer == SGD and meta.arch_kwargs == settings.model_kwargs
+    assert [i.name for i in train.get_inputs()] == meta.train_inputs
+    assert [o.name for o in train.get_outputs()] == meta.train_outputs
+    assert [tuple(p.shape) for p in bundle.params] == meta.param_shapes
+    assert len(meta.train_inputs) == 4 + 2 * len(meta.param_names)
+
+
+def test_bundle_round_trip_and_file(tmp_path, exported):
+    _, bundle, _, _ = exported
+    path = tmp_path / "trainer.msgpack"
+    bundle.save(path)
+    again = TrainerBundle.load(path)
+    assert again.meta == bundle.meta and again.train_step == bundle.train_step
+    assert all(np.array_equal(a, b) for a, b in zip(again.params, bundle.params, strict=True))
+
+
+def test_bundle_errors(exported):
+    _, bundle, _, _ = exported
+    blob = bundle.to_bytes()
+    with pytest.raises(BundleError, match="msgpack"):
+        TrainerBundle.from_bytes(blob[: len(blob) // 2])
+    with pytest.raises(BundleError, match="multisize-trainer"):
+        TrainerBundle.from_bytes(msgpack.packb({"format": "other"}))
+    d = msgpack.unpackb(blob)
+    d["version"] = 99
+    with pytest.raises(BundleError, match="version 99"):
+        TrainerBundle.from_bytes(msgpack.packb(d))
+    d = msgpack.unpackb(blob)
+    d["params"][0] = d["params"][0][:-4]
+    with pytest.raises(BundleError, match=bundle.meta.param_names[0]):
+        TrainerBundle.from_bytes(msgpack.packb(d))
+    d = msgpack.unpackb(blob)
+    del d["meta"]["batch_size"]
+    with pytest.raises(BundleError, match="batch_size"):
+        TrainerBundle.from_bytes(msgpack.packb(d))
+
+
+def test_batchnorm_model_is_refused():
+    with pytest.raises(ExportError, match="buffers"):
+        export_trainer(ExportSettings(arch="convnet", model_kwargs={"width": 4, "norm": "batch"}))
+
+
+def test_bundle_reader_does_not_import_torch():
+    code = "import sys, runtime.bundle; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
