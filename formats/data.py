@@ -1,0 +1,94 @@
+"""In-memory records: what the writer takes (MDCData, Views) and what the reader returns (Prefix)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+PixelEncoding = Literal["uint8", "float16", "float32"]
+LabelKind = Literal["logits", "probs"]
+
+
+@dataclass
+class Views:
+    """V augmentation views per record, with the teacher's output on each (see docs/format.md).
+
+    Boxes are (top, left, height, width). `crop` is in stored-image pixels; the crop is resized
+    back to the full image size, optionally flipped, and then `mix_box` (output-view pixels, whole
+    numbers) is replaced by the partner record under the same crop and flip (CutMix).
+    """
+
+    crop: np.ndarray  # float32 [n, V, 4]
+    flip: np.ndarray  # bool [n, V]
+    mix_partner: np.ndarray  # int32 [n, V]; -1 = no mix; partner's block <= own block
+    mix_box: np.ndarray  # float32 [n, V, 4]
+    mix_lam: np.ndarray  # float32 [n, V]; weight of the record's own image
+    targets: np.ndarray  # float32 [n, V, K] decoded teacher outputs (logits or probs, see header)
+
+    @property
+    def num_views(self) -> int:
+        return int(self.flip.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.flip.shape[0])
+
+
+@dataclass
+class MDCData:
+    """Everything the writer stores. Records are IPC-major: record r = i * C + c."""
+
+    dataset: str
+    class_names: list[str]
+    image_shape: tuple[int, int, int]  # (channels, height, width)
+    images: np.ndarray  # float32 normalized [ipc_max * C, *image_shape]
+    labels: np.ndarray  # int64 [ipc_max * C]; labels[r] == r % C
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    pixel_encoding: PixelEncoding = "uint8"
+    views: Views | None = None
+    codec: str = "topk-u8"
+    topk: int | None = None
+    label_kind: LabelKind = "probs"
+    temperature: float = 1.0
+    trainer_bundle: bytes | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    results: dict[Any, Any] | None = None
+    formation_factor: int = 1  # multi-formation: each stored image holds f*f patches
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def ipc_max(self) -> int:
+        return int(self.images.shape[0]) // max(1, self.num_classes)
+
+
+@dataclass
+class Prefix:
+    """The IPC-k prefix: the first k*C records, decoded."""
+
+    ipc: int
+    images: np.ndarray  # float32 normalized [k*C, *image_shape]
+    labels: np.ndarray  # int64 [k*C]
+    views: Views | None
+    num_classes: int
+    label_kind: str | None = None  # of views.targets
+    temperature: float | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
+class RawPrefix:
+    """The IPC-k prefix as stored: every block array concatenated over blocks, not decoded.
+
+    Arrays have shape [k*C, ...] with their stored dtypes; they may be views of one read buffer.
+    """
+
+    ipc: int
+    arrays: dict[str, np.ndarray]
+    nbytes: int  # bytes read from the file for these blocks

@@ -1,0 +1,48 @@
+"""Pixel encodings: normalized float32 images <-> stored uint8 / float16 / float32.
+
+uint8 stores the de-normalized 0..255 pixel, so a stored image is a plain image; the header's
+mean/std bring it back to the normalized space that training code works in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from formats.errors import InvalidDataError
+
+PIXEL_DTYPES = {"uint8": "uint8", "float16": "float16", "float32": "float32"}
+
+
+def _stats(mean: tuple[float, ...], std: tuple[float, ...], channels: int) -> tuple[np.ndarray, np.ndarray]:
+    m = np.asarray(mean, dtype=np.float32).reshape(1, channels, 1, 1)
+    s = np.asarray(std, dtype=np.float32).reshape(1, channels, 1, 1)
+    return m, s
+
+
+Stats = tuple[float, ...]
+
+
+def encode_pixels(x: np.ndarray, encoding: str, mean: Stats, std: Stats) -> np.ndarray:
+    """Normalized float images [n, C, H, W] -> stored array of the encoding's dtype."""
+    x = np.asarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise InvalidDataError("images contain NaN or infinity")
+    if encoding == "float32":
+        return x.astype("<f4")
+    if encoding == "float16":
+        if x.size and float(np.abs(x).max()) > float(np.finfo(np.float16).max):
+            raise InvalidDataError("images exceed the float16 range; use pixel_encoding='float32'")
+        return x.astype("<f2")
+    if encoding == "uint8":
+        m, s = _stats(mean, std, x.shape[1])
+        u = np.rint((x * s + m) * 255.0)
+        return np.clip(u, 0, 255).astype("<u1")
+    raise InvalidDataError(f"pixel_encoding must be one of {sorted(PIXEL_DTYPES)}, got {encoding!r}")
+
+
+def decode_pixels(a: np.ndarray, encoding: str, mean: Stats, std: Stats) -> np.ndarray:
+    """Stored array -> normalized float32 images."""
+    if encoding == "uint8":
+        m, s = _stats(mean, std, a.shape[1])
+        return (a.astype(np.float32) / np.float32(255.0) - m) / s
+    return a.astype(np.float32)

@@ -1,0 +1,109 @@
+"""View records: validation and storage of the per-view augmentation parameters.
+
+Floats are stored as float16 when that is lossless for the whole file (whole-pixel boxes are),
+else float32; partner indices as int16 when they fit. The layout records the dtype chosen, so this
+costs readers nothing and roughly halves the bytes per view.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from formats.data import Views
+from formats.errors import InvalidDataError
+
+VIEW_ARRAYS = ("crop", "flip", "mix_partner", "mix_box", "mix_lam")
+ALLOWED_DTYPES = {
+    "crop": ("float16", "float32"),
+    "flip": ("uint8",),
+    "mix_partner": ("int16", "int32"),
+    "mix_box": ("float16", "float32"),
+    "mix_lam": ("float16", "float32"),
+}
+VIEW_SHAPES = {"crop": (4,), "flip": (), "mix_partner": (), "mix_box": (4,), "mix_lam": ()}
+_BOX_TOL = 1e-3  # pixels of float slack allowed on crop boxes
+
+
+def _narrow_float(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float32)
+    h = a.astype(np.float16)
+    return h.astype("<f2") if np.array_equal(h.astype(np.float32), a) else a.astype("<f4")
+
+
+def _narrow_int(a: np.ndarray) -> np.ndarray:
+    fits = a.size == 0 or (int(a.min()) >= -32768 and int(a.max()) <= 32767)
+    return a.astype("<i2" if fits else "<i4")
+
+
+def _shape(name: str, a: np.ndarray, want: tuple[int, ...]) -> np.ndarray:
+    a = np.asarray(a)
+    if a.shape != want:
+        raise InvalidDataError(f"views.{name} must have shape {list(want)}, got {list(a.shape)}")
+    return a
+
+
+def check_partners(partner: np.ndarray, num_classes: int, first_record: int = 0) -> None:
+    """-1 or a record whose IPC block is not after the record's own block (so it is in every prefix)."""
+    n, v = partner.shape
+    own_block = (first_record + np.arange(n)) // num_classes
+    p = partner.astype(np.int64)
+    bad = (p < -1) | ((p >= 0) & (p // num_classes > own_block[:, None]))
+    if bad.any():
+        r, j = (int(t[0]) for t in np.nonzero(bad))
+        raise InvalidDataError(
+            f"views.mix_partner[{first_record + r}, {j}] = {int(p[r, j])}: a partner must be -1 or a record "
+            f"in block <= {int(own_block[r])} (record // num_classes)")
+
+
+def encode_views(views: Views, n: int, num_classes: int, image_hw: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Validate writer input and return the stored view-parameter arrays, each [n, V, ...]."""
+    flip = np.asarray(views.flip)
+    if flip.ndim != 2 or flip.shape[0] != n or flip.shape[1] < 1:
+        raise InvalidDataError(f"views.flip must have shape [{n}, V] with V >= 1, got {list(flip.shape)}")
+    v = flip.shape[1]
+    crop = _shape("crop", views.crop, (n, v, 4)).astype(np.float32)
+    box = _shape("mix_box", views.mix_box, (n, v, 4)).astype(np.float32)
+    lam = _shape("mix_lam", views.mix_lam, (n, v)).astype(np.float32)
+    partner = _shape("mix_partner", views.mix_partner, (n, v))
+    if not np.issubdtype(partner.dtype, np.integer):
+        raise InvalidDataError(f"views.mix_partner must be integers, got {partner.dtype}")
+    for name, a in (("crop", crop), ("mix_box", box), ("mix_lam", lam)):
+        if not np.isfinite(a).all():
+            raise InvalidDataError(f"views.{name} contains NaN or infinity")
+    h, w = image_hw
+    t, left, ch, cw = (crop[..., i] for i in range(4))
+    if ((ch <= 0) | (cw <= 0) | (t < -_BOX_TOL) | (left < -_BOX_TOL)
+            | (t + ch > h + _BOX_TOL) | (left + cw > w + _BOX_TOL)).any():
+        raise InvalidDataError(f"views.crop boxes must lie inside the {h}x{w} image with positive size")
+    check_partners(partner, num_classes)
+    mixed = partner >= 0
+    b = box[mixed]
+    if b.size and ((b != np.rint(b)).any() or (b < 0).any() or (b[:, 0] + b[:, 2] > h).any()
+                   or (b[:, 1] + b[:, 3] > w).any()):
+        raise InvalidDataError(f"views.mix_box of mixed views must be whole pixels inside the {h}x{w} view")
+    if ((lam < 0) | (lam > 1)).any():
+        raise InvalidDataError("views.mix_lam must lie in [0, 1]")
+    return {
+        "crop": _narrow_float(crop),
+        "flip": np.asarray(flip).astype(bool).astype("<u1"),
+        "mix_partner": _narrow_int(partner),
+        "mix_box": _narrow_float(box),
+        "mix_lam": _narrow_float(lam),
+    }
+
+
+def decode_views(arrays: dict[str, np.ndarray], targets: np.ndarray, num_classes: int) -> Views:
+    """Stored view arrays [n, V, ...] (already checked) -> a Views with the API dtypes."""
+    flip = arrays["flip"]
+    if flip.size and int(flip.max()) > 1:
+        raise InvalidDataError("views.flip holds a value other than 0 or 1")
+    partner = arrays["mix_partner"].astype(np.int32)
+    check_partners(partner, num_classes)
+    return Views(
+        crop=arrays["crop"].astype(np.float32),
+        flip=flip.astype(bool),
+        mix_partner=partner,
+        mix_box=arrays["mix_box"].astype(np.float32),
+        mix_lam=arrays["mix_lam"].astype(np.float32),
+        targets=targets,
+    )
