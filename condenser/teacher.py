@@ -57,7 +57,7 @@ class TeacherConfig:
 
     @property
     def name(self) -> str:
-        """Cache key: dataset, arch and profile, plus a hash when the budget or seed differs from the profile's."""
+        """Cache key: dataset, arch, profile, plus a hash when budget or seed differ from the profile's."""
         base = f"{self.dataset}-{self.arch}-{self.profile}".replace("/", "_").replace(":", "_")
         if self.budget == get_profile(self.profile).teacher and self.seed == 0 and not self.model_kwargs:
             return base
@@ -154,7 +154,9 @@ def train_teacher(
     epochs_run = 0
     with progress_bar() as progress:
         task = progress.add_task(
-            f"teacher {config.name}", total=budget.epochs * steps_per_epoch, completed=start_epoch * steps_per_epoch
+            f"teacher {config.name}",
+            total=budget.epochs * steps_per_epoch,
+            completed=start_epoch * steps_per_epoch,
         )
         for epoch in range(start_epoch, budget.epochs):
             loss = train_epoch(
@@ -176,7 +178,8 @@ def train_teacher(
                 ckpt_path,
             )
             epochs_run += 1
-            if stop_after_epochs is not None and epochs_run >= stop_after_epochs and epoch + 1 < budget.epochs:
+            interrupted = stop_after_epochs is not None and epochs_run >= stop_after_epochs
+            if interrupted and epoch + 1 < budget.epochs:
                 raise TeacherInterrupted(f"stopped after epoch {epoch + 1} on request; rerun to resume")
 
     test_acc = accuracy(model, test.images, test.labels, dev, mean, std)
@@ -216,6 +219,7 @@ def load_teacher(weights_path: str | Path, device: str = "auto") -> Teacher:
     if not weights_path.exists() or not meta_path.exists():
         raise CheckpointError(f"teacher not found: need {weights_path} and {meta_path}")
     meta = json.loads(meta_path.read_text())
-    model = build_model(meta["arch"], tuple(meta["in_shape"]), meta["num_classes"], **meta.get("model_kwargs", {}))
+    kwargs = meta.get("model_kwargs", {})
+    model = build_model(meta["arch"], tuple(meta["in_shape"]), meta["num_classes"], **kwargs)
     model.load_state_dict(load_file(str(weights_path)))
     return Teacher(model=model.to(resolve_device(device)).eval(), meta=meta)

@@ -5,6 +5,7 @@ from condenser.evaluate.protocol import (
     EvalResult,
     evaluate_images,
     evaluate_source,
+    evaluate_views,
     hard_label_source,
     train_and_test,
 )
@@ -13,6 +14,7 @@ __all__ = [
     "EvalResult",
     "evaluate_images",
     "evaluate_source",
+    "evaluate_views",
     "hard_label_source",
     "random_real_subset",
     "train_and_test",

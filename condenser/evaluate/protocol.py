@@ -20,6 +20,8 @@ from condenser.device import resolve_device
 from condenser.models import build_model
 from condenser.profiles import EvalBudget
 from condenser.training import BatchSource, TensorSource, accuracy, one_hot, sgd, train_epoch
+from formats.data import Views
+from runtime._torch_views import replay
 
 
 @dataclass
@@ -67,6 +69,34 @@ def hard_label_source(images: torch.Tensor, labels: torch.Tensor, num_classes: i
         augment=(lambda x, g: dsa(x, generator=g)) if dsa else None,
         cutmix=mix,
     )
+
+
+@dataclass
+class ViewSource:
+    """Soft-label views: each draw replays one stored view (crop/flip/mix) with the teacher's target.
+
+    No extra augmentation: the view *is* the augmentation the teacher labelled.
+    """
+
+    images: torch.Tensor  # normalised [N, C, H, W]
+    views: Views
+    targets: torch.Tensor  # probabilities [N, V, K]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def batch(self, idx: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        which = torch.randint(self.targets.shape[1], (idx.shape[0],), generator=generator)
+        x = replay(self.images, self.views, idx.numpy(), which.numpy())
+        return x, self.targets[idx, which]
+
+
+def view_probabilities(views: Views, label_kind: str, temperature: float) -> torch.Tensor:
+    """Stored view targets as probability rows (logits are softened at the stored temperature)."""
+    t = torch.from_numpy(views.targets).float()
+    if label_kind == "logits":
+        return torch.softmax(t / temperature, dim=-1)
+    return t / t.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
 def train_and_test(
@@ -145,4 +175,23 @@ def evaluate_images(
     return evaluate_source(
         lambda: hard_label_source(images, labels, spec.num_classes, budget, spec.allow_flip),
         test_set, budget, "hard", int(images.shape[0]), seeds, arch, device,
+    )
+
+
+def evaluate_views(
+    images: torch.Tensor,
+    views: Views,
+    test_set: ImageDataset,
+    budget: EvalBudget,
+    label_kind: str = "probs",
+    temperature: float = 1.0,
+    seeds: Sequence[int] | None = None,
+    arch: str = "convnet",
+    device: str = "auto",
+) -> EvalResult:
+    """Soft-label evaluation: train on replayed views against the stored teacher outputs."""
+    targets = view_probabilities(views, label_kind, temperature)
+    return evaluate_source(
+        lambda: ViewSource(images, views, targets),
+        test_set, budget, "soft", int(images.shape[0]), seeds, arch, device,
     )
