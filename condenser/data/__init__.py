@@ -3,7 +3,7 @@
 from condenser.data.catalog import DATASETS
 from condenser.data.dataset import ImageDataset
 from condenser.data.loader import DEFAULT_DATASET, dataset_names, get_source, get_spec, load_dataset
-from condenser.data.roots import ENV_VAR, SYSTEM_ROOTS, user_cache_dir
+from condenser.data.roots import ENV_VAR, user_cache_dir
 from condenser.data.source import clear_cache
 from condenser.data.spec import DatasetSpec, denormalize_to_uint8, normalize
 from condenser.data.synthetic import synthetic
@@ -12,7 +12,6 @@ __all__ = [
     "DATASETS",
     "DEFAULT_DATASET",
     "ENV_VAR",
-    "SYSTEM_ROOTS",
     "DatasetSpec",
     "ImageDataset",
     "clear_cache",
