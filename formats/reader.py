@@ -8,6 +8,7 @@ import zlib
 from typing import Any, BinaryIO
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from formats.codecs import get_codec
 from formats.data import Prefix, RawPrefix
@@ -129,10 +130,10 @@ class MDCReader:
         stride, length = s.block_stride, s.block_length
         start = self.body_offset + s.blocks_offset
         nbytes = (ipc - 1) * stride + length
-        buf = np.empty(ipc * stride, dtype=np.uint8)  # size checked against the file above
-        self._readinto(start, memoryview(buf)[:nbytes])
-        buf[nbytes:] = 0
-        rows = buf.reshape(ipc, stride)
+        buf = np.empty(nbytes, dtype=np.uint8)  # <= the file size: checked above via blocks_present
+        self._readinto(start, memoryview(buf))
+        # One row per block, without the padding after the last one (stride may be >> length).
+        rows = as_strided(buf, shape=(ipc, length), strides=(stride, 1), writeable=False)
         if verify:
             for i in range(ipc):
                 got = zlib.crc32(rows[i, :length])

@@ -1,0 +1,121 @@
+"""Small synthetic .mdc contents for tests (this package's and the runtime's).
+
+Values are chosen on the storage lattice where that is possible (uint8-exact images, whole-pixel
+boxes), so a round trip can be compared exactly; `expected_prefix` gives what read(k) must return.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from formats.codecs import CodecParams, get_codec
+from formats.data import MDCData, Prefix, Views
+from formats.pixels import decode_pixels, encode_pixels
+
+
+def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = z / temperature
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def teacher_logits(rng: np.random.Generator, labels: np.ndarray, views: int, num_classes: int,
+                   margin: float = 6.0, spread: float = 2.0) -> np.ndarray:
+    """Teacher-like logits [n, V, K]: the true class ahead by ~margin, a few runner-up classes."""
+    n = labels.shape[0]
+    z = rng.normal(0.0, spread, size=(n, views, num_classes))
+    z[np.arange(n), :, labels] += margin * rng.uniform(0.5, 1.5, size=(n, views))
+    return z.astype(np.float32)
+
+
+def random_views(rng: np.random.Generator, n: int, v: int, num_classes: int, hw: tuple[int, int],
+                 targets: np.ndarray, mix: bool = True) -> Views:
+    """Whole-pixel crops inside the image, random flips, CutMix partners in blocks <= own block."""
+    h, w = hw
+    ch = rng.integers(1, h + 1, size=(n, v))
+    cw = rng.integers(1, w + 1, size=(n, v))
+    top = rng.integers(0, h - ch + 1)
+    left = rng.integers(0, w - cw + 1)
+    crop = np.stack([top, left, ch, cw], axis=-1).astype(np.float32)
+    partner = np.full((n, v), -1, dtype=np.int32)
+    box = np.zeros((n, v, 4), dtype=np.float32)
+    lam = np.ones((n, v), dtype=np.float32)
+    if mix:
+        own_block = np.arange(n) // num_classes
+        limit = (own_block + 1) * num_classes  # partner < limit keeps it in a block <= own block
+        chosen = rng.random((n, v)) < 0.5
+        drawn = (rng.random((n, v)) * limit[:, None]).astype(np.int32)
+        partner = np.where(chosen, drawn, -1).astype(np.int32)
+        bh = rng.integers(0, h + 1, size=(n, v))
+        bw = rng.integers(0, w + 1, size=(n, v))
+        bt = rng.integers(0, h - bh + 1)
+        bl = rng.integers(0, w - bw + 1)
+        mixed_box = np.stack([bt, bl, bh, bw], axis=-1).astype(np.float32)
+        box = np.where(chosen[..., None], mixed_box, 0.0).astype(np.float32)
+        lam = np.where(chosen, 1.0 - bh * bw / (h * w), 1.0).astype(np.float32)
+    return Views(crop=crop, flip=rng.random((n, v)) < 0.5, mix_partner=partner, mix_box=box, mix_lam=lam,
+                 targets=targets.astype(np.float32))
+
+
+def make_data(*, num_classes: int = 3, ipc_max: int = 2, image_shape: tuple[int, int, int] = (1, 4, 4),
+              pixel_encoding: str = "uint8", views: int = 2, codec: str = "topk-u8", topk: int | None = 2,
+              label_kind: str = "probs", temperature: float = 1.0, mix: bool = True,
+              trainer_bundle: bytes | None = None, seed: int = 0) -> MDCData:
+    """A small random MDCData; views=0 stores no views."""
+    rng = np.random.default_rng(seed)
+    c, h, w = image_shape
+    n = num_classes * ipc_max
+    mean = tuple(float(x) for x in rng.uniform(0.2, 0.6, size=c))
+    std = tuple(float(x) for x in rng.uniform(0.2, 0.4, size=c))
+    raw = rng.normal(0.0, 1.0, size=(n, c, h, w)).astype(np.float32)
+    if pixel_encoding == "uint8":  # start from pixels so the stored bytes reproduce them exactly
+        u = rng.integers(0, 256, size=(n, c, h, w)).astype(np.uint8)
+        raw = decode_pixels(u, "uint8", mean, std)
+    elif pixel_encoding == "float16":
+        raw = raw.astype(np.float16).astype(np.float32)
+    labels = np.tile(np.arange(num_classes, dtype=np.int64), ipc_max)
+    v = None
+    if views:
+        logits = teacher_logits(rng, labels, views, num_classes)
+        targets = softmax(logits, temperature) if label_kind == "probs" else logits
+        v = random_views(rng, n, views, num_classes, (h, w), targets, mix=mix)
+    return MDCData(dataset="synthetic", class_names=[f"class{i}" for i in range(num_classes)],
+                   image_shape=image_shape, images=raw, labels=labels, mean=mean, std=std,
+                   pixel_encoding=pixel_encoding, views=v, codec=codec, topk=topk, label_kind=label_kind,
+                   temperature=temperature, trainer_bundle=trainer_bundle,
+                   provenance={"method": "synthetic", "seed": seed})
+
+
+def expected_prefix(data: MDCData, ipc: int) -> Prefix:
+    """What reading the IPC-`ipc` prefix of a file written from `data` must return."""
+    c = data.num_classes
+    n = ipc * c
+    images = decode_pixels(encode_pixels(data.images[:n], data.pixel_encoding, data.mean, data.std),
+                           data.pixel_encoding, data.mean, data.std)
+    views = None
+    if data.views is not None:
+        src = data.views
+        v = src.num_views
+        codec = get_codec(data.codec)
+        params = CodecParams(c, data.topk if codec.uses_topk else None, data.label_kind, data.temperature)
+        # Encode the whole file's rows: scale dtypes are chosen per file, so encode as the writer does.
+        full = codec.decode(codec.encode(src.targets.reshape(-1, c), params), params)
+        targets = full.reshape(src.targets.shape)[:n]
+        views = Views(crop=src.crop[:n].astype(np.float32), flip=np.asarray(src.flip[:n], bool),
+                      mix_partner=src.mix_partner[:n].astype(np.int32),
+                      mix_box=src.mix_box[:n].astype(np.float32), mix_lam=src.mix_lam[:n].astype(np.float32),
+                      targets=targets.reshape(n, v, c))
+    return Prefix(ipc=ipc, images=images, labels=np.asarray(data.labels[:n], np.int64), views=views,
+                  num_classes=c, label_kind=data.label_kind if views else None,
+                  temperature=float(data.temperature) if views else None)
+
+
+def assert_prefix_equal(a: Prefix, b: Prefix) -> None:
+    """Exact equality of two prefixes (arrays bit for bit)."""
+    assert a.ipc == b.ipc and a.num_classes == b.num_classes
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert (a.views is None) == (b.views is None)
+    if a.views is not None and b.views is not None:
+        for name in ("crop", "flip", "mix_partner", "mix_box", "mix_lam", "targets"):
+            np.testing.assert_array_equal(getattr(a.views, name), getattr(b.views, name), err_msg=name)
