@@ -27,9 +27,13 @@ class ViewError(RuntimeError_, ValueError):
     """Soft-label view parameters are malformed (box outside the image, non-integer box, bad partner)."""
 
 
+class DivergedError(RuntimeError_):
+    """Training produced a non-finite loss (learning rate too high, broken data)."""
+
+
 class DataError(RuntimeError_, ValueError):
     """Test data cannot be read or has the wrong shape for the model."""
 
 
-__all__ = ["BackendError", "BudgetError", "ConfigError", "DataError", "RuntimeError_", "TrainerError",
-           "ViewError"]
+__all__ = ["BackendError", "BudgetError", "ConfigError", "DataError", "DivergedError", "RuntimeError_",
+           "TrainerError", "ViewError"]

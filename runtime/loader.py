@@ -1,0 +1,71 @@
+"""`runtime.load`: open an .mdc file, pick the prefix size the budget allows, read only that prefix."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from formats import open_mdc
+from runtime.backends import make_trainer
+from runtime.budget import Budget, FileFacts, check_int_budget, choose_ipc
+from runtime.calibrate import Calibration, calibrate
+from runtime.config import TrainConfig
+from runtime.dataset import Dataset
+from runtime.train import TrainerSource, build_config, initial_params, plan, resolve_bundle
+
+BudgetLike = int | Budget | None
+
+
+def file_facts(reader: Any) -> FileFacts:
+    s = reader.spec
+    return FileFacts(ipc_max=reader.ipc_max, blocks_present=reader.blocks_present,
+                     num_classes=reader.num_classes, image_shape=tuple(s.image_shape),
+                     num_views=s.views.count if s.views is not None else 0,
+                     block_bytes=s.block_stride)
+
+
+def _calibrate(reader: Any, budget: Budget, cfg: TrainConfig, backend: str, trainer: TrainerSource,
+               arch: str | None, steps: int) -> tuple[Calibration | None, int]:
+    """Measure this device with the trainer that training will use; returns (calibration, batch size)."""
+    facts = file_facts(reader)
+    bundle = resolve_bundle(trainer, reader.trainer_bundle())
+    spec, batch, bundle = plan(facts.image_shape, facts.num_classes, arch, backend, cfg, bundle)
+    if not budget.needs_calibration:
+        return None, batch
+    params = initial_params(cfg.with_(init="bundle") if bundle is not None else cfg, spec, bundle, backend)
+    views = facts.num_views > 0 and cfg.labels != "hard"
+    cal = calibrate(lambda: make_trainer(backend, spec, bundle, params, seed=cfg.seed, threads=cfg.threads),
+                    batch, facts.image_shape, facts.num_classes, views, steps=steps, seed=cfg.seed)
+    return cal, batch
+
+
+def load(path: str | os.PathLike[str], budget: BudgetLike = None, *, config: TrainConfig | None = None,
+         backend: str = "onnx", trainer: TrainerSource = None, arch: str | None = None,
+         calibration_steps: int = 3, **settings: Any) -> Dataset:
+    """The IPC-k prefix of an .mdc file as a Dataset, reading only that prefix's bytes.
+
+    budget: an int k (1..ipc_max; formats.BudgetError outside, formats.TruncatedError past a cut file),
+    None (every block present), or Budget(seconds=..., memory_mb=...): the largest prefix whose training
+    with `backend`/`trainer` and the training settings (config or TrainConfig fields as keywords)
+    fits, after a short calibration on this device (formulas in runtime/budget.py).
+    """
+    with open_mdc(path) as reader:
+        report: dict[str, Any] = {}
+        if budget is None:
+            k = reader.blocks_present or reader.ipc_max  # 0 present: let read() name the truncation
+        elif isinstance(budget, Budget):
+            cfg = build_config(config, settings)
+            cal, batch = _calibrate(reader, budget, cfg, backend, trainer, arch, calibration_steps)
+            k, report = choose_ipc(budget, file_facts(reader), cfg.epochs, batch, cal)
+        else:
+            k = check_int_budget(budget)
+        prefix = reader.read(k)
+        s = reader.spec
+        return Dataset(images=prefix.images, labels=prefix.labels, ipc=prefix.ipc,
+                       num_classes=prefix.num_classes, class_names=list(s.class_names), views=prefix.views,
+                       label_kind=prefix.label_kind or "probs", temperature=prefix.temperature or 1.0,
+                       mean=tuple(s.mean), std=tuple(s.std), dataset=s.dataset,
+                       trainer_bundle=reader.trainer_bundle(), path=os.fspath(path), budget=report)
+
+
+__all__ = ["BudgetLike", "file_facts", "load"]
