@@ -1,0 +1,121 @@
+"""The one interface every base condensation method implements, and its registry.
+
+A method is a loss over the synthetic images of some classes against a real batch and a network.
+The condensation loop (condenser.condense) owns the images, the optimiser, the schedule and the
+siamese augmentation draw; the method owns what is matched and how the network evolves. The loss
+is split into `target` (real side, computed once per step) and `match` (synthetic side, weighted
+per sample) so the multisize wrapper can add its subset term on the same real batch and the same
+augmented tensors without recomputing the real statistics (mdc.md §2.3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from condenser.errors import CondenserError
+from condenser.registry import Registry
+
+
+class MethodConfigError(CondenserError, ValueError):
+    """A method or its synthetic parameterisation was configured with values it cannot honour."""
+
+
+@dataclass
+class StepContext:
+    """What a method's model hooks may use: real data, randomness, and the network factory.
+
+    `reinit(model)` redraws the network's weights from `generator` (deterministic, resumable);
+    `autocast()` is the mixed-precision context the run chose (a no-op in full precision).
+    """
+
+    real: Any  # condenser.methods.real.RealPool (kept loose to avoid an import cycle)
+    generator: torch.Generator
+    num_classes: int
+    reinit: Callable[[nn.Module], None]
+    autocast: Callable[[], Any]
+    extra: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class BaseMethod(Protocol):
+    """A matching loss plus the per-outer-loop model schedule it needs.
+
+    Shapes: `syn` [K, M, ch, H, W] (M decoded samples of each of K classes), `real` [K, B, ch, H, W],
+    `labels` int64 [K]; `weights` [K, M] selects/weights synthetic samples per class (a prefix mask
+    for the subset loss; None = all). Losses are summed over classes, so one backward gives every
+    class the gradient of its own loss (classes' images are disjoint).
+    """
+
+    name: str
+    matching_strategy: str  # DSA strategy of the siamese draw on [real; syn]
+    lr_in_pixel_units: bool  # lr_img is given for [0,1] pixels (IDC) rather than normalized space (DM)
+
+    def default_lr_img(self, ipc: int, resolution: int) -> float: ...
+
+    def prepare_model(self, model: nn.Module, ctx: StepContext) -> None:
+        """Start of an outer loop (e.g. re-initialise the network)."""
+        ...
+
+    def train_model_step(self, model: nn.Module, ctx: StepContext) -> None:
+        """After each inner iteration's image update (e.g. train the network on real data)."""
+        ...
+
+    def target(self, model: nn.Module, real: torch.Tensor, labels: torch.Tensor) -> Any:
+        """Real-side statistics of one step, shared by the base and subset terms."""
+        ...
+
+    def match(self, model: nn.Module, syn: torch.Tensor, target: Any, labels: torch.Tensor,
+              weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Scalar loss of the (weighted) synthetic samples against `target`, summed over classes."""
+        ...
+
+    def loss(self, model: nn.Module, syn: torch.Tensor, real: torch.Tensor,
+             label: int | torch.Tensor) -> torch.Tensor:
+        """Convenience: `match(model, syn, target(model, real, labels), labels)`; one class or many."""
+        ...
+
+
+def as_class_batch(syn: torch.Tensor, real: torch.Tensor, label: int | torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Accept one class ([M, ...], [B, ...], int) or a class batch ([K, M, ...], [K, B, ...], [K])."""
+    if isinstance(label, int) or (isinstance(label, torch.Tensor) and label.dim() == 0):
+        labels = torch.as_tensor([int(label)], dtype=torch.int64, device=syn.device)
+        return syn.unsqueeze(0), real.unsqueeze(0), labels
+    return syn, real, label.to(device=syn.device, dtype=torch.int64)
+
+
+MethodFactory = Callable[..., BaseMethod]
+METHODS: Registry[MethodFactory] = Registry("condensation method")
+
+
+def build_method(name: str, allow_flip: bool = True, **settings: Any) -> BaseMethod:
+    """A registered method; UnknownNameError for a bad name, MethodConfigError for bad settings."""
+    return METHODS.get(name)(allow_flip=allow_flip, **settings)
+
+
+def siamese_per_class(aug: Callable[..., tuple[torch.Tensor, ...]], real: torch.Tensor, syn: torch.Tensor,
+                      generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One shared augmentation draw per class over [real_c; syn_c] (DSA's siamese augmentation).
+
+    `aug` is a `DSA.siamese`-like callable. Draws differ between classes, as in the per-class loop of
+    the reference code; the images of a class see the same transform as its real batch.
+    """
+    outs_r, outs_s = [], []
+    for k in range(real.shape[0]):
+        r, s = aug(real[k], syn[k], generator=generator)
+        outs_r.append(r)
+        outs_s.append(s)
+    return torch.stack(outs_r), torch.stack(outs_s)
+
+
+def weighted_class_mean(x: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean over dim 1 of [K, M, ...], optionally weighted per sample by [K, M] (prefix means)."""
+    if weights is None:
+        return x.mean(1)
+    w = weights.to(x.dtype).view(*weights.shape, *([1] * (x.dim() - 2)))
+    return (x * w).sum(1) / w.sum(1).clamp_min(torch.finfo(x.dtype).tiny)
