@@ -30,7 +30,7 @@ SYSTEM_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 def isolated(tmp_path, monkeypatch):
     """No $MULTISIZE_DATA, an empty user cache, the real system roots."""
     monkeypatch.delenv(roots.ENV_VAR, raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("MULTISIZE_CACHE", str(tmp_path / "cache"))
     return tmp_path
 
 
@@ -145,7 +145,7 @@ def test_missing_dataset_lists_paths_and_hints(isolated, monkeypatch):
         isolated / "root" / "fashion-mnist",
         isolated / "root",
         isolated / "env" / "fashion-mnist",
-        isolated / "xdg" / "multisize" / "data" / "fashion-mnist",
+        isolated / "cache" / "data" / "fashion-mnist",
         system / "fashion-mnist",
     ):
         assert str(tried) in msg
@@ -249,3 +249,66 @@ def test_synthetic():
     assert get_spec("synthetic").image_shape == (1, 28, 28)
     train, test = load_dataset("synthetic"), load_dataset("synthetic", "test")
     assert not torch.equal(train.images[: len(test)], test.images)
+
+
+# --- on-disk formats of the other datasets, on tiny generated files ---------------------------
+
+
+def test_user_cache_mnist(isolated):
+    write_tiny_mnist(roots.user_cache_dir() / "mnist", n=10)
+    ds = load_dataset("mnist", "test")
+    assert len(ds) == 10 and not ds.spec.allow_flip and ds.spec.name == "mnist"
+
+
+def test_cifar_pickles(isolated):
+    import pickle
+
+    rng = np.random.default_rng(0)
+    for name, key, files in (
+        ("cifar-10-batches-py", "labels", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]),
+        ("cifar-100-python", "fine_labels", ["train", "test"]),
+    ):
+        directory = isolated / "root" / name
+        directory.mkdir(parents=True)
+        for f in files:
+            batch = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), key: [0, 1, 2, 3]}
+            (directory / f).write_bytes(pickle.dumps(batch))
+    c10 = load_dataset("cifar10", "train", root=isolated / "root")
+    assert tuple(c10.images.shape) == (20, 3, 32, 32) and c10.labels.tolist()[:4] == [0, 1, 2, 3]
+    c100 = load_dataset("cifar100", "test", root=isolated / "root")
+    assert len(c100) == 4 and c100.spec.num_classes == 100
+
+
+def test_svhn_mat(isolated):
+    import scipy.io
+
+    directory = isolated / "root" / "svhn"
+    directory.mkdir(parents=True)
+    x = np.random.default_rng(0).integers(0, 256, (32, 32, 3, 5), dtype=np.uint8)
+    scipy.io.savemat(directory / "test_32x32.mat", {"X": x, "y": np.array([[10], [1], [2], [3], [4]])})
+    ds = load_dataset("svhn", "test", root=isolated / "root")
+    assert ds.labels.tolist() == [0, 1, 2, 3, 4]  # digit 0 is stored as 10
+    assert torch.equal(ds.images[2], torch.from_numpy(x[:, :, :, 2]).permute(2, 0, 1))
+
+
+def test_tiny_imagenet_layout(isolated):
+    from PIL import Image
+
+    base = isolated / "root" / "tiny-imagenet-200"
+    wnids = [f"n{i:08d}" for i in range(200)]
+    (base / "val" / "images").mkdir(parents=True)
+    (base / "wnids.txt").write_text("\n".join(reversed(wnids)))
+    (base / "words.txt").write_text("\n".join(f"{w}\tthing {i}, other" for i, w in enumerate(wnids)))
+    img = Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8))
+    lines = []
+    for i, w in enumerate(wnids[:3]):
+        (base / "train" / w / "images").mkdir(parents=True)
+        img.save(base / "train" / w / "images" / f"{w}_0.JPEG")
+        img.save(base / "val" / "images" / f"val_{i}.JPEG")
+        lines.append(f"val_{i}.JPEG\t{w}\t0\t0\t63\t63")
+    (base / "val" / "val_annotations.txt").write_text("\n".join(lines))
+    train = load_dataset("tiny-imagenet", "train", root=isolated / "root")
+    test = load_dataset("tiny-imagenet", "test", root=isolated / "root")
+    assert tuple(train.images.shape) == (3, 3, 64, 64) and train.labels.tolist() == [0, 1, 2]
+    assert test.labels.tolist() == [0, 1, 2] and train.spec.class_names[1] == "thing 1"
+    assert get_spec("tiny-imagenet", root=isolated / "root").class_names[199] == "thing 199"

@@ -1,7 +1,8 @@
 """Where dataset files are looked for, in a fixed order (DESIGN.md "Data without network").
 
 Order: the explicit root (`--data-root`), `$MULTISIZE_DATA`, the user cache
-(`$XDG_CACHE_HOME/multisize/data`, default `~/.cache/multisize/data`), then system paths
+(`<condenser cache>/data`: `$MULTISIZE_CACHE/data`, else `$XDG_CACHE_HOME/multisize/data`,
+default `~/.cache/multisize/data`), then system paths
 (`/usr/share/datasets`, where Debian's `dataset-fashion-mnist` installs). Each root is searched
 for the dataset's known sub-directory names; the explicit root is also accepted as the dataset
 directory itself. Downloads go to the first of explicit root, `$MULTISIZE_DATA`, user cache.
@@ -12,6 +13,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from condenser.paths import cache_root
 
 ENV_VAR = "MULTISIZE_DATA"
 
@@ -28,8 +31,8 @@ class Candidate:
 
 
 def user_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "multisize" / "data"
+    """The data cache lives inside the condenser's cache (condenser.paths), so one variable moves both."""
+    return cache_root().expanduser() / "data"
 
 
 def base_roots(root: str | Path | None) -> list[Candidate]:
