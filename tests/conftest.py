@@ -1,0 +1,29 @@
+"""Shared fixtures: quiet progress bars, a private cache, small real Fashion-MNIST subsets."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("MULTISIZE_QUIET", "1")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own cache dir, so nothing leaks between tests or into ~/.cache."""
+    monkeypatch.setenv("MULTISIZE_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def fmnist_train():
+    from condenser.data import load_dataset
+
+    return load_dataset("fashion-mnist", "train")
+
+
+@pytest.fixture(scope="session")
+def fmnist_test():
+    from condenser.data import load_dataset
+
+    return load_dataset("fashion-mnist", "test")
