@@ -312,3 +312,16 @@ def test_tiny_imagenet_layout(isolated):
     assert tuple(train.images.shape) == (3, 3, 64, 64) and train.labels.tolist() == [0, 1, 2]
     assert test.labels.tolist() == [0, 1, 2] and train.spec.class_names[1] == "thing 1"
     assert get_spec("tiny-imagenet", root=isolated / "root").class_names[199] == "thing 199"
+
+
+def test_failed_download_is_reported(isolated, monkeypatch):
+    monkeypatch.setattr(roots, "SYSTEM_ROOTS", [])
+    source = get_source("fashion-mnist")
+
+    def offline(base, split):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(source, "download", offline)
+    with pytest.raises(DatasetNotFoundError, match="network is unreachable") as info:
+        load_dataset("fashion-mnist", root=isolated / "root", download=True)
+    assert str(isolated / "root") in str(info.value)

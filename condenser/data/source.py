@@ -91,19 +91,25 @@ class FileSource(DatasetSource):
         if directory is not None:
             return directory
         base = download_root(root)
+        failure: Exception | None = None
         if download:
-            base.mkdir(parents=True, exist_ok=True)
-            self.download(base, split)
+            try:
+                base.mkdir(parents=True, exist_ok=True)
+                self.download(base, split)
+            except (OSError, RuntimeError, ValueError, ImportError) as exc:  # no network, bad archive
+                failure = exc
             directory, tried = self.find(split, root)
             if directory is not None:
                 return directory
         lines = [f"dataset {self.name!r} ({split} split) not found: looked for {self.files(split)} in"]
         lines += [f"  {c.path}  ({c.origin})" for c in tried]
         if download:
-            lines.append(f"(a download into {base} was attempted)")
+            lines.append(
+                f"The download into {base} failed: {failure!r}" if failure else f"(downloaded into {base})"
+            )
         lines.append("How to get it:")
         lines += [f"  - {h}" for h in self.hints(base)]
-        raise DatasetNotFoundError("\n".join(lines))
+        raise DatasetNotFoundError("\n".join(lines)) from failure
 
     def load(self, split: str, root: str | Path | None = None, download: bool = False) -> ImageDataset:
         return _read_cached(self, split, str(self.resolve(split, root, download)))
