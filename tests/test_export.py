@@ -172,3 +172,28 @@ def test_batchnorm_model_is_refused():
 def test_bundle_reader_does_not_import_torch():
     code = "import sys, runtime.bundle; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_writes_a_loadable_bundle(tmp_path):
+    from typer.testing import CliRunner
+
+    from condenser.cli import app
+
+    out = tmp_path / "trainer.msgpack"
+    result = CliRunner().invoke(app, ["export-trainer", "--arch", "convnet", "--dataset", "fashion-mnist",
+                                      "--batch-size", "4", "--width", "4", "--depth", "2",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    meta = TrainerBundle.load(out).meta
+    assert (meta.arch, meta.in_shape, meta.batch_size, meta.dataset) == ("convnet", (1, 28, 28), 4,
+                                                                         "fashion-mnist")
+    assert meta.arch_kwargs == {"width": 4, "depth": 2} and meta.mean is not None
+
+
+def test_cli_reports_unknown_arch(tmp_path):
+    from typer.testing import CliRunner
+
+    from condenser.cli import app
+
+    result = CliRunner().invoke(app, ["export-trainer", "--arch", "vgg", "--out", str(tmp_path / "t")])
+    assert result.exit_code == 2 and "unknown model 'vgg'" in result.output

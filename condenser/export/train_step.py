@@ -102,7 +102,7 @@ def _to_onnx(gm: torch.fx.GraphModule, args: tuple[torch.Tensor, ...], names_in:
 
 def _trace(fn, args: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:
     try:
-        return make_fx(fn, decomposition_table=decomposition_table())(*args)
+        return make_fx(fn, decomposition_table=decomposition_table(), tracing_mode="fake")(*args)
     except ExportError:
         raise
     except Exception as exc:  # tracing failures come in many types; name the stage
