@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from formats.data import Views
+from formats import Views
 from runtime._torch_views import apply_views
 
 

@@ -164,6 +164,7 @@ def train_teacher(
                 step_scheduler=scheduler, on_step=lambda: progress.advance(task),
             )
             history.append({"epoch": epoch + 1, "loss": loss})
+            log(f"teacher {config.name}: epoch {epoch + 1}/{budget.epochs} loss {loss:.4f}")
             progress.update(task, description=f"teacher {config.name} epoch {epoch + 1} loss {loss:.3f}")
             atomic_torch_save(
                 {

@@ -20,7 +20,7 @@ from condenser.device import resolve_device
 from condenser.models import build_model
 from condenser.profiles import EvalBudget
 from condenser.training import BatchSource, TensorSource, accuracy, one_hot, sgd, train_epoch
-from formats.data import Views
+from formats import Views
 from runtime._torch_views import replay
 
 

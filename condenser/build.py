@@ -1,0 +1,234 @@
+"""The build pipeline behind `condenser build`: teacher -> condense -> relabel -> pack one .mdc.
+
+Every stage is resumable: the teacher is cached by (dataset, arch, profile), the condensation
+checkpoints every period into a run directory keyed by its configuration, and the file is written
+atomically at the end. Rerunning the same command after an interrupt continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import formats
+from condenser.checkpoint import config_hash
+from condenser.condense import CondenseConfig, CondenseResult, condense
+from condenser.data import ImageDataset, load_dataset
+from condenser.device import resolve_device
+from condenser.errors import CondenserError
+from condenser.paths import runs_dir
+from condenser.profiles import Profile, get_profile
+from condenser.relabel import RelabelConfig, relabel
+from condenser.teacher import Teacher, TeacherConfig, load_teacher, train_teacher
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    dataset: str = "fashion-mnist"
+    ipc: int = 10
+    profile: str = "cpu"
+    method: str | None = None  # None: the profile's base method
+    multisize: bool = True  # False = Baseline C (the base method alone, prefixes taken)
+    freeze: str = "paper"
+    class_wise: bool = False
+    subset_weight: float = 1.0
+    soft_labels: str = "teacher"  # teacher | none
+    views: int | None = None  # None: the profile's views per image
+    teacher_arch: str = "convnet"
+    teacher_path: str | None = None
+    codec: str = "topk-u8"
+    topk: int | None = None  # None: min(num_classes, 10)
+    pixels: str = "float16"
+    embed_trainer: bool = True
+    trainer_batch_size: int = 64
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    data_root: str | None = None
+    condense_overrides: dict = field(default_factory=dict)  # any CondenseConfig field
+
+    def condense_config(self, profile: Profile, init_offset: int = 0, ipc: int | None = None,
+                        multisize: bool | None = None) -> CondenseConfig:
+        budget = profile.condense
+        cfg = CondenseConfig(
+            method=self.method or budget.method,
+            ipc=ipc or self.ipc,
+            factor=budget.factor,
+            outer_loops=budget.outer_loops,
+            inner_loops=budget.inner_loops,
+            period=budget.period,
+            batch_real=budget.batch_real,
+            n_data=budget.n_data,
+            multisize=self.multisize if multisize is None else multisize,
+            subset_weight=self.subset_weight,
+            freeze=self.freeze,
+            class_wise=self.class_wise,
+            init_offset=init_offset,
+            width=budget.width,
+            seed=self.seed,
+            device=self.device,
+            amp=self.amp,
+        )
+        return replace(cfg, **self.condense_overrides)
+
+
+@dataclass
+class BuildOutput:
+    path: Path
+    result: CondenseResult
+    teacher: Teacher | None
+    seconds: dict[str, float]
+
+
+def get_teacher(cfg: BuildConfig, log: Callable[[str], None] = print) -> Teacher:
+    if cfg.teacher_path:
+        return load_teacher(cfg.teacher_path, device=cfg.device)
+    tcfg = TeacherConfig.from_profile(cfg.dataset, cfg.teacher_arch, cfg.profile, seed=0)
+    return train_teacher(tcfg, data_root=cfg.data_root, device=cfg.device, log=log)
+
+
+def run_dir_for(ccfg: CondenseConfig, dataset: str) -> Path:
+    return runs_dir() / f"{dataset.replace(':', '_').replace('/', '_')}-{config_hash(asdict(ccfg))}"
+
+
+def trainer_bundle_bytes(spec, batch_size: int, width: int = 128) -> bytes:
+    """The device trainer (ConvNet-D3 train-step + inference graphs) to embed before the blocks."""
+    from condenser.export import ExportSettings, export_trainer
+
+    settings = ExportSettings(arch="convnet", in_shape=tuple(spec.image_shape), num_classes=spec.num_classes,
+                              batch_size=batch_size, dataset=spec.name, mean=tuple(spec.mean),
+                              std=tuple(spec.std), model_kwargs={"width": width})
+    return export_trainer(settings).to_bytes()
+
+
+def pack(
+    path: str | Path,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    spec,
+    *,
+    views: formats.Views | None,
+    codec: str,
+    topk: int | None,
+    pixels: str,
+    temperature: float,
+    trainer: bytes | None,
+    provenance: dict,
+) -> Path:
+    """Write one nested .mdc (atomically) from IPC-major images and labels."""
+    data = formats.MDCData(
+        dataset=spec.name,
+        class_names=list(spec.class_names),
+        image_shape=tuple(spec.image_shape),
+        images=images.detach().cpu().float().numpy(),
+        labels=labels.detach().cpu().numpy().astype(np.int64),
+        mean=tuple(spec.mean),
+        std=tuple(spec.std),
+        pixel_encoding=pixels,
+        views=views,
+        codec=codec,
+        topk=topk if views is not None else None,
+        label_kind="probs",
+        temperature=temperature,
+        trainer_bundle=trainer,
+        provenance=provenance,
+    )
+    formats.write_mdc(path, data)
+    return Path(path)
+
+
+def environment() -> dict:
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def relabel_and_pack(
+    cfg: BuildConfig,
+    out: str | Path,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    train: ImageDataset,
+    teacher: Teacher | None,
+    provenance: dict,
+    profile: Profile,
+    seconds: dict[str, float],
+) -> Path:
+    """Shared tail of every build: soft-label views (if any), trainer bundle, atomic write."""
+    spec = train.spec
+    views = None
+    relabel_cfg = RelabelConfig(views=cfg.views or profile.condense.views_per_image, flip=spec.allow_flip,
+                                seed=cfg.seed)
+    if cfg.soft_labels == "teacher":
+        assert teacher is not None
+        t0 = time.time()
+        views = relabel(images, teacher.model, spec.num_classes, relabel_cfg, resolve_device(cfg.device))
+        seconds["relabel"] = time.time() - t0
+        provenance["relabel"] = asdict(relabel_cfg)
+    t0 = time.time()
+    trainer = trainer_bundle_bytes(spec, cfg.trainer_batch_size) if cfg.embed_trainer else None
+    seconds["export_trainer"] = time.time() - t0
+    provenance["seconds"] = seconds
+    topk = cfg.topk or min(spec.num_classes, 10)
+    return pack(out, images, labels, spec, views=views, codec=cfg.codec, topk=topk, pixels=cfg.pixels,
+                temperature=relabel_cfg.temperature, trainer=trainer, provenance=provenance)
+
+
+def build(
+    cfg: BuildConfig,
+    out: str | Path,
+    log: Callable[[str], None] = print,
+    stop_after: int | None = None,
+) -> BuildOutput:
+    """Run the whole pipeline and write `out`. `stop_after` (outer loops) simulates an interrupt."""
+    if cfg.soft_labels not in ("teacher", "none"):
+        raise CondenserError(f"--soft-labels must be 'teacher' or 'none', got {cfg.soft_labels!r}")
+    profile = get_profile(cfg.profile)
+    if profile.condense.factor != 1:
+        raise CondenserError("packing multi-formation (factor > 1) images is not supported yet")
+    seconds: dict[str, float] = {}
+    train = load_dataset(cfg.dataset, "train", root=cfg.data_root)
+
+    teacher = None
+    if cfg.soft_labels == "teacher":
+        t0 = time.time()
+        teacher = get_teacher(cfg, log)
+        seconds["teacher"] = time.time() - t0
+
+    ccfg = cfg.condense_config(profile)
+    t0 = time.time()
+    result = condense(ccfg, train, run_dir=run_dir_for(ccfg, cfg.dataset), stop_after=stop_after)
+    seconds["condense"] = time.time() - t0
+    if not result.finished:
+        raise BuildInterrupted(f"stopped after outer loop {result.outer_loops_done}; rerun to resume")
+
+    provenance = {
+        "method": "multisize" if ccfg.multisize else ccfg.method,
+        "base_method": ccfg.method,
+        "profile": profile.as_dict(),
+        "build": asdict(cfg),
+        "teacher": None if teacher is None else {k: teacher.meta[k] for k in
+                                                   ("arch", "dataset", "test_accuracy", "config")},
+        "environment": environment(),
+        "command": " ".join(sys.argv),
+        **result.provenance(),
+    }
+    path = relabel_and_pack(cfg, out, result.images, result.labels, train, teacher, provenance, profile,
+                            seconds)
+    log(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return BuildOutput(path=path, result=result, teacher=teacher, seconds=seconds)
+
+
+class BuildInterrupted(CondenserError):
+    """The build stopped on purpose (`stop_after`); rerunning the same command resumes it."""

@@ -1,0 +1,52 @@
+"""`condenser build`: condense a dataset into one nested .mdc file (teacher, condense, relabel, pack)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from condenser.cli.app import app
+from condenser.cli.options import DataRoot, Dataset, Device, Profile, Seed, resolve_profile
+
+
+@app.command()
+def build(
+    ipc: Annotated[int, typer.Option("--ipc", help="Images per class of the full (largest) set.")] = 10,
+    dataset: Dataset = "fashion-mnist",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output .mdc (default: DATASET-ipcN.mdc).")] = None,
+    method: Annotated[str | None, typer.Option(help="Base method: gm or dm (default: the profile's).")] = None,
+    multisize: Annotated[bool, typer.Option("--multisize/--no-multisize",
+                                            help="Add the MDC subset loss (off = Baseline C).")] = True,
+    freeze: Annotated[str, typer.Option(help="MLS freezing rule: paper (Eq. 10), code, none.")] = "paper",
+    class_wise: Annotated[bool, typer.Option("--class-wise", help="Select the MLS per class.")] = False,
+    soft_labels: Annotated[str, typer.Option(help="teacher (soft-label views) or none.")] = "teacher",
+    views: Annotated[int | None, typer.Option(help="Soft-label views per image (default: profile's).")] = None,
+    teacher_path: Annotated[Path | None, typer.Option("--teacher", help="A teacher.safetensors to use "
+                                                      "instead of the cached/trained one.")] = None,
+    codec: Annotated[str, typer.Option(help="Soft-label codec: dense-f16, topk-f16, topk-u8.")] = "topk-u8",
+    pixels: Annotated[str, typer.Option(help="Pixel encoding: uint8, float16, float32.")] = "float16",
+    embed_trainer: Annotated[bool, typer.Option("--embed-trainer/--no-embed-trainer",
+                                                help="Embed the ONNX device trainer in the file.")] = True,
+    profile: Profile = None,
+    data_root: DataRoot = None,
+    device: Device = "auto",
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bfloat16 autocast on CUDA.")] = True,
+    seed: Seed = 0,
+) -> None:
+    """Teacher (cached) -> multisize condensation (resumable) -> soft-label views -> one .mdc, atomically."""
+    from condenser.build import BuildConfig
+    from condenser.build import build as run_build
+
+    cfg = BuildConfig(
+        dataset=dataset, ipc=ipc, profile=resolve_profile(profile), method=method, multisize=multisize,
+        freeze=freeze, class_wise=class_wise, soft_labels=soft_labels, views=views,
+        teacher_path=str(teacher_path) if teacher_path else None, codec=codec, pixels=pixels,
+        embed_trainer=embed_trainer, seed=seed, device=device, amp=amp,
+        data_root=str(data_root) if data_root else None,
+    )
+    target = out or Path(f"{dataset.replace(':', '_').replace('/', '_')}-ipc{ipc}.mdc")
+    result = run_build(cfg, target, log=typer.echo)
+    times = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
+    typer.echo(f"{target}: {ipc} images/class x {result.result.num_classes} classes ({times})")
