@@ -59,6 +59,10 @@ class Budget:
             if isinstance(tm, bool) or not isinstance(tm, (int, float)) or not math.isfinite(tm) or tm < 0:
                 raise BudgetError(f"Budget(trainer_mb={tm!r}): must be a non-negative finite number")
 
+    def __repr__(self) -> str:
+        set_ = ", ".join(f"{k}={v:g}" for k, v in vars(self).items() if v is not None)
+        return f"Budget({set_})"
+
     @property
     def needs_calibration(self) -> bool:
         return (self.seconds is not None and self.step_seconds is None) or (
