@@ -359,8 +359,8 @@ def parse_header(raw: dict[str, Any]) -> Header:
         raise _bad("pixels.encoding", f"{encoding!r} is not one of {sorted(PIXEL_DTYPES)}")
     mean = _floats(pixels, "mean", "pixels.", shape[0])
     std = _floats(pixels, "std", "pixels.", shape[0])
-    if any(s <= 0 for s in std):
-        raise _bad("pixels.std", "every std must be > 0")
+    if any(not 1e-6 <= s <= 1e6 for s in std) or any(abs(m) > 1e6 for m in mean):
+        raise _bad("pixels", "std must lie in [1e-6, 1e6] and |mean| <= 1e6")
     nesting = raw.get("nesting", {})
     if not isinstance(nesting, dict):
         raise _bad("nesting", "expected a map")

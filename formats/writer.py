@@ -89,8 +89,10 @@ def _check_basics(data: MDCData) -> tuple[int, int]:
     if data.pixel_encoding not in PIXEL_DTYPES:
         raise InvalidDataError(
             f"pixel_encoding must be one of {sorted(PIXEL_DTYPES)}, got {data.pixel_encoding!r}")
-    if len(data.mean) != shape[0] or len(data.std) != shape[0] or min(data.std) <= 0:
-        raise InvalidDataError(f"mean and std need {shape[0]} values each, std > 0")
+    if len(data.mean) != shape[0] or len(data.std) != shape[0]:
+        raise InvalidDataError(f"mean and std need {shape[0]} values each")
+    if not all(1e-6 <= s <= 1e6 for s in data.std) or not all(abs(m) <= 1e6 for m in data.mean):
+        raise InvalidDataError("std must lie in [1e-6, 1e6] and |mean| <= 1e6")
     f = int(data.formation_factor)
     if f < 1 or shape[1] % f or shape[2] % f:
         raise InvalidDataError(f"formation_factor {f} must be >= 1 and divide the image size {shape[1:]}")
