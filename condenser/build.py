@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 import formats
-from condenser.checkpoint import config_hash
+from condenser.checkpoint import atomic_write_bytes, config_hash
 from condenser.condense import CondenseConfig, CondenseResult, condense
 from condenser.data import ImageDataset, load_dataset
 from condenser.device import resolve_device
 from condenser.errors import CondenserError
-from condenser.paths import runs_dir
+from condenser.paths import cache_root, runs_dir
 from condenser.profiles import Profile, get_profile
 from condenser.relabel import RelabelConfig, relabel
 from condenser.teacher import Teacher, TeacherConfig, load_teacher, train_teacher
@@ -99,13 +99,23 @@ def run_dir_for(ccfg: CondenseConfig, dataset: str) -> Path:
 
 
 def trainer_bundle_bytes(spec, batch_size: int, width: int = 128) -> bytes:
-    """The device trainer (ConvNet-D3 train-step + inference graphs) to embed before the blocks."""
+    """The device trainer (ConvNet-D3 train-step + inference graphs) to embed before the blocks.
+
+    Exporting traces and converts the graphs (tens of seconds on a CPU), so bundles are cached by
+    their settings and the installed torch version.
+    """
     from condenser.export import ExportSettings, export_trainer
 
     settings = ExportSettings(arch="convnet", in_shape=tuple(spec.image_shape), num_classes=spec.num_classes,
                               batch_size=batch_size, dataset=spec.name, mean=tuple(spec.mean),
                               std=tuple(spec.std), model_kwargs={"width": width})
-    return export_trainer(settings).to_bytes()
+    key = config_hash({"settings": asdict(settings), "torch": torch.__version__})
+    cached = cache_root() / "trainers" / f"{key}.bundle"
+    if cached.exists():
+        return cached.read_bytes()
+    blob = export_trainer(settings).to_bytes()
+    atomic_write_bytes(cached, blob)
+    return blob
 
 
 def pack(

@@ -1,0 +1,75 @@
+"""End-to-end build on the smoke profile: a valid nested .mdc, resumable, evaluable per size."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import formats
+from condenser.build import BuildConfig, BuildInterrupted, build
+from condenser.cli import app
+
+TINY = {"outer_loops": 4, "inner_loops": 1, "period": 2, "n_data": 32, "batch_real": 8, "width": 8}
+
+
+def _config(**kw) -> BuildConfig:
+    base = dict(ipc=3, profile="smoke", views=2, embed_trainer=False, device="cpu", condense_overrides=TINY)
+    base.update(kw)
+    return BuildConfig(**base)
+
+
+def test_build_writes_a_nested_file_whose_prefixes_load(tmp_path):
+    out = build(_config(), tmp_path / "f.mdc", log=lambda _: None)
+    with formats.open_mdc(out.path) as reader:
+        assert reader.ipc_max == 3 and reader.blocks_present == 3 and reader.num_classes == 10
+        full = reader.read(3)
+        one = reader.read(1)
+        assert full.images.shape == (30, 1, 28, 28) and full.views.targets.shape == (30, 2, 10)
+        np.testing.assert_array_equal(one.images, full.images[:10])
+        np.testing.assert_array_equal(one.labels, np.arange(10))
+        prov = reader.header["provenance"]
+        assert prov["method"] == "multisize" and prov["mls_history"]
+        assert prov["teacher"]["arch"] == "convnet"
+    # the stored pixels are the condensed images (float16 encoding)
+    np.testing.assert_allclose(full.images, out.result.images.numpy(), atol=2e-2)
+
+
+def test_interrupted_build_resumes_to_the_same_images(tmp_path):
+    straight = build(_config(seed=1), tmp_path / "a.mdc", log=lambda _: None)
+    with pytest.raises(BuildInterrupted):
+        build(_config(seed=1, condense_overrides=TINY | {"period": 1}), tmp_path / "x.mdc", log=lambda _: None,
+              stop_after=1)
+    # A different config is a different run directory: the interrupted run above must not leak into this one.
+    with pytest.raises(BuildInterrupted):
+        build(_config(seed=1), tmp_path / "b.mdc", log=lambda _: None, stop_after=2)
+    assert not (tmp_path / "b.mdc").exists()  # nothing written for an unfinished build
+    resumed = build(_config(seed=1), tmp_path / "b.mdc", log=lambda _: None)
+    a, b = formats.open_mdc(straight.path).read(3), formats.open_mdc(resumed.path).read(3)
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.views.targets, b.views.targets)
+
+
+def test_hard_label_build_and_eval_cli(tmp_path):
+    out = build(_config(soft_labels="none"), tmp_path / "h.mdc", log=lambda _: None)
+    with formats.open_mdc(out.path) as reader:
+        assert reader.read(2).views is None
+    result = CliRunner().invoke(app, ["eval", str(out.path), "--sizes", "1-2", "--profile", "smoke",
+                                      "--epochs", "1", "--seeds", "2", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "h.mdc.results.json").read_text())
+    assert set(data["sizes"]) == {"1", "2"}
+    row = data["sizes"]["1"]
+    assert len(row["hard"]["accuracies"]) == 2 and "soft" not in row
+    assert row["hard"]["mean"] == pytest.approx(np.mean(row["hard"]["accuracies"]), abs=1e-3)
+    assert data["protocol"]["epochs"] == 1
+    with formats.open_mdc(out.path) as reader:  # the table also lives in the file's header
+        assert set(reader.header["results"]) == {"1", "2"}
+        assert reader.read(2).images.shape[0] == 20  # and the body is intact
+
+
+def test_eval_rejects_sizes_beyond_the_file(tmp_path):
+    out = build(_config(soft_labels="none"), tmp_path / "h.mdc", log=lambda _: None)
+    result = CliRunner().invoke(app, ["eval", str(out.path), "--sizes", "1-5", "--profile", "smoke"])
+    assert result.exit_code != 0
+    assert "exceed" in str(result.exception) or "exceed" in result.output
