@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from condenser.cli.app import app
+from formats.layout import PREAMBLE_SIZE
 
 
 def _size(n: int) -> str:
@@ -43,7 +44,7 @@ def file_report(reader) -> dict[str, Any]:
     sections = [{"name": x.name, "offset": reader.body_offset + x.offset,
                  "end": reader.body_offset + x.offset + x.length, "length": x.length} for x in s.sections]
     return {"path": reader.path, "file_size": reader.file_size, "version": list(reader.version),
-            "header_offset": 24, "body_offset": reader.body_offset, "ipc_max": s.ipc_max,
+            "header_offset": PREAMBLE_SIZE, "body_offset": reader.body_offset, "ipc_max": s.ipc_max,
             "blocks_present": reader.blocks_present, "header": reader.header, "sections": sections,
             "blocks": blocks}
 
@@ -92,7 +93,7 @@ def render(reader, console: Console) -> None:
         ("blocks present", f"{present} of {s.ipc_max} ({state})"),
         ("records", f"{s.ipc_max * s.num_classes} images, IPC-major (record r = i*C + c)"),
         ("image shape", f"{c}x{hh}x{ww}"),
-        ("pixels", f"{s.encoding}; mean {list(s.mean)}, std {list(s.std)}"),
+        ("pixels", f"{s.encoding}; mean {[round(x, 4) for x in s.mean]}, std {[round(x, 4) for x in s.std]}"),
         ("nesting", f"unit: stored image, formation factor {s.formation_factor}"),
     ]
     if s.views is not None:
