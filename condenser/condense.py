@@ -1,13 +1,13 @@
 """The condensation loop: T outer loops x E inner steps of a base method, wrapped by multisize.
 
-    for t in 1..T:                      # outer loop: fresh network, clamp pixels
+    for t in 1..T:                      # outer loop: fresh network
         for e in 1..E:                  # inner step: all classes at once
             real batch per class -> siamese augmentation of [real; decoded syn] per class
             loss = base(S) + w * base(S_[MLS])      (multisize; base only when disabled)
             distances of every prefix   (measuring loops: t == 1 or t % Δt == 0)
             masked SGD step on S        (frozen prefix: no move, no momentum)
             network hook (gm: train on real data; dm: redraw the random network)
-        MLS selection + freezing        (measuring loops)
+        clamp pixels to [0, 1]; MLS selection + freezing (measuring loops)
         checkpoint                      (every Δt loops, atomically)
 
 All randomness (real batches, augmentation draws, network initialisations, random init) comes from
@@ -211,7 +211,9 @@ def condense(
     """Condense `train_set` to `cfg.ipc` images per class; resumable when `run_dir` is given.
 
     `stop_after=k` checkpoints and returns after outer loop k (a partial result, `finished=False`);
-    `on_outer_loop(t, info)` is called after each outer loop's checkpoint (it may raise to interrupt).
+    `on_outer_loop(t, info)` is called after each outer loop's checkpoint (it may raise to interrupt);
+    info holds the loss, the MLS record (if one was selected), the live images [N, C, ...] (read only)
+    and the frozen prefix per class that the next loop will use.
     """
     device = resolve_device(cfg.device)
     spec = train_set.spec
@@ -226,6 +228,7 @@ def condense(
         lr_t: float | torch.Tensor = lr / std**2
     else:
         lr_t = lr
+    syn.clamp_()
     optimizer = MaskedSGD(syn.data, lr_t, cfg.mom_img)
     objective = None
     if cfg.multisize and cfg.ipc > 1:
@@ -277,7 +280,6 @@ def condense(
     try:
         for t in range(done + 1, cfg.outer_loops + 1):
             t0 = time.perf_counter()
-            syn.clamp_()
             method.prepare_model(model, ctx)
             measuring = objective is not None and objective.selector.measuring(t)
             mask = objective.trainable_mask(device) if objective is not None else None
@@ -295,6 +297,8 @@ def condense(
                 torch.autograd.backward(loss, inputs=[syn.data])
                 optimizer.step(mask)
                 method.train_model_step(model, ctx)
+            syn.clamp_()  # the reference code clamps at the start of the next loop; same images, and
+            # clamping here means a prefix frozen from the next loop on is already final
             record = objective.end_outer_loop(t) if objective is not None else None
             loss_value = float(loss.detach())  # the one host sync of this outer loop
             elapsed += time.perf_counter() - t0
@@ -305,7 +309,8 @@ def condense(
             done = t
             bar.update(t, loss_value, _mls_text(objective))
             if on_outer_loop is not None:
-                on_outer_loop(t, {"loss": loss_value, "mls": record.as_dict() if record else None})
+                on_outer_loop(t, {"loss": loss_value, "mls": record.as_dict() if record else None,
+                                  "images": syn.data.detach(), "frozen": _frozen(objective)})
             if stopping:
                 break
     finally:
@@ -324,6 +329,10 @@ def condense(
         config=cfg.to_dict(), init_indices=syn.init_indices.clone(), outer_loops_done=done,
         finished=done >= cfg.outer_loops,
     )
+
+
+def _frozen(objective: Multisize | None) -> list[int] | None:
+    return objective.selector.frozen_sizes() if objective is not None else None
 
 
 def _mls_text(objective: Multisize | None) -> str:
