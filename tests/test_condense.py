@@ -164,3 +164,25 @@ def test_single_class_loss_signature():
     one = m.loss(model, syn, real, 1)
     batch = m.loss(model, syn.unsqueeze(0), real.unsqueeze(0), torch.tensor([1]))
     torch.testing.assert_close(one, batch)
+
+
+def test_baselines_sizes_and_nesting(tmp_path, tiny_set):
+    from condenser.baselines import build_sized_sets
+
+    cfg = CondenseConfig(method="dm", **{**TINY, "outer_loops": 2})
+    a = build_sized_sets("A", cfg, tiny_set, tmp_path, progress=False)
+    assert not a.nested and sorted(a.sets) == [1, 2, 3] and a.images_per_class_stored == 6
+    assert [r.ipc for r in a.runs] == [1, 2, 3] and a.get(2)[0].shape == (6, 1, 8, 8)
+
+    b = build_sized_sets("B", cfg, tiny_set, tmp_path, progress=False)
+    assert b.nested and len(b.runs) == 3
+    assert [r.init_indices[:, 0].tolist() for r in b.runs] == [
+        [int(tiny_set.first_of_class(c, 1, offset=k)[0]) for c in range(3)] for k in range(3)]
+    assert torch.equal(b.get(2)[0], torch.cat([b.runs[0].images, b.runs[1].images]))
+    assert torch.equal(b.get(1)[0], a.get(1)[0])  # for n = 1, A and B are the same process
+
+    c = build_sized_sets("C", cfg, tiny_set, tmp_path, progress=False)
+    m = build_sized_sets("mdc", cfg, tiny_set, tmp_path, progress=False)
+    assert c.runs[0].mls_history == [] and m.runs[0].mls_history
+    assert torch.equal(c.get(2)[0], c.get(3)[0][:6])
+    assert c.get(3)[1].tolist() == [0, 1, 2] * 3
