@@ -240,6 +240,7 @@ def condense(
         model = factory().to(device)
     amp = amp_dtype(device) if cfg.amp else None
     autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else contextlib.nullcontext
+    match_ctx = autocast if method.autocast_matching else contextlib.nullcontext
     pool = RealPool(train_set, device)
     ctx = StepContext(real=pool, generator=generator, num_classes=num_classes,
                       reinit=_make_reinit(factory, generator), autocast=autocast)
@@ -287,12 +288,13 @@ def condense(
             for _ in range(cfg.inner_loops):
                 real = pool.class_batch(classes, cfg.batch_real, generator)
                 real_aug, syn_aug = method.siamese(real, syn.decoded(), generator)
-                if objective is not None:
-                    loss = objective.loss(model, syn_aug, real_aug, labels)
-                    if measuring:
-                        objective.observe(model, syn_aug, real_aug, labels)
-                else:
-                    loss = method.match(model, syn_aug, method.target(model, real_aug, labels), labels)
+                with match_ctx():
+                    if objective is not None:
+                        loss = objective.loss(model, syn_aug, real_aug, labels)
+                        if measuring:
+                            objective.observe(model, syn_aug, real_aug, labels)
+                    else:
+                        loss = method.match(model, syn_aug, method.target(model, real_aug, labels), labels)
                 optimizer.zero_grad()
                 torch.autograd.backward(loss, inputs=[syn.data])
                 optimizer.step(mask)

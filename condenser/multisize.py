@@ -223,13 +223,21 @@ class Multisize:
         self.config = config or MultisizeConfig()
         self.selector = MLSSelector(ipc, num_classes, self.config)
         self.meter = DistanceMeter(num_classes, ipc, torch.device(device))
+        self._weights_cache: tuple[tuple, torch.Tensor] | None = None
 
     def subset_weights(self, labels: torch.Tensor, samples: int) -> torch.Tensor | None:
-        """[K, M] prefix masks of the MLS of each class in `labels` (None when no subset term)."""
+        """[K, M] prefix masks of the MLS of each class in `labels` (None when no subset term).
+
+        Cached until the selection changes, so steps do not rebuild (or re-upload) the mask.
+        """
         if not self.selector.active:
             return None
-        sizes = torch.tensor(self.selector.subset_sizes(), device=labels.device)[labels] * self.per_image
-        return (torch.arange(samples, device=labels.device).unsqueeze(0) < sizes.unsqueeze(1)).float()
+        key = (tuple(self.selector.subset_sizes()), samples, labels.device)
+        if self._weights_cache is None or self._weights_cache[0] != key:
+            sizes = torch.tensor(key[0], device=labels.device) * self.per_image  # [C]
+            mask = (torch.arange(samples, device=labels.device).unsqueeze(0) < sizes.unsqueeze(1)).float()
+            self._weights_cache = (key, mask)
+        return self._weights_cache[1].index_select(0, labels)
 
     def loss(self, model: nn.Module, syn: torch.Tensor, real: torch.Tensor, labels: torch.Tensor
              ) -> torch.Tensor:

@@ -54,6 +54,7 @@ class BaseMethod(Protocol):
     name: str
     matching_strategy: str  # DSA strategy of the siamese draw on [real; syn]
     lr_in_pixel_units: bool  # lr_img is given for [0,1] pixels (IDC) rather than normalized space (DM)
+    autocast_matching: bool  # whether target/match may run under the run's AMP autocast
 
     def default_lr_img(self, ipc: int, resolution: int) -> float: ...
 

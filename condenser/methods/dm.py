@@ -30,6 +30,7 @@ class DistributionMatching:
     name = "dm"
     Settings = DMSettings
     lr_in_pixel_units = False
+    autocast_matching = True
 
     def __init__(self, allow_flip: bool = True, **settings: Any) -> None:
         self.settings: DMSettings = make_settings(DMSettings, settings, self.name)

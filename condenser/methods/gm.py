@@ -63,6 +63,7 @@ class GradientMatching:
     name = "gm"
     Settings = GMSettings
     lr_in_pixel_units = True
+    autocast_matching = False  # second-order terms stay in float32
 
     def __init__(self, allow_flip: bool = True, **settings: Any) -> None:
         self.settings: GMSettings = make_settings(GMSettings, settings, self.name)
