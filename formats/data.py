@@ -15,9 +15,9 @@ LabelKind = Literal["logits", "probs"]
 class Views:
     """V augmentation views per record, with the teacher's output on each (see docs/format.md).
 
-    Boxes are (top, left, height, width). `crop` is in stored-image pixels; the crop is resized
-    back to the full image size, optionally flipped, and then `mix_box` (output-view pixels, whole
-    numbers) is replaced by the partner record under the same crop and flip (CutMix).
+    Boxes are (top, left, height, width) in whole pixels. `crop` is in stored-image pixels; the crop
+    is resized back to the full image size, optionally flipped, and then `mix_box` (output-view
+    pixels) is replaced by the partner record under the same crop and flip (CutMix).
     """
 
     crop: np.ndarray  # float32 [n, V, 4]

@@ -35,8 +35,12 @@ def encode_pixels(x: np.ndarray, encoding: str, mean: Stats, std: Stats) -> np.n
         return x.astype("<f2")
     if encoding == "uint8":
         m, s = _stats(mean, std, x.shape[1])
-        u = np.rint((x * s + m) * 255.0)
-        return np.clip(u, 0, 255).astype("<u1")
+        u = x * s  # one temporary, then in place: this runs over every pixel of the file
+        u += m
+        u *= 255.0
+        np.rint(u, out=u)
+        np.clip(u, 0, 255, out=u)
+        return u.astype("<u1")
     raise InvalidDataError(f"pixel_encoding must be one of {sorted(PIXEL_DTYPES)}, got {encoding!r}")
 
 
@@ -44,5 +48,9 @@ def decode_pixels(a: np.ndarray, encoding: str, mean: Stats, std: Stats) -> np.n
     """Stored array -> normalized float32 images."""
     if encoding == "uint8":
         m, s = _stats(mean, std, a.shape[1])
-        return (a.astype(np.float32) / np.float32(255.0) - m) / s
+        x = a.astype(np.float32)
+        x /= np.float32(255.0)  # divide (not multiply by 1/255): bit-equal to (x / 255 - mean) / std
+        x -= m
+        x /= s
+        return x
     return a.astype(np.float32)

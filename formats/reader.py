@@ -19,6 +19,7 @@ from formats.pixels import decode_pixels
 from formats.views import VIEW_ARRAYS, decode_views
 
 _COPY_CHUNK = 16 << 20
+_READ_CHUNK = 4 << 20
 
 
 class MDCReader:
@@ -113,7 +114,7 @@ class MDCReader:
             codec = get_codec(s.views.codec)
             stored = {sa.name: a[sa.name].reshape(n * v, *sa.shape) for sa in codec.stored(params)}
             targets = codec.decode(stored, params).reshape(n, v, c)
-            views = decode_views({k: a[k] for k in VIEW_ARRAYS}, targets, c)
+            views = decode_views({k: a[k] for k in VIEW_ARRAYS}, targets, c, s.image_shape[1:])
         return Prefix(ipc=ipc, images=images, labels=labels, views=views, num_classes=c,
                       label_kind=s.views.label_kind if s.views else None,
                       temperature=s.views.temperature if s.views else None)
@@ -131,16 +132,21 @@ class MDCReader:
         start = self.body_offset + s.blocks_offset
         nbytes = (ipc - 1) * stride + length
         buf = np.empty(nbytes, dtype=np.uint8)  # <= the file size: checked above via blocks_present
-        self._readinto(start, memoryview(buf))
         # One row per block, without the padding after the last one (stride may be >> length).
         rows = as_strided(buf, shape=(ipc, length), strides=(stride, 1), writeable=False)
-        if verify:
-            for i in range(ipc):
-                got = zlib.crc32(rows[i, :length])
-                if got != s.block_crc32[i]:
-                    b0 = start + i * stride
-                    raise ChecksumError(f"IPC block {i} (bytes {b0}..{b0 + length}) fails its checksum: "
-                                        f"stored crc32 {s.block_crc32[i]:#010x}, computed {got:#010x}")
+        self._advise(start, nbytes)
+        pos = checked = 0
+        while pos < nbytes:  # read in chunks; check each block as soon as it is in, while the kernel reads on
+            end = min(nbytes, pos + _READ_CHUNK)
+            self._readinto(start + pos, memoryview(buf)[pos:end])
+            pos = end
+            while verify and checked < ipc and checked * stride + length <= pos:
+                got = zlib.crc32(rows[checked])
+                if got != s.block_crc32[checked]:
+                    b0 = start + checked * stride
+                    raise ChecksumError(f"IPC block {checked} (bytes {b0}..{b0 + length}) fails its checksum: "
+                                        f"stored crc32 {s.block_crc32[checked]:#010x}, computed {got:#010x}")
+                checked += 1
         arrays = {}
         for spec in s.arrays.values():
             a = rows[:, spec.offset:spec.end].view(spec.np_dtype)
@@ -207,6 +213,14 @@ class MDCReader:
             raise BudgetError(f"IPC budget must be an integer, got {type(ipc).__name__}")
         if not 1 <= ipc <= self.spec.ipc_max:
             raise BudgetError(f"IPC budget {ipc} is outside 1..{self.spec.ipc_max} (ipc_max of {self.path})")
+
+    def _advise(self, offset: int, length: int) -> None:
+        """Tell the kernel which range comes next, so it reads ahead while blocks are checked."""
+        if length >= _READ_CHUNK and hasattr(os, "posix_fadvise"):
+            try:
+                os.posix_fadvise(self._f.fileno(), offset, length, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
 
     def _readinto(self, offset: int, view: memoryview) -> None:
         self._f.seek(offset)

@@ -21,7 +21,6 @@ ALLOWED_DTYPES = {
     "mix_lam": ("float16", "float32"),
 }
 VIEW_SHAPES = {"crop": (4,), "flip": (), "mix_partner": (), "mix_box": (4,), "mix_lam": ()}
-_BOX_TOL = 1e-3  # pixels of float slack allowed on crop boxes
 
 
 def _narrow_float(a: np.ndarray) -> np.ndarray:
@@ -55,6 +54,22 @@ def check_partners(partner: np.ndarray, num_classes: int, first_record: int = 0)
             f"in block <= {int(own_block[r])} (record // num_classes)")
 
 
+def check_boxes(crop: np.ndarray, partner: np.ndarray, box: np.ndarray, image_hw: tuple[int, int]) -> None:
+    """Crops: whole pixels, height and width >= 1, inside the image. Mix boxes of mixed views: whole
+    pixels, height and width >= 0, inside the view. (Whole pixels keep one meaning: torch's crop then
+    interpolate.)"""
+    h, w = image_hw
+    crop = crop.astype(np.float64)
+    t, left, ch, cw = (crop[..., i] for i in range(4))
+    if ((crop != np.rint(crop)).any() or (ch < 1).any() or (cw < 1).any() or (t < 0).any() or (left < 0).any()
+            or (t + ch > h).any() or (left + cw > w).any()):
+        raise InvalidDataError(f"views.crop boxes must be whole pixels inside the {h}x{w} image, size >= 1")
+    b = box[partner >= 0].astype(np.float64)
+    if b.size and ((b != np.rint(b)).any() or (b < 0).any() or (b[:, 0] + b[:, 2] > h).any()
+                   or (b[:, 1] + b[:, 3] > w).any()):
+        raise InvalidDataError(f"views.mix_box of mixed views must be whole pixels inside the {h}x{w} view")
+
+
 def encode_views(views: Views, n: int, num_classes: int, image_hw: tuple[int, int]) -> dict[str, np.ndarray]:
     """Validate writer input and return the stored view-parameter arrays, each [n, V, ...]."""
     flip = np.asarray(views.flip)
@@ -70,17 +85,8 @@ def encode_views(views: Views, n: int, num_classes: int, image_hw: tuple[int, in
     for name, a in (("crop", crop), ("mix_box", box), ("mix_lam", lam)):
         if not np.isfinite(a).all():
             raise InvalidDataError(f"views.{name} contains NaN or infinity")
-    h, w = image_hw
-    t, left, ch, cw = (crop[..., i] for i in range(4))
-    if ((ch <= 0) | (cw <= 0) | (t < -_BOX_TOL) | (left < -_BOX_TOL)
-            | (t + ch > h + _BOX_TOL) | (left + cw > w + _BOX_TOL)).any():
-        raise InvalidDataError(f"views.crop boxes must lie inside the {h}x{w} image with positive size")
     check_partners(partner, num_classes)
-    mixed = partner >= 0
-    b = box[mixed]
-    if b.size and ((b != np.rint(b)).any() or (b < 0).any() or (b[:, 0] + b[:, 2] > h).any()
-                   or (b[:, 1] + b[:, 3] > w).any()):
-        raise InvalidDataError(f"views.mix_box of mixed views must be whole pixels inside the {h}x{w} view")
+    check_boxes(crop, partner, box, image_hw)
     if ((lam < 0) | (lam > 1)).any():
         raise InvalidDataError("views.mix_lam must lie in [0, 1]")
     return {
@@ -92,18 +98,22 @@ def encode_views(views: Views, n: int, num_classes: int, image_hw: tuple[int, in
     }
 
 
-def decode_views(arrays: dict[str, np.ndarray], targets: np.ndarray, num_classes: int) -> Views:
-    """Stored view arrays [n, V, ...] (already checked) -> a Views with the API dtypes."""
+def decode_views(arrays: dict[str, np.ndarray], targets: np.ndarray, num_classes: int,
+                 image_hw: tuple[int, int]) -> Views:
+    """Stored view arrays [n, V, ...] -> a Views with the API dtypes, after the same checks as the writer's.
+
+    Blocks pass their checksum first, so this only fires on a file written wrong, not on damage.
+    """
     flip = arrays["flip"]
     if flip.size and int(flip.max()) > 1:
         raise InvalidDataError("views.flip holds a value other than 0 or 1")
     partner = arrays["mix_partner"].astype(np.int32)
+    crop = arrays["crop"].astype(np.float32)
+    box = arrays["mix_box"].astype(np.float32)
+    lam = arrays["mix_lam"].astype(np.float32)
     check_partners(partner, num_classes)
-    return Views(
-        crop=arrays["crop"].astype(np.float32),
-        flip=flip.astype(bool),
-        mix_partner=partner,
-        mix_box=arrays["mix_box"].astype(np.float32),
-        mix_lam=arrays["mix_lam"].astype(np.float32),
-        targets=targets,
-    )
+    check_boxes(crop, partner, box, image_hw)
+    if not np.isfinite(lam).all():
+        raise InvalidDataError("views.mix_lam contains NaN or infinity")
+    return Views(crop=crop, flip=flip.astype(bool), mix_partner=partner, mix_box=box, mix_lam=lam,
+                 targets=targets)

@@ -144,13 +144,13 @@ def test_views_are_narrowed_losslessly(tmp_path: Path) -> None:
     data = make_data(num_classes=4, ipc_max=3, views=3, image_shape=(1, 8, 8))
     formats.write_mdc(tmp_path / "x.mdc", data)
     arrays = {a["name"]: a["dtype"] for a in formats.open_mdc(tmp_path / "x.mdc").header["layout"]["arrays"]}
-    assert arrays["crop"] == "float16" and arrays["mix_partner"] == "int16"
-    data.views.crop = data.views.crop + np.float32(0.1)  # no longer float16-exact
-    data.views.crop[..., 2:] -= np.float32(0.2)
+    assert arrays["crop"] == arrays["mix_box"] == arrays["mix_lam"] == "float16"  # 1 - area/64 is exact
+    assert arrays["mix_partner"] == "int16"
+    data = make_data(num_classes=4, ipc_max=3, views=3, image_shape=(1, 6, 6))  # 1 - area/36 is not
     formats.write_mdc(tmp_path / "y.mdc", data)
     r = formats.open_mdc(tmp_path / "y.mdc")
-    assert {a["name"]: a["dtype"] for a in r.header["layout"]["arrays"]}["crop"] == "float32"
-    np.testing.assert_array_equal(r.read(3).views.crop, data.views.crop)
+    assert {a["name"]: a["dtype"] for a in r.header["layout"]["arrays"]}["mix_lam"] == "float32"
+    np.testing.assert_array_equal(r.read(3).views.mix_lam, data.views.mix_lam)
 
 
 def test_prefix_read_touches_only_its_bytes(tmp_path: Path) -> None:
@@ -201,6 +201,7 @@ def test_update_header_refuses_a_damaged_body(tmp_path: Path) -> None:
         (lambda d: setattr(d, "labels", d.labels[::-1].copy()), "IPC-major"),
         (lambda d: d.views.mix_partner.__setitem__((0, 0), 5), "mix_partner"),
         (lambda d: d.views.crop.__setitem__((0, 0, 2), 99.0), "crop"),
+        (lambda d: d.views.crop.__setitem__((0, 0, 0), 0.5), "whole pixels"),
         (lambda d: setattr(d, "topk", 99), "topk"),
         (lambda d: setattr(d, "pixel_encoding", "jpeg"), "pixel_encoding"),
         (lambda d: d.views.targets.__setitem__((0, 0, 0), np.nan), "NaN"),
