@@ -35,8 +35,10 @@ def test_build_writes_a_nested_file_whose_prefixes_load(tmp_path):
     np.testing.assert_allclose(full.images, out.result.images.numpy(), atol=2e-2)
 
 
-def test_interrupted_build_resumes_to_the_same_images(tmp_path):
+def test_interrupted_build_resumes_to_the_same_images(tmp_path, monkeypatch):
+    monkeypatch.setenv("MULTISIZE_CACHE", str(tmp_path / "cache-straight"))
     straight = build(_config(seed=1), tmp_path / "a.mdc", log=lambda _: None)
+    monkeypatch.setenv("MULTISIZE_CACHE", str(tmp_path / "cache-resumed"))
     with pytest.raises(BuildInterrupted):
         build(_config(seed=1, condense_overrides=TINY | {"period": 1}), tmp_path / "x.mdc", log=lambda _: None,
               stop_after=1)
