@@ -125,9 +125,9 @@ def timed(fn, repeats: int, before=None) -> float:
     return statistics.median(times)
 
 
-def load(path: Path, k: int, raw: bool = False) -> int:
+def load(path: Path, k: int, raw: bool = False, verify: bool = True) -> int:
     with formats.open_mdc(path) as r:
-        (r.read_raw if raw else r.read)(k)
+        (r.read_raw if raw else r.read)(k, verify=verify)
         return r.bytes_read
 
 
@@ -181,6 +181,7 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, rng: np.random.Generator, work: Path) -> list[str]:
+    load_avg = os.getloadavg()[0]
     data, probs = make_file_data(rng, args.temperature)
     path = work / "bench.mdc"
     t0 = time.perf_counter()
@@ -206,9 +207,11 @@ def run(args: argparse.Namespace, rng: np.random.Generator, work: Path) -> list[
     cold50 = timed(lambda: load(path, IPC), args.repeats, cache)
     raw_warm50 = timed(lambda: load(path, IPC, raw=True), args.repeats)
     raw_cold50 = timed(lambda: load(path, IPC, raw=True), args.repeats, cache)
+    raw_nocrc50 = timed(lambda: load(path, IPC, raw=True, verify=False), args.repeats)
     with formats.open_mdc(path) as r:
         err = float(np.abs(r.read(IPC).views.targets - probs).mean())
     bw = disk_bandwidth(work, args.dd_mib)
+    small = disk_bandwidth(work, round(size / 2**20))  # dd on a file the size of ours
     codecs = codec_table(np.random.default_rng(1))
 
     mb = lambda b, t: b / t / 1e6  # noqa: E731
@@ -218,8 +221,9 @@ def run(args: argparse.Namespace, rng: np.random.Generator, work: Path) -> list[
         "## Container (.mdc)",
         "",
         f"Command: `python benchmarks/bench_format.py{' --dir ' + str(args.dir) if args.dir else ''}` "
-        f"({now}; {machine()}; numpy {np.__version__}; file system of `{work.parent}`; "
-        "the 2 cores were shared with other work, so times are medians of repeated runs).",
+        f"({now}; {machine()}; numpy {np.__version__}; file system of `{work.parent}`). The cores were shared "
+        f"with other work (1-minute load average {load_avg:.1f} at the start), so times are medians of "
+        "repeated runs and CPU-bound numbers are pessimistic.",
         "",
         f"File: {C} classes x IPC {IPC} x {'x'.join(map(str, SHAPE))} uint8 images, {V} views per image "
         f"(RandomResizedCrop-like whole-pixel crops, flips, CutMix p=0.5), top-{TOPK} soft labels with codec "
@@ -249,6 +253,8 @@ def run(args: argparse.Namespace, rng: np.random.Generator, work: Path) -> list[
         f"| {mb(size, t_write) / bw['write']:.2f} |",
         f"| write + fsync + rename of the encoded file (encode alone: {t_encode * 1e3:.0f} ms) "
         f"| {mb(size, t_io):.0f} | {mb(size, t_io) / bw['write']:.2f} |",
+        f"| dd write, {round(size / 2**20)} MiB (the file's size), `conv=fdatasync` | {small['write']:.0f} "
+        f"| {small['write'] / bw['write']:.2f} |",
         f"| dd read, evicted with posix_fadvise(DONTNEED) | {bw['read_cold']:.0f} | 1 |",
         f"| `read_raw(50)` evicted (read + crc32, no decode) | {mb(size, raw_cold50):.0f} "
         f"| {mb(size, raw_cold50) / bw['read_cold']:.2f} |",
@@ -256,6 +262,10 @@ def run(args: argparse.Namespace, rng: np.random.Generator, work: Path) -> list[
         f"| {mb(size, cold50) / bw['read_cold']:.2f} |",
         f"| dd read, page cache | {bw['read_cached']:.0f} | 1 |",
         f"| `read_raw(50)`, page cache | {mb(size, raw_warm50):.0f} | {mb(size, raw_warm50) / bw['read_cached']:.2f} |",
+        f"| `read_raw(50, verify=False)`, page cache (no crc32) | {mb(size, raw_nocrc50):.0f} "
+        f"| {mb(size, raw_nocrc50) / bw['read_cached']:.2f} |",
+        f"| dd read, {round(size / 2**20)} MiB, evicted / page cache | {small['read_cold']:.0f} / "
+        f"{small['read_cached']:.0f} | |",
     ]
     if "read_direct" in bw:
         out.append(f"| (dd read with `iflag=direct`, for reference) | {bw['read_direct']:.0f} | |")

@@ -223,10 +223,15 @@ class MDCReader:
                 pass
 
     def _readinto(self, offset: int, view: memoryview) -> None:
-        self._f.seek(offset)
+        """Fill view from the file at offset (positional reads where the OS has them: thread-safe)."""
         got = 0
+        fd = self._f.fileno()
         while got < len(view):
-            n = self._f.readinto(view[got:])
+            if hasattr(os, "preadv"):
+                n = os.preadv(fd, [view[got:]], offset + got)
+            else:
+                self._f.seek(offset + got)
+                n = self._f.readinto(view[got:])
             if not n:
                 raise TruncatedError(f"{self.path}: unexpected end of file at byte {offset + got}")
             got += n
