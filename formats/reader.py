@@ -1,4 +1,4 @@
-"""Reading .mdc files: the header on open, then any IPC-k prefix by one seek + read of its bytes."""
+"""Reading .mdc files: the header on open, then any IPC-k prefix by positional reads of its byte range only."""
 
 from __future__ import annotations
 
