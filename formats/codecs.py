@@ -17,7 +17,7 @@ from formats.errors import InvalidDataError, UnknownCodecError
 
 F16_MAX = float(np.finfo(np.float16).max)
 F16_TINY = float(np.finfo(np.float16).tiny)  # smallest normal float16
-_CHUNK = 8192  # rows per top-k selection step
+_CHUNK = 2048  # rows per top-k selection step (fits the cache)
 
 
 @dataclass(frozen=True)
