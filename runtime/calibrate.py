@@ -20,7 +20,7 @@ from runtime.views import apply_views
 @dataclass(frozen=True)
 class Calibration:
     step_seconds: float  # median wall time of one step: batch preparation (view replay) + trainer step
-    trainer_bytes: int  # resident memory the trainer added: graphs, sessions, state, activations
+    trainer_bytes: int  # peak resident memory the trainer added: graphs, sessions, state, activations
 
 
 def rss_bytes() -> int:
@@ -36,6 +36,28 @@ def rss_bytes() -> int:
         return int(psutil.Process().memory_info().rss)
     except Exception:  # psutil missing or unsupported platform
         return 0
+
+
+def _reset_peak() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS; False where Linux does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """Peak RSS since the last reset (VmHWM), or 0 where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def synthetic_batch(batch_size: int, image_shape: tuple[int, int, int], num_classes: int, views: bool,
@@ -62,10 +84,13 @@ def synthetic_batch(batch_size: int, image_shape: tuple[int, int, int], num_clas
 
 def calibrate(make_trainer: Callable[[], Trainer], batch_size: int, image_shape: tuple[int, int, int],
               num_classes: int, views: bool, steps: int = 3, seed: int = 0) -> Calibration:
-    """Build the trainer, run one warm-up step and `steps` timed steps; return median time and RSS growth."""
+    """Build the trainer, run one warm-up step and `steps` timed steps; return the median step time and
+    the growth of peak RSS (VmHWM, reset first; current RSS where that is unavailable). Exact in a fresh
+    process, the usual case on a device; memory freed earlier in the process and reused undercounts."""
     rng = np.random.default_rng(seed)
     make = synthetic_batch(batch_size, image_shape, num_classes, views, rng)
     before = rss_bytes()
+    peak_ok = _reset_peak()
     trainer = make_trainer()
     trainer.step(0.0, *make())  # warm-up: lazy allocations, graph optimisation
     times = []
@@ -73,7 +98,8 @@ def calibrate(make_trainer: Callable[[], Trainer], batch_size: int, image_shape:
         t0 = time.perf_counter()
         trainer.step(0.0, *make())
         times.append(time.perf_counter() - t0)
-    used = max(0, rss_bytes() - before)
+    after = peak_rss_bytes() if peak_ok else 0
+    used = max(0, (after or rss_bytes()) - before)
     del trainer
     return Calibration(step_seconds=float(np.median(times)), trainer_bytes=int(used))
 
