@@ -135,17 +135,23 @@ def initial_params(cfg: TrainConfig, spec: ModelSpec, bundle: TrainerBundle | No
     return init_params(bundle.meta.param_names, bundle.params, cfg.seed)
 
 
-def train(ds: Dataset, arch: str | None = None, backend: str = "onnx", *, trainer: TrainerSource = None,
-          config: TrainConfig | None = None, arch_kwargs: dict[str, Any] | None = None,
+def train(ds: Dataset, arch: str | None = None, backend: str = "onnx", *, epochs: int | None = None,
+          batch_size: int | None = None, lr: float | None = None, schedule: str | None = None,
+          seed: int | None = None, labels: str | None = None, init: str | None = None,
+          momentum: float | None = None, weight_decay: float | None = None, threads: int | None = None,
+          trainer: TrainerSource = None, config: TrainConfig | None = None,
+          arch_kwargs: dict[str, Any] | None = None,
           callback: Callable[[int, float], None] | None = None, **settings: Any) -> Model:
     """Train a fresh network on `ds` and return it.
 
-    settings are TrainConfig fields (epochs, batch_size, lr, schedule, seed, labels, init, momentum,
-    weight_decay, threads) and override `config`. arch None = the trainer bundle's, else "convnet".
-    trainer: a TrainerBundle, its bytes or a bundle file; None = the bundle embedded in the file.
-    callback(epoch, mean_loss) runs after every epoch.
+    The keyword settings are TrainConfig fields (see runtime/config.py for defaults and meaning); those
+    given override `config`. arch None = the trainer bundle's, else "convnet". trainer: a TrainerBundle,
+    its bytes or a bundle file; None = the bundle embedded in the file. callback(epoch, mean_loss) runs
+    after every epoch. Unknown keywords raise ConfigError.
     """
-    cfg = build_config(config, settings)
+    given = dict(epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule, seed=seed, labels=labels,
+                 init=init, momentum=momentum, weight_decay=weight_decay, threads=threads)
+    cfg = build_config(config, {**{k: v for k, v in given.items() if v is not None}, **settings})
     mode = ds.resolve_labels(cfg.labels)
     bundle = resolve_bundle(trainer, ds.trainer_bundle)
     spec, batch_size, bundle = plan(ds.image_shape, ds.num_classes, arch, backend, cfg, bundle, arch_kwargs)
