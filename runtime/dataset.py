@@ -110,7 +110,8 @@ class Dataset:
 
     def make_batch(self, records: np.ndarray, batch_size: int | None = None, labels: str = "auto",
                    rng: np.random.Generator | None = None) -> Batch:
-        """Render `records` (soft: one uniformly drawn view each, replayed in numpy) padded to batch_size."""
+        """Render `records` padded to batch_size: soft = one uniformly drawn view per record, replayed in
+        numpy, with its teacher probabilities; hard = the stored image with a one-hot label."""
         mode = self.resolve_labels(labels)
         records = np.asarray(records, dtype=np.int64)
         m = records.shape[0]

@@ -37,8 +37,9 @@ class TorchTrainer:
         self._torch = torch
         if threads is not None:
             torch.set_num_threads(int(threads))
-        torch.manual_seed(seed)
-        self.model = build_model(spec.arch, spec.in_shape, spec.num_classes, **spec.arch_kwargs)
+        with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
+            torch.manual_seed(seed)
+            self.model = build_model(spec.arch, spec.in_shape, spec.num_classes, **spec.arch_kwargs)
         names = [n for n, _ in self.model.named_parameters()]
         if spec.param_names and tuple(names) != tuple(spec.param_names):
             raise TrainerError(f"torch model {spec.arch!r} has parameters {names[:3]}..., "
