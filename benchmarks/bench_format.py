@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +209,8 @@ def run(args: argparse.Namespace, rng: np.random.Generator, work: Path) -> list[
     raw_warm50 = timed(lambda: load(path, IPC, raw=True), args.repeats)
     raw_cold50 = timed(lambda: load(path, IPC, raw=True), args.repeats, cache)
     raw_nocrc50 = timed(lambda: load(path, IPC, raw=True, verify=False), args.repeats)
+    blob = path.read_bytes()
+    t_crc = timed(lambda: zlib.crc32(blob), args.repeats)
     with formats.open_mdc(path) as r:
         err = float(np.abs(r.read(IPC).views.targets - probs).mean())
     bw = disk_bandwidth(work, args.dd_mib)
@@ -283,6 +286,31 @@ def run(args: argparse.Namespace, rng: np.random.Generator, work: Path) -> list[
     for c in codecs:
         out.append(f"| `{c['codec']}` | {c['bytes']:.0f} | {dense32 / c['bytes']:.1f}x smaller | {c['mae_T1']:.5f} "
                    f"| {c['max_T1']:.4f} | {c['mae_T4']:.5f} | {c['max_T4']:.4f} |")
+    u8 = next(c for c in codecs if c["codec"] == "topk-u8")
+    w_e2e, w_io = mb(size, t_write) / bw["write"], mb(size, t_io) / bw["write"]
+    r_cold, r_warm = mb(size, raw_cold50) / bw["read_cold"], mb(size, raw_warm50) / bw["read_cached"]
+    out += [
+        "",
+        "Against the goals of issue 3:",
+        "",
+        f"* IPC-1 loads {warm50 / warm1:.0f}x faster than IPC-50 with a warm page cache and {cold50 / cold1:.0f}x "
+        f"from disk (goal >= 20x), reading {b50 / b1:.0f}x fewer bytes.",
+        f"* `topk-u8` labels are {dense32 / u8['bytes']:.1f}x smaller than dense float32 at {C} classes with a "
+        f"mean absolute probability error of {u8['mae_T1']:.4f} at T=1 and {u8['mae_T4']:.4f} at T=4 "
+        "(goal >= 10x, <= 0.01).",
+        f"* Write: the file's I/O (write + fsync + rename) runs at {w_io:.1f}x dd's sustained 1 GiB rate and "
+        f"{mb(size, t_io) / small['write']:.2f}x dd writing a file of the same size; "
+        f"end to end, `write_mdc` reaches {w_e2e:.2f}x because encoding (top-{TOPK} selection over "
+        f"{C * IPC * V:,} views x {C} classes, quantisation, checksums: {t_encode * 1e3:.0f} ms) is CPU work on "
+        f"the shared cores (goal >= 0.5x: met for I/O, not end to end).",
+        f"* Read: `read_raw` of the whole file from disk reaches {r_cold:.2f}x dd's cold 1 GiB read "
+        f"({mb(size, raw_cold50) / small['read_cold']:.2f}x dd's cold read of the same size) and {r_warm:.2f}x "
+        f"its page-cache read (goal >= 0.5x: not met with verification on). A verified read is bounded by "
+        f"zlib.crc32, which alone ran at {mb(size, t_crc):.0f} MB/s on this CPU during the run; without "
+        f"checksums `read_raw` reached {mb(size, raw_nocrc50):.0f} MB/s from the page cache. Decoding to dense "
+        "float32 targets "
+        f"({C * IPC * V * C * 4 / 1e6:.0f} MB) dominates a full `read`.",
+    ]
     mass1 = codecs[0]["mass_T1"]
     mass4 = codecs[0]["mass_T4"]
     out += [

@@ -84,10 +84,8 @@ class Prefix:
 
 @dataclass
 class RawPrefix:
-    """The IPC-k prefix as stored: every block array concatenated over blocks, not decoded.
-
-    Arrays have shape [k*C, ...] with their stored dtypes; they may be views of one read buffer.
-    """
+    """The IPC-k prefix as stored, not decoded: per array, shape [k, *per-block shape] (first per-block
+    axis = the C records of the block), stored dtype, a read-only view of the one read buffer."""
 
     ipc: int
     arrays: dict[str, np.ndarray]

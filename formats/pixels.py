@@ -45,9 +45,9 @@ def encode_pixels(x: np.ndarray, encoding: str, mean: Stats, std: Stats) -> np.n
 
 
 def decode_pixels(a: np.ndarray, encoding: str, mean: Stats, std: Stats) -> np.ndarray:
-    """Stored array -> normalized float32 images."""
+    """Stored array [..., C, H, W] -> normalized float32 images of the same shape."""
     if encoding == "uint8":
-        m, s = _stats(mean, std, a.shape[1])
+        m, s = _stats(mean, std, a.shape[-3])
         x = a.astype(np.float32)
         x /= np.float32(255.0)  # divide (not multiply by 1/255): bit-equal to (x / 255 - mean) / std
         x -= m

@@ -97,30 +97,36 @@ class MDCReader:
     def read(self, ipc: int, *, verify: bool = True) -> Prefix:
         """The IPC-`ipc` prefix (records 0 .. ipc*C-1), decoded to float32 normalized images."""
         raw = self.read_raw(ipc, verify=verify)
-        a = raw.arrays
         s = self.spec
         c = s.num_classes
-        labels = a["labels"].astype(np.int64)
+        n = ipc * c
+        a = raw.arrays  # [ipc, C, ...] views of the read buffer: decode straight from them, no extra copy
+        labels = a["labels"].astype(np.int64).reshape(n)
         want = np.tile(np.arange(c, dtype=np.int64), ipc)
         if not np.array_equal(labels, want):
             r = int(np.nonzero(labels != want)[0][0])
             raise InvalidDataError(f"record {r} in IPC block {r // c} has label {int(labels[r])}; "
                                    f"IPC-major order needs {r % c}")
-        images = decode_pixels(a["images"], s.encoding, s.mean, s.std)
+        images = decode_pixels(a["images"], s.encoding, s.mean, s.std).reshape(n, *s.image_shape)
         views = None
         if s.views is not None:
-            n, v = ipc * c, s.views.count
+            v = s.views.count
             params = s.views.codec_params(c)
             codec = get_codec(s.views.codec)
             stored = {sa.name: a[sa.name].reshape(n * v, *sa.shape) for sa in codec.stored(params)}
             targets = codec.decode(stored, params).reshape(n, v, c)
-            views = decode_views({k: a[k] for k in VIEW_ARRAYS}, targets, c, s.image_shape[1:])
+            flat = {k: a[k].reshape(n, *a[k].shape[2:]) for k in VIEW_ARRAYS}
+            views = decode_views(flat, targets, c, s.image_shape[1:])
         return Prefix(ipc=ipc, images=images, labels=labels, views=views, num_classes=c,
                       label_kind=s.views.label_kind if s.views else None,
                       temperature=s.views.temperature if s.views else None)
 
     def read_raw(self, ipc: int, *, verify: bool = True) -> RawPrefix:
-        """The stored arrays of blocks 0..ipc-1, undecoded, each [ipc*C, ...]; checksums verified."""
+        """The stored arrays of blocks 0..ipc-1, undecoded, checksums verified.
+
+        Each array has shape [ipc, *per-block shape] and is a read-only view of one read buffer (no
+        copy); `.reshape(ipc * C, ...)` indexes it by record (that copies).
+        """
         self._check_budget(ipc)
         s = self.spec
         present = self.blocks_present
@@ -147,12 +153,8 @@ class MDCReader:
                     raise ChecksumError(f"IPC block {checked} (bytes {b0}..{b0 + length}) fails its checksum: "
                                         f"stored crc32 {s.block_crc32[checked]:#010x}, computed {got:#010x}")
                 checked += 1
-        arrays = {}
-        for spec in s.arrays.values():
-            a = rows[:, spec.offset:spec.end].view(spec.np_dtype)
-            per_block = spec.shape
-            shape = (ipc * per_block[0], *per_block[1:]) if per_block else (ipc,)
-            arrays[spec.name] = np.ascontiguousarray(a).reshape(shape)
+        arrays = {spec.name: rows[:, spec.offset:spec.end].view(spec.np_dtype).reshape(ipc, *spec.shape)
+                  for spec in s.arrays.values()}
         return RawPrefix(ipc=ipc, arrays=arrays, nbytes=nbytes)
 
     def section(self, name: str) -> bytes:
