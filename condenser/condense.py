@@ -290,9 +290,7 @@ def condense(
                 real_aug, syn_aug = method.siamese(real, syn.decoded(), generator)
                 with match_ctx():
                     if objective is not None:
-                        loss = objective.loss(model, syn_aug, real_aug, labels)
-                        if measuring:
-                            objective.observe(model, syn_aug, real_aug, labels)
+                        loss = objective.loss(model, syn_aug, real_aug, labels, measure=measuring)
                     else:
                         loss = method.match(model, syn_aug, method.target(model, real_aug, labels), labels)
                 optimizer.zero_grad()

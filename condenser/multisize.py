@@ -239,23 +239,40 @@ class Multisize:
             self._weights_cache = (key, mask)
         return self._weights_cache[1].index_select(0, labels)
 
-    def loss(self, model: nn.Module, syn: torch.Tensor, real: torch.Tensor, labels: torch.Tensor
-             ) -> torch.Tensor:
-        """Augmented class batches syn [K, M, ...], real [K, B, ...] -> base + weight * subset loss."""
+    def loss(self, model: nn.Module, syn: torch.Tensor, real: torch.Tensor, labels: torch.Tensor,
+             measure: bool = False) -> torch.Tensor:
+        """Augmented class batches syn [K, M, ...], real [K, B, ...] -> base + weight * subset loss.
+
+        `measure=True` also accumulates this step's prefix distances (see `observe`).
+        """
         target = self.base.target(model, real, labels)
-        loss = self.base.match(model, syn, target, labels)
+        if measure:
+            hook = getattr(self.base, "real_feature_mean", None)
+            real_mean = hook(model, target) if hook is not None else None
+            self.observe(model, syn, real, labels, real_mean)
         weights = self.subset_weights(labels, syn.shape[1])
-        if weights is not None and self.config.weight > 0:
-            loss = loss + self.config.weight * self.base.match(model, syn, target, labels, weights)
-        return loss
+        if weights is None or self.config.weight == 0:
+            return self.base.match(model, syn, target, labels)
+        terms = getattr(self.base, "match_terms", None)
+        if terms is not None:  # one shared forward of the synthetic batch
+            full, subset = terms(model, syn, target, labels, [None, weights])
+        else:
+            full = self.base.match(model, syn, target, labels)
+            subset = self.base.match(model, syn, target, labels, weights)
+        return full + self.config.weight * subset
 
     @torch.no_grad()
-    def observe(self, model: nn.Module, syn: torch.Tensor, real: torch.Tensor, labels: torch.Tensor) -> None:
-        """Accumulate this step's prefix distances (measuring loops only); stays on the device."""
+    def observe(self, model: nn.Module, syn: torch.Tensor, real: torch.Tensor, labels: torch.Tensor,
+                real_mean: torch.Tensor | None = None) -> None:
+        """Accumulate this step's prefix distances (measuring loops only); stays on the device.
+
+        `real_mean` [K, D]: the real batch's class-mean features, if already computed.
+        """
         k = syn.shape[0]
         fs = model.features(syn.reshape(-1, *syn.shape[2:]).detach())
-        fr = model.features(real.reshape(-1, *real.shape[2:]))
-        d = prefix_feature_distances(fs.reshape(k, syn.shape[1], -1), fr.reshape(k, real.shape[1], -1),
+        if real_mean is None:
+            real_mean = model.features(real.reshape(-1, *real.shape[2:])).reshape(k, real.shape[1], -1).mean(1)
+        d = prefix_feature_distances(fs.reshape(k, syn.shape[1], -1), real_mean.reshape(k, 1, -1),
                                      self.ipc, self.per_image)
         self.meter.add(labels, d)
 

@@ -280,3 +280,16 @@ def test_formation_nesting_unit_is_the_stored_image():
         torch.testing.assert_close(enc[:, r:r + 4, c:c + 4], torch.nn.functional.avg_pool2d(real[k], 2))
     flat = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 8, 8)  # constant images 0, 1, 2, 3
     torch.testing.assert_close(decode(encode(flat, 2), 2), flat)
+
+
+def test_measuring_through_the_loss_reuses_dm_real_features():
+    """dm's target is the real mean feature; measuring inside `loss` gives the same distances."""
+    model = build_model("convnet", (1, 8, 8), 2, width=8, depth=2)
+    g = torch.Generator().manual_seed(4)
+    syn, real, labels = torch.randn(2, 3, 1, 8, 8, generator=g), torch.randn(2, 5, 1, 8, 8, generator=g), \
+        torch.arange(2)
+    a = Multisize(build_method("dm"), ipc=3, num_classes=2, config=MultisizeConfig(period=1))
+    b = Multisize(build_method("dm"), ipc=3, num_classes=2, config=MultisizeConfig(period=1))
+    a.loss(model, syn, real, labels, measure=True)
+    b.observe(model, syn, real, labels)
+    torch.testing.assert_close(a.meter.mean(), b.meter.mean())

@@ -75,6 +75,12 @@ class BaseMethod(Protocol):
         """Scalar loss of the (weighted) synthetic samples against `target`, summed over classes."""
         ...
 
+    # Optional, used by the multisize wrapper when present:
+    # `match_terms(model, syn, target, labels, weights: list) -> list[Tensor]`: several weighted terms
+    #     from one forward pass of the synthetic batch;
+    # `real_feature_mean(model, target) -> Tensor | None`: the class-mean `model.features` of the real
+    #     batch if `target` already holds it, so measuring loops skip a second real forward.
+
     def loss(self, model: nn.Module, syn: torch.Tensor, real: torch.Tensor,
              label: int | torch.Tensor) -> torch.Tensor:
         """Convenience: `match(model, syn, target(model, real, labels), labels)`; one class or many."""

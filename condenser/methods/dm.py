@@ -17,6 +17,7 @@ from torch import nn
 from condenser.augment import DSA, DSAConfig
 from condenser.methods.base import StepContext, as_class_batch, siamese_per_class, weighted_class_mean
 from condenser.methods.gm import make_settings
+from condenser.models import Classifier
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,16 @@ class DistributionMatching:
     def match(self, model: nn.Module, syn: torch.Tensor, target: torch.Tensor, labels: torch.Tensor,
               weights: torch.Tensor | None = None) -> torch.Tensor:
         return ((target - weighted_class_mean(self._embed(model, syn), weights)) ** 2).sum()
+
+    def real_feature_mean(self, model: nn.Module, target: torch.Tensor) -> torch.Tensor | None:
+        """The target is the mean of flatten(features(real)) when `embed` is the default flatten."""
+        return target if type(model).embed is Classifier.embed else None
+
+    def match_terms(self, model: nn.Module, syn: torch.Tensor, target: torch.Tensor, labels: torch.Tensor,
+                    weights: list[torch.Tensor | None]) -> list[torch.Tensor]:
+        """Several weighted terms from ONE forward of the synthetic batch (base + subset share it)."""
+        emb = self._embed(model, syn)
+        return [((target - weighted_class_mean(emb, w)) ** 2).sum() for w in weights]
 
     def loss(self, model: nn.Module, syn: torch.Tensor, real: torch.Tensor,
              label: int | torch.Tensor) -> torch.Tensor:
