@@ -248,3 +248,15 @@ def _umask() -> int:
 def test_import_formats_does_not_import_torch() -> None:
     code = "import sys, formats, formats.testing; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_multi_formation_factor_is_recorded(tmp_path: Path) -> None:
+    data = make_data(image_shape=(1, 4, 4), views=1)
+    data.formation_factor = 2
+    formats.write_mdc(tmp_path / "x.mdc", data)
+    r = formats.open_mdc(tmp_path / "x.mdc")
+    assert r.spec.formation_factor == 2
+    assert r.header["nesting"] == {"order": "ipc-major", "unit": "stored_image", "formation_factor": 2}
+    data.formation_factor = 3  # must divide the image size
+    with pytest.raises(formats.InvalidDataError, match="formation_factor"):
+        formats.write_mdc(tmp_path / "y.mdc", data)
