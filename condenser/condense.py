@@ -138,6 +138,7 @@ class _Progress:
 
     bar: Any = None
     task: Any = None
+    label: str = ""
 
     def start(self, enabled: bool, total: int, done: int, label: str) -> None:
         if not enabled:
@@ -147,11 +148,11 @@ class _Progress:
         self.bar = progress_bar()
         self.bar.start()
         self.task = self.bar.add_task(label, total=total, completed=done)
-        self._label = label
+        self.label = label
 
     def update(self, done: int, loss: float, mls: str) -> None:
         if self.bar is not None:
-            self.bar.update(self.task, completed=done, description=f"{self._label} loss {loss:.4g} {mls}")
+            self.bar.update(self.task, completed=done, description=f"{self.label} loss {loss:.4g} {mls}")
 
     def stop(self) -> None:
         if self.bar is not None:

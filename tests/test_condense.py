@@ -186,3 +186,10 @@ def test_baselines_sizes_and_nesting(tmp_path, tiny_set):
     assert c.runs[0].mls_history == [] and m.runs[0].mls_history
     assert torch.equal(c.get(2)[0], c.get(3)[0][:6])
     assert c.get(3)[1].tolist() == [0, 1, 2] * 3
+
+
+def test_class_wise_mls_with_code_freezing_runs(tiny_set):
+    cfg = CondenseConfig(method="dm", class_wise=True, freeze="code", **{**TINY, "period": 1})
+    res = condense(cfg, tiny_set, progress=False)
+    assert len(res.mls_history) == 4
+    assert all(len(h["selected"]) == 3 and len(h["distances"]) == 3 for h in res.mls_history)

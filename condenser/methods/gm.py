@@ -23,6 +23,7 @@ from torch.func import functional_call, grad, vmap
 
 from condenser.augment import DSA, DSAConfig, cutmix
 from condenser.methods.base import MethodConfigError, StepContext, as_class_batch, siamese_per_class
+from condenser.training import soft_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ class GradientMatching:
                 x, t = cutmix(x, t, beta=s.cutmix_beta, p=s.cutmix_p, generator=ctx.generator)
             with ctx.autocast():
                 logits = model(x)
-            loss = -(t * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+            loss = soft_cross_entropy(logits.float(), t)
             self._net_opt.zero_grad(set_to_none=True)
             loss.backward()
             self._net_opt.step()
