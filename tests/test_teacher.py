@@ -24,7 +24,8 @@ def test_interrupted_teacher_resumes_to_the_same_weights(tmp_path):
     resumed = train_teacher(config, root=tmp_path / "b", device="cpu", log=lambda _: None)
     assert weights.exists() and meta.exists() and not ckpt.exists()
 
-    for (k, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+    pairs = zip(straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True)
+    for (k, a), (_, b) in pairs:
         assert torch.equal(a, b), k
     assert resumed.test_accuracy == straight.test_accuracy
     assert [h["epoch"] for h in resumed.meta["history"]] == [1, 2, 3]
