@@ -193,3 +193,22 @@ def test_class_wise_mls_with_code_freezing_runs(tiny_set):
     res = condense(cfg, tiny_set, progress=False)
     assert len(res.mls_history) == 4
     assert all(len(h["selected"]) == 3 and len(h["distances"]) == 3 for h in res.mls_history)
+
+
+def test_siamese_per_class_is_one_draw_per_class():
+    """The batched apply equals applying class k's draw to [real_k; syn_k] alone."""
+    from dataclasses import fields
+
+    from condenser.augment import DSA, DSAConfig, DSAParams
+    from condenser.methods.base import siamese_per_class
+
+    dsa = DSA(DSAConfig("color_crop_cutout_flip_scale_rotate"))
+    g = torch.Generator().manual_seed(0)
+    real, syn = torch.randn(3, 5, 1, 8, 8, generator=g), torch.randn(3, 2, 1, 8, 8, generator=g)
+    r_aug, s_aug = siamese_per_class(dsa, real, syn, torch.Generator().manual_seed(7))
+    params = dsa.draw(3, (8, 8), torch.Generator().manual_seed(7))
+    for k in range(3):
+        one = DSAParams(**{f.name: None if getattr(params, f.name) is None else getattr(params, f.name)[k:k + 1]
+                           for f in fields(DSAParams)})
+        expected = dsa.apply(torch.cat([real[k], syn[k]]), one)
+        torch.testing.assert_close(torch.cat([r_aug[k], s_aug[k]]), expected)

@@ -11,12 +11,13 @@ augmented tensors without recomputing the real statistics (mdc.md §2.3).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from condenser.augment import DSA, DSAParams
 from condenser.errors import CondenserError
 from condenser.registry import Registry
 
@@ -105,19 +106,23 @@ def build_method(name: str, allow_flip: bool = True, **settings: Any) -> BaseMet
     return METHODS.get(name)(allow_flip=allow_flip, **settings)
 
 
-def siamese_per_class(aug: Callable[..., tuple[torch.Tensor, ...]], real: torch.Tensor, syn: torch.Tensor,
+def siamese_per_class(dsa: DSA, real: torch.Tensor, syn: torch.Tensor,
                       generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """One shared augmentation draw per class over [real_c; syn_c] (DSA's siamese augmentation).
 
-    `aug` is a `DSA.siamese`-like callable. Draws differ between classes, as in the per-class loop of
-    the reference code; the images of a class see the same transform as its real batch.
+    Draws differ between classes, as in the per-class loop of the reference code, and every image
+    of a class sees its class's transform. Done in ONE batched apply: K draws are expanded to the
+    samples by class index, so the cost does not grow with kernel launches per class.
     """
-    outs_r, outs_s = [], []
-    for k in range(real.shape[0]):
-        r, s = aug(real[k], syn[k], generator=generator)
-        outs_r.append(r)
-        outs_s.append(s)
-    return torch.stack(outs_r), torch.stack(outs_s)
+    k, b, m = real.shape[0], real.shape[1], syn.shape[1]
+    params = dsa.draw(k, tuple(real.shape[-2:]), generator, real.device)
+    cls = torch.arange(k, device=real.device)
+    index = torch.cat([cls.repeat_interleave(b), cls.repeat_interleave(m)])
+    expanded = DSAParams(**{f.name: None if getattr(params, f.name) is None
+                            else getattr(params, f.name).to(real.device)[index] for f in fields(DSAParams)})
+    x = torch.cat([real.reshape(k * b, *real.shape[2:]), syn.reshape(k * m, *syn.shape[2:])])
+    out = dsa.apply(x, expanded)
+    return out[: k * b].view_as(real), out[k * b:].view_as(syn)
 
 
 def weighted_class_mean(x: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:

@@ -55,7 +55,7 @@ class DistributionMatching:
 
     def siamese(self, real: torch.Tensor, syn: torch.Tensor, generator: torch.Generator | None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        return siamese_per_class(self._match_aug.siamese, real, syn, generator)
+        return siamese_per_class(self._match_aug, real, syn, generator)
 
     def _embed(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         k, m = x.shape[:2]

@@ -113,7 +113,7 @@ class GradientMatching:
     # --- matching -------------------------------------------------------------------------------
     def siamese(self, real: torch.Tensor, syn: torch.Tensor, generator: torch.Generator | None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        return siamese_per_class(self._match_aug.siamese, real, syn, generator)
+        return siamese_per_class(self._match_aug, real, syn, generator)
 
     def _batched(self, model: nn.Module, x: torch.Tensor) -> bool:
         flag = self.settings.class_batched
