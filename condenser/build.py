@@ -10,12 +10,13 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 import formats
 from condenser.checkpoint import atomic_write_bytes, config_hash
@@ -23,9 +24,11 @@ from condenser.condense import CondenseConfig, CondenseResult, condense
 from condenser.data import ImageDataset, load_dataset
 from condenser.device import resolve_device
 from condenser.errors import CondenserError
+from condenser.methods import METHODS
 from condenser.paths import cache_root, runs_dir
 from condenser.profiles import Profile, get_profile
 from condenser.relabel import RelabelConfig, relabel
+from condenser.stages import STAGES, StageInterrupted, StageResult
 from condenser.teacher import Teacher, TeacherConfig, load_teacher, train_teacher
 
 
@@ -53,6 +56,7 @@ class BuildConfig:
     amp: bool = True
     data_root: str | None = None
     condense_overrides: dict = field(default_factory=dict)  # any CondenseConfig field
+    method_settings: dict = field(default_factory=dict)  # settings of a decoupled method (sre2l, gvbsm, teddy)
 
     def condense_config(self, profile: Profile, init_offset: int = 0, ipc: int | None = None,
                         multisize: bool | None = None) -> CondenseConfig:
@@ -174,16 +178,22 @@ def relabel_and_pack(
     provenance: dict,
     profile: Profile,
     seconds: dict[str, float],
+    models: Sequence[nn.Module] | None = None,
 ) -> Path:
-    """Shared tail of every build: soft-label views (if any), trainer bundle, atomic write."""
+    """Shared tail of every build: soft-label views (if any), trainer bundle, atomic write.
+
+    `models` (an ensemble: mean of their probabilities) replaces `teacher` as the labeller when given.
+    """
     spec = train.spec
     views = None
     relabel_cfg = RelabelConfig(views=cfg.views or profile.condense.views_per_image, flip=spec.allow_flip,
                                 seed=cfg.seed)
     if cfg.soft_labels == "teacher":
-        assert teacher is not None
+        labellers = list(models) if models else ([teacher.model] if teacher is not None else [])
+        if not labellers:
+            raise CondenserError("soft labels requested but no teacher was given")
         t0 = time.time()
-        views = relabel(images, teacher.model, spec.num_classes, relabel_cfg, resolve_device(cfg.device))
+        views = relabel(images, labellers, spec.num_classes, relabel_cfg, resolve_device(cfg.device))
         seconds["relabel"] = time.time() - t0
         provenance["relabel"] = asdict(relabel_cfg)
     t0 = time.time()
@@ -193,6 +203,31 @@ def relabel_and_pack(
     topk = cfg.topk or min(spec.num_classes, 10)
     return pack(out, images, labels, spec, views=views, codec=cfg.codec, topk=topk, pixels=cfg.pixels,
                 temperature=relabel_cfg.temperature, trainer=trainer, provenance=provenance)
+
+
+def condense_stage(cfg: BuildConfig, profile: Profile, train: ImageDataset, log: Callable[[str], None],
+                   stop_after: int | None, seconds: dict[str, float]) -> StageResult:
+    """gm/dm: teacher (for the soft labels) -> the condense loop with the multisize wrapper."""
+    teacher = None
+    if cfg.soft_labels == "teacher":
+        t0 = time.time()
+        teacher = get_teacher(cfg, log)
+        seconds["teacher"] = time.time() - t0
+
+    ccfg = cfg.condense_config(profile)
+    t0 = time.time()
+    result = condense(ccfg, train, run_dir=run_dir_for(ccfg, cfg.dataset), stop_after=stop_after)
+    seconds["condense"] = time.time() - t0
+    if not result.finished:
+        raise BuildInterrupted(f"stopped after outer loop {result.outer_loops_done}; rerun to resume")
+    provenance = {
+        "method": "multisize" if ccfg.multisize else ccfg.method,
+        "base_method": ccfg.method,
+        "teacher": None if teacher is None else {k: teacher.meta[k] for k in
+                                                   ("arch", "dataset", "test_accuracy", "config")},
+    }
+    return StageResult(result=result, relabel_models=[teacher.model] if teacher is not None else [],
+                       teacher=teacher, provenance=provenance)
 
 
 def build(
@@ -210,35 +245,35 @@ def build(
     seconds: dict[str, float] = {}
     train = load_dataset(cfg.dataset, "train", root=cfg.data_root)
 
-    teacher = None
-    if cfg.soft_labels == "teacher":
-        t0 = time.time()
-        teacher = get_teacher(cfg, log)
-        seconds["teacher"] = time.time() - t0
-
-    ccfg = cfg.condense_config(profile)
-    t0 = time.time()
-    result = condense(ccfg, train, run_dir=run_dir_for(ccfg, cfg.dataset), stop_after=stop_after)
-    seconds["condense"] = time.time() - t0
-    if not result.finished:
-        raise BuildInterrupted(f"stopped after outer loop {result.outer_loops_done}; rerun to resume")
-
+    stage = STAGES.get(cfg.method or profile.condense.method)
+    staged = stage(cfg, profile, train, log, stop_after, seconds)
+    result = staged.result
     provenance = {
-        "method": "multisize" if ccfg.multisize else ccfg.method,
-        "base_method": ccfg.method,
+        **staged.provenance,
         "profile": profile.as_dict(),
         "build": asdict(cfg),
-        "teacher": None if teacher is None else {k: teacher.meta[k] for k in
-                                                   ("arch", "dataset", "test_accuracy", "config")},
         "environment": environment(),
         "command": " ".join(sys.argv),
         **result.provenance(),
     }
-    path = relabel_and_pack(cfg, out, result.images, result.labels, train, teacher, provenance, profile,
-                            seconds)
+    path = relabel_and_pack(cfg, out, result.images, result.labels, train, staged.teacher, provenance, profile,
+                            seconds, models=staged.relabel_models)
     log(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
-    return BuildOutput(path=path, result=result, teacher=teacher, seconds=seconds)
+    return BuildOutput(path=path, result=result, teacher=staged.teacher, seconds=seconds)
 
 
-class BuildInterrupted(CondenserError):
+class BuildInterrupted(StageInterrupted):
     """The build stopped on purpose (`stop_after`); rerunning the same command resumes it."""
+
+
+def _register_stages() -> None:
+    """gm/dm (and any condense-loop method) build through `condense_stage`; the decoupled methods register
+    their own stages on import."""
+    import condenser.statmatch.stage  # noqa: F401
+
+    for name in METHODS.names():
+        if name not in STAGES:
+            STAGES.add(name, condense_stage)
+
+
+_register_stages()

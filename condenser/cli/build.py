@@ -11,12 +11,32 @@ from condenser.cli.app import app
 from condenser.cli.options import DataRoot, Dataset, Device, Profile, Seed, resolve_profile
 
 
+def parse_settings(items: list[str]) -> dict:
+    """KEY=VALUE pairs; VALUE is JSON when it parses (numbers, lists, true), else a string."""
+    import json
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 @app.command()
 def build(
     ipc: Annotated[int, typer.Option("--ipc", help="Images per class of the full (largest) set.")] = 10,
     dataset: Dataset = "fashion-mnist",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output .mdc (default: DATASET-ipcN.mdc).")] = None,
-    method: Annotated[str | None, typer.Option(help="Base method: gm or dm (default: the profile's).")] = None,
+    method: Annotated[str | None, typer.Option(help="Base method: gm, dm, sre2l, gvbsm or teddy "
+                                               "(default: the profile's).")] = None,
+    settings: Annotated[list[str] | None, typer.Option("--set", help="A decoupled method's setting as KEY=VALUE "
+                                                      "(JSON value), e.g. --set iterations=200 --set "
+                                                      "schedule=joint. Repeatable.")] = None,
     multisize: Annotated[bool, typer.Option("--multisize/--no-multisize",
                                             help="Add the MDC subset loss (off = Baseline C).")] = True,
     freeze: Annotated[str, typer.Option(help="MLS freezing rule: paper (Eq. 10), code, none.")] = "paper",
@@ -44,7 +64,7 @@ def build(
         freeze=freeze, class_wise=class_wise, soft_labels=soft_labels, views=views,
         teacher_path=str(teacher_path) if teacher_path else None, codec=codec, pixels=pixels,
         embed_trainer=embed_trainer, seed=seed, device=device, amp=amp,
-        data_root=str(data_root) if data_root else None,
+        data_root=str(data_root) if data_root else None, method_settings=parse_settings(settings or []),
     )
     target = out or Path(f"{dataset.replace(':', '_').replace('/', '_')}-ipc{ipc}.mdc")
     result = run_build(cfg, target, log=typer.echo)

@@ -1,0 +1,70 @@
+"""Nested order for independently recovered images: herding on teacher features.
+
+Recovered images are exchangeable within a class (each IPC index is its own batch), so the order is free
+to choose. Herding picks, greedily, the image whose addition brings the prefix's mean feature closest to
+the class mean of *real* features, so the IPC-1 prefix holds the most typical image and each later image
+corrects what the prefix misses. Batched over classes: one step per prefix size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from condenser.data import ImageDataset
+
+
+@torch.no_grad()
+def embed(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """model.embed (or the logits for models without one) in eval mode, on the model's device, float32."""
+    device = next(model.parameters()).device
+    fn = getattr(model, "embed", model)
+    model.eval()
+    return torch.cat([fn(x[s:s + batch_size].to(device)).float() for s in range(0, x.shape[0], batch_size)])
+
+
+@torch.no_grad()
+def real_class_means(model: nn.Module, train: ImageDataset, per_class: int, seed: int = 0) -> torch.Tensor:
+    """[C, D] mean embedding of up to `per_class` random real images of each class."""
+    g = torch.Generator().manual_seed(seed)
+    c = train.spec.num_classes
+    idx = torch.cat([train.sample_class(k, min(per_class, len(train.class_indices(k))), generator=g)
+                     for k in range(c)])
+    feats = embed(model, train.normalized(idx))
+    labels = train.labels[idx].to(feats.device)
+    sums = torch.zeros(c, feats.shape[1], device=feats.device).index_add_(0, labels, feats)
+    counts = torch.bincount(labels, minlength=c).clamp_min(1).to(feats.dtype)
+    return sums / counts[:, None]
+
+
+def herding_order(features: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """features [C, N, D], means [C, D] -> [C, N]: per class, the image indices in herding order."""
+    c, n, _ = features.shape
+    rows = torch.arange(c, device=features.device)
+    total = torch.zeros_like(means)
+    taken = torch.zeros(c, n, dtype=torch.bool, device=features.device)
+    order = []
+    for k in range(1, n + 1):
+        dist = (((total[:, None] + features) / k - means[:, None]) ** 2).sum(-1)  # [C, N]
+        pick = dist.masked_fill(taken, float("inf")).argmin(1)
+        order.append(pick)
+        taken[rows, pick] = True
+        total = total + features[rows, pick]
+    return torch.stack(order, 1)
+
+
+def apply_order(images: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """IPC-major images [N*C, ...] -> the same images with image i of class c := old image order[c, i]."""
+    c, n = order.shape
+    x = images.view(n, c, *images.shape[1:])
+    return x[order.t().cpu(), torch.arange(c)].reshape(images.shape)
+
+
+def herd(images: torch.Tensor, model: nn.Module, train: ImageDataset, real_per_class: int = 256, seed: int = 0
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reorder IPC-major `images` by herding on `model`'s features; returns (images, order [C, N])."""
+    c = train.spec.num_classes
+    n = images.shape[0] // c
+    feats = embed(model, images).view(n, c, -1).transpose(0, 1)  # [C, N, D]
+    order = herding_order(feats, real_class_means(model, train, real_per_class, seed).to(feats.device))
+    return apply_order(images, order), order.cpu()

@@ -1,0 +1,145 @@
+"""`condenser build --method sre2l|gvbsm|teddy`: teacher pool -> recover -> nested order.
+
+Two schedules. `per-ipc` (the papers): every IPC index is recovered independently, then each class's
+images are put in herding order on the first teacher's features. `joint` (small sets): all images in one
+batch through condenser.condense, so the multisize subset loss, MLS selection and freezing apply.
+Relabelling (the whole pool's ensemble) and packing are the build's shared tail.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from typing import Any
+
+import torch
+
+from condenser.checkpoint import config_hash
+from condenser.condense import CondenseConfig, CondenseResult, condense, dataset_fingerprint
+from condenser.data import ImageDataset
+from condenser.device import resolve_device
+from condenser.methods import MethodConfigError
+from condenser.paths import runs_dir
+from condenser.registry import Registry
+from condenser.stages import STAGES, StageInterrupted, StageResult
+from condenser.statmatch.cache import cached_conv_stats, model_hash
+from condenser.statmatch.joint import METHOD_NAME, JointStatMatch  # noqa: F401  (registers the joint method)
+from condenser.statmatch.objective import StatMatchObjective
+from condenser.statmatch.order import herd
+from condenser.statmatch.pool import TeacherPool
+from condenser.statmatch.recover import recover
+from condenser.statmatch.settings import PRESETS, PROFILE_ITERATIONS, DecoupledSettings, settings_for
+from condenser.statmatch.teachers import PoolContext, build_pool
+from condenser.teacher import Teacher
+
+NESTING = {
+    "per-ipc": "independent per-IPC-index recovery (no prefix co-adaptation) + herding order on teacher features",
+    "joint": "one joint batch with the multisize subset loss (MLS prefix statistics) and freezing",
+}
+
+
+def _run_dir(dataset: str, method: str, digest: str):
+    return runs_dir() / f"{dataset.replace(':', '_').replace('/', '_')}-{method}-{digest}"
+
+
+def per_ipc_schedule(method: str, cfg: Any, profile: Any, train: ImageDataset, pool: TeacherPool,
+                     stats: list[dict | None], stats_paths: list[str | None], run_hash: str,
+                     stop_after: int | None) -> tuple[CondenseResult, dict]:
+    s: DecoupledSettings = settings_for(method, **cfg.method_settings)
+    iterations = s.iterations or PROFILE_ITERATIONS.get(profile.name, 1000)
+    rcfg = s.recover_config(iterations, cfg.seed)
+    objective = StatMatchObjective(pool, rcfg.match, stats)
+    try:
+        rr = recover(objective, train, cfg.ipc, rcfg, resolve_device(cfg.device),
+                     run_dir=_run_dir(cfg.dataset, method, run_hash), run_hash=run_hash, stop_after=stop_after)
+    finally:
+        objective.close()
+    images, extra = rr.images, {"recover_losses": rr.losses}
+    if s.order == "herding":
+        images, order = herd(images, pool.members[0].model, train, s.herding_real, cfg.seed)
+        extra["herding_order"] = order.tolist()
+    c = train.spec.num_classes
+    result = CondenseResult(
+        images=images, labels=rr.labels, ipc=cfg.ipc, num_classes=c, factor=1, mls_history=[],
+        timings={"elapsed_s": rr.seconds, "device": str(resolve_device(cfg.device)),
+                 "threads": torch.get_num_threads()},
+        config={"method": method, "schedule": "per-ipc", "recover": asdict(rcfg)},
+        init_indices=torch.zeros(c, 0, dtype=torch.int64), outer_loops_done=iterations, finished=rr.finished)
+    return result, extra
+
+
+def joint_schedule(method: str, cfg: Any, profile: Any, train: ImageDataset, pool: TeacherPool,
+                   stats: list[dict | None], stats_paths: list[str | None], run_hash: str,
+                   stop_after: int | None) -> tuple[CondenseResult, dict]:
+    s: DecoupledSettings = settings_for(method, **cfg.method_settings)
+    c = train.spec.num_classes
+    if cfg.ipc * c > s.joint_max_images:
+        raise MethodConfigError(f"joint schedule: {cfg.ipc}x{c} images exceed joint_max_images={s.joint_max_images}; "
+                                "use schedule per-ipc")
+    first = pool.members[0]
+    if first.arch != "convnet":
+        raise MethodConfigError(f"joint schedule: the first teacher must be a convnet (MLS features), got {first.arch}")
+    kw = first.meta.get("model_kwargs", {})
+    budget = profile.condense
+    settings = {"members": [m.path for m in pool.members], "conv_stats": stats_paths, "sampling": s.sampling,
+                "k": s.k, "match": asdict(s.match_config()), "aug": asdict(s.aug_config()), "lr": s.joint_lr,
+                "pool_hash": run_hash}
+    ccfg = CondenseConfig(
+        method=METHOD_NAME, ipc=cfg.ipc, outer_loops=budget.outer_loops, inner_loops=budget.inner_loops,
+        period=budget.period, batch_real=budget.batch_real, n_data=None, multisize=cfg.multisize,
+        subset_weight=cfg.subset_weight, freeze=cfg.freeze, class_wise=cfg.class_wise, init="random",
+        model="convnet", width=kw.get("width", 128), depth=kw.get("depth", 3), norm=kw.get("norm", "instance"),
+        method_settings=settings, seed=cfg.seed, device=cfg.device, amp=False)
+    ccfg = replace(ccfg, **cfg.condense_overrides)
+    result = condense(ccfg, train, run_dir=_run_dir(cfg.dataset, method, config_hash(asdict(ccfg))),
+                      stop_after=stop_after)
+    return result, {}
+
+
+SCHEDULES: Registry[Callable[..., tuple[CondenseResult, dict]]] = Registry("decoupled schedule")
+SCHEDULES.add("per-ipc", per_ipc_schedule)
+SCHEDULES.add("joint", joint_schedule)
+
+
+def decoupled_stage(method: str):
+    """The build stage of one preset (sre2l, gvbsm, teddy)."""
+
+    def stage(cfg: Any, profile: Any, train: ImageDataset, log: Callable[[str], None], stop_after: int | None,
+              seconds: dict[str, float]) -> StageResult:
+        s = settings_for(method, **cfg.method_settings)
+        t0 = time.time()
+        pool = build_pool(PoolContext(cfg.dataset, profile.name, train, cfg.data_root, cfg.device, cfg.seed, log), s)
+        seconds["teacher"] = time.time() - t0
+        stats: list[dict | None] = [None] * len(pool)
+        paths: list[str | None] = [None] * len(pool)
+        if s.conv_weight > 0:
+            t0 = time.time()
+            for i, m in enumerate(pool.members):
+                stats[i], p = cached_conv_stats(m.model, train, m.arch, s.patch, s.stat_images)
+                paths[i] = str(p)
+            seconds["statistics"] = time.time() - t0
+        run_hash = config_hash({"method": method, "settings": asdict(s), "ipc": cfg.ipc, "seed": cfg.seed,
+                                "pool": [model_hash(m.model) for m in pool.members],
+                                "data": dataset_fingerprint(train)})
+        t0 = time.time()
+        schedule = SCHEDULES.get(s.schedule)
+        result, extra = schedule(method, cfg, profile, train, pool, stats, paths, run_hash, stop_after)
+        seconds["condense"] = time.time() - t0
+        if not result.finished:
+            raise StageInterrupted(f"{method}: stopped early on request; rerun the same command to resume")
+        first = pool.members[0]
+        describe = pool.describe()
+        provenance = {
+            "method": method, "base_method": method, "schedule": s.schedule, "nesting": NESTING[s.schedule],
+            "settings": asdict(s), "teacher": describe[0], "teachers": describe, **extra,
+        }
+        return StageResult(result=result, relabel_models=pool.models if cfg.soft_labels == "teacher" else [],
+                           teacher=Teacher(model=first.model, meta=first.meta), provenance=provenance)
+
+    return stage
+
+
+for _name in PRESETS.names():
+    if _name not in STAGES:
+        STAGES.add(_name, decoupled_stage(_name))
