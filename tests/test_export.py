@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from condenser.export import ExportError, ExportSettings, export_trainer, initial_model
+from condenser.export.decompositions import avg_pool2d_backward, convolution_backward
 from runtime.bundle import BundleError, SGDConfig, TrainerBundle
 
 B, K, SHAPE = 8, 10, (1, 28, 28)
@@ -162,6 +163,28 @@ def test_bundle_errors(exported):
     del d["meta"]["batch_size"]
     with pytest.raises(BundleError, match="batch_size"):
         TrainerBundle.from_bytes(msgpack.packb(d))
+
+
+@pytest.mark.parametrize("cfg", [dict(h=9, w=7, k=3, s=1, p=1, d=1), dict(h=8, w=8, k=1, s=2, p=0, d=1),
+                                 dict(h=7, w=9, k=3, s=2, p=1, d=1), dict(h=10, w=10, k=3, s=1, p=2, d=2)],
+                         ids=["3x3", "1x1s2", "3x3s2-odd", "dilated"])
+def test_convolution_backward_decomposition(cfg):
+    g = torch.Generator().manual_seed(0)
+    x, wt = torch.randn(3, 2, cfg["h"], cfg["w"], generator=g), torch.randn(4, 2, cfg["k"], cfg["k"], generator=g)
+    args = ([cfg["s"]] * 2, [cfg["p"]] * 2, [cfg["d"]] * 2)
+    go = torch.randn_like(torch.ops.aten.convolution(x, wt, None, *args, False, [0, 0], 1))
+    ref = torch.ops.aten.convolution_backward(go, x, wt, [4], *args, False, [0, 0], 1, [True, True, True])
+    got = convolution_backward(go, x, wt, [4], *args, False, [0, 0], 1, [True, True, True])
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("size", [7, 8])
+def test_avg_pool2d_backward_decomposition(size):
+    x = torch.randn(2, 3, size, size)
+    go = torch.randn(2, 3, size // 2, size // 2)
+    ref = torch.ops.aten.avg_pool2d_backward(go, x, [2, 2], [2, 2], [0, 0], False, True, None)
+    torch.testing.assert_close(avg_pool2d_backward(go, x, [2, 2], [2, 2], [0, 0], False, True, None), ref)
 
 
 def test_batchnorm_model_is_refused():

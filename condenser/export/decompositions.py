@@ -2,7 +2,7 @@
 
 Core ATen decompositions cover almost every backward op; `convolution_backward` and
 `avg_pool2d_backward` have none and no ONNX translation either, so they are rewritten here as
-forward (transposed) convolutions, which ONNX has.
+transposed convolutions and matrix products, which ONNX has.
 """
 
 from __future__ import annotations
@@ -24,9 +24,29 @@ def _output_padding(in_size: Sequence[int], out_size: Sequence[int], kernel: Seq
                                + dilation[d] * (kernel[d] - 1) + 1) for d in range(2)]
 
 
+def _weight_grad_matmul(grad_out, inp, kernel, stride, padding, dilation):
+    """dW[:, :, i, j] = grad_out [O, B*h*w] @ shifted input [B*h*w, C], one product per kernel offset.
+
+    Well-shaped products on strided slices of the padded NHWC input, with no im2col matrix in
+    memory; onnxruntime runs this markedly faster than the equivalent convolution (batch as
+    channels, output 3x3), whose matrix product is only 9 columns wide.
+    """
+    b, c = inp.shape[:2]
+    o, ho, wo = grad_out.shape[1:]
+    x = aten.constant_pad_nd(inp, [padding[1], padding[1], padding[0], padding[0]], 0.0).permute(0, 2, 3, 1)
+    go = grad_out.permute(1, 0, 2, 3).reshape(o, b * ho * wo)
+    cols = []
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            r, q = i * dilation[0], j * dilation[1]
+            shifted = x[:, r: r + stride[0] * (ho - 1) + 1: stride[0], q: q + stride[1] * (wo - 1) + 1: stride[1]]
+            cols.append(torch.mm(go, shifted.reshape(b * ho * wo, c)))
+    return torch.stack(cols, dim=-1).reshape(o, c, kernel[0], kernel[1])
+
+
 def convolution_backward(grad_out, inp, weight, bias_sizes, stride, padding, dilation, transposed,
                          output_padding, groups, output_mask):
-    """Input grad = transposed conv of grad_out; weight grad = conv of input with grad_out over the batch."""
+    """Input grad = transposed conv of grad_out; weight grad = per-offset matrix products; bias grad = sum."""
     if transposed or groups != 1 or inp.dim() != 4:
         raise UnsupportedOpError("train-step export supports only 2-d, non-transposed, groups=1 convolutions")
     kernel = weight.shape[2:]
@@ -34,10 +54,8 @@ def convolution_backward(grad_out, inp, weight, bias_sizes, stride, padding, dil
     if output_mask[0]:
         pad = _output_padding(inp.shape[2:], grad_out.shape[2:], kernel, stride, padding, dilation)
         grad_in = aten.convolution(grad_out, weight, None, stride, padding, dilation, True, pad, 1)
-    if output_mask[1]:  # batch becomes the channel axis; stride and dilation swap roles
-        grad_w = aten.convolution(inp.transpose(0, 1), grad_out.transpose(0, 1), None, dilation, padding,
-                                  stride, False, [0, 0], 1).transpose(0, 1)
-        grad_w = grad_w[:, :, : kernel[0], : kernel[1]]
+    if output_mask[1]:
+        grad_w = _weight_grad_matmul(grad_out, inp, kernel, stride, padding, dilation)
     if output_mask[2]:
         grad_b = grad_out.sum([0, 2, 3])
     return grad_in, grad_w, grad_b
