@@ -59,11 +59,22 @@ class CondenseBudget:
 
 
 @dataclass(frozen=True)
+class BenchBudget:
+    """`condenser bench` runs 2N+2 condensations and 5 methods x N sizes x 2 label modes x seeds trainings:
+    lighter budgets, applied to every method alike, so the whole benchmark fits the profile's machine.
+    None = the profile's own section."""
+
+    condense: CondenseBudget | None = None
+    evaluate: EvalBudget | None = None
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     teacher: TeacherBudget
     evaluate: EvalBudget
     condense: CondenseBudget = field(default_factory=CondenseBudget)
+    bench: BenchBudget = field(default_factory=BenchBudget)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -7,7 +7,7 @@ import importlib
 from condenser.cli.app import app
 
 # Command modules; each registers its commands on `app` at import.
-_COMMAND_MODULES = ["info", "teacher", "export", "build", "eval"]
+_COMMAND_MODULES = ["info", "teacher", "export", "build", "eval", "baseline", "bench", "show"]
 
 for _name in _COMMAND_MODULES:
     try:

@@ -1,0 +1,124 @@
+"""From finished cells to the paper-style table: per-size mean ± std, Avg. over sizes, Diff. vs Baseline C.
+
+Averages and differences are always recomputed from the per-size means (never stored separately), so the
+JSON, the Markdown and the plot cannot disagree. Missing cells (a partial run) show as "–" and leave the
+average of that row undefined.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from condenser.bench.config import DISPLAY_NAMES, REFERENCE
+from condenser.checkpoint import atomic_write_bytes
+from condenser.evaluate import EvalResult
+from condenser.evaluate.sizes import summarize
+
+
+def per_size_table(records: Iterable[dict], methods: Sequence[str], labels: Sequence[str], sizes: Sequence[int],
+                   seeds: Sequence[int]) -> dict[str, dict[str, dict[str, dict]]]:
+    """{method: {labels: {size: summary}}} over the wanted seeds; a size appears once all its seeds finished."""
+    grouped: dict[tuple[str, str, int], dict[int, dict]] = {}
+    for r in records:
+        grouped.setdefault((r["method"], r["labels"], r["size"]), {})[r["seed"]] = r
+    table: dict[str, dict[str, dict[str, dict]]] = {}
+    for m in methods:
+        for lab in labels:
+            row = table.setdefault(m, {}).setdefault(lab, {})
+            for n in sizes:
+                cells = grouped.get((m, lab, n), {})
+                if not all(s in cells for s in seeds):
+                    continue
+                result = EvalResult(accuracies=[cells[s]["accuracy"] for s in seeds], seeds=list(seeds), labels=lab,
+                                    num_images=cells[seeds[0]]["num_images"], arch="convnet", budget={},
+                                    wall_seconds=sum(cells[s]["wall_seconds"] for s in seeds))
+                row[str(n)] = summarize(result)
+    return table
+
+
+def row_average(row: dict[str, dict], sizes: Sequence[int]) -> float | None:
+    """Mean over sizes of the per-size means; None until every size has finished."""
+    if not all(str(n) in row for n in sizes):
+        return None
+    return statistics.fmean(row[str(n)]["mean"] for n in sizes)
+
+
+def summary(table: dict, sizes: Sequence[int]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """{method: {labels: {"avg", "diff"}}}, diff = avg - avg of Baseline C with the same labels."""
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for m, by_label in table.items():
+        for lab, row in by_label.items():
+            avg = row_average(row, sizes)
+            ref = row_average(table.get(REFERENCE, {}).get(lab, {}), sizes)
+            diff = None if avg is None or ref is None else avg - ref
+            out.setdefault(m, {})[lab] = {"avg": _round(avg), "diff": _round(diff)}
+    return out
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def _cell(s: dict | None) -> str:
+    return "–" if s is None else f"{s['mean']:.2f}±{s['std']:.2f}"
+
+
+def markdown_table(results: dict) -> str:
+    """One row per (label mode, method), one column per size, then Avg. and Diff. vs Baseline C."""
+    sizes = results["sizes"]
+    head = ["Labels", "Method", *map(str, sizes), "Avg.", f"Diff. vs {REFERENCE}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(sizes) + 2)]
+    for lab in results["labels"]:
+        for m in results["methods"]:
+            row = results["table"].get(m, {}).get(lab, {})
+            summ = results["summary"].get(m, {}).get(lab, {})
+            avg, diff = summ.get("avg"), summ.get("diff")
+            cells = [_cell(row.get(str(n))) for n in sizes]
+            lines.append("| " + " | ".join([lab, DISPLAY_NAMES.get(m, m), *cells,
+                                            "–" if avg is None else f"{avg:.2f}",
+                                            "–" if diff is None else f"{diff:+.2f}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_report(results: dict) -> str:
+    """The table with what produced it: command, budgets, seeds, times."""
+    ev, cond = results["budgets"]["evaluate"], results["budgets"]["condense_config"]
+    seconds = results.get("seconds", {})
+    return "\n".join([
+        f"# Benchmark: {results['dataset']}, IPC 1..{results['ipc']}, profile `{results['profile']}`",
+        "",
+        f"Test accuracy (%) of ConvNet-D3 (width {ev['width']}) trained on each size, last epoch, mean ± std over "
+        f"{len(results['seeds'])} seeds. Avg. = mean over sizes of the per-size means; Diff. = Avg. minus "
+        f"Baseline C's Avg. with the same labels.",
+        "",
+        markdown_table(results),
+        f"- command: `{results['command']}`",
+        f"- condensation (every method alike): {cond['method']}, {cond['outer_loops']} outer x {cond['inner_loops']} "
+        f"inner loops, period {cond['period']}, batch_real {cond['batch_real']}, n_data {cond['n_data']}, "
+        f"width {cond['width']}",
+        f"- evaluation: {ev['epochs']} epochs, batch {ev['batch_size']}, lr {ev['lr']}, "
+        f"test images {ev['max_test'] or 'all'}; soft labels: {results['budgets']['views']} teacher views per image",
+        f"- teacher test accuracy: {_fmt(results.get('teacher_accuracy'))}",
+        f"- compute: condensation {seconds.get('condense', 0):.0f} s, evaluation {seconds.get('evaluate', 0):.0f} s "
+        f"(summed over runs, resumes included); wall time of the last invocation {seconds.get('wall', 0):.0f} s",
+        "",
+    ])
+
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}%"
+
+
+def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
+    """results.json, results.md and results.png (atomic writes)."""
+    from condenser.bench.plot import plot_results
+
+    out_dir = Path(out_dir)
+    paths = {"json": out_dir / "results.json", "markdown": out_dir / "results.md", "plot": out_dir / "results.png"}
+    atomic_write_bytes(paths["json"], json.dumps(results, indent=2).encode())
+    atomic_write_bytes(paths["markdown"], markdown_report(results).encode())
+    plot_results(results, paths["plot"])
+    return paths

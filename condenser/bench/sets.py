@@ -1,0 +1,149 @@
+"""Per-size training sets of every benchmark method, packed as .mdc files with the build's packing tail.
+
+Nested methods (B, C, mdc, the random control) are one file whose IPC-n prefix is size n; Baseline A is
+not nested, so it is a directory with one file per size (ipc-1.mdc ... ipc-N.mdc). Every file is
+relabelled by the same teacher with the same RelabelConfig (`relabel_and_pack`), so hard and soft
+comparisons use the same labels for every method.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import formats
+from condenser.baselines import SizedSets, build_sized_sets
+from condenser.build import BuildConfig, environment, relabel_and_pack
+from condenser.condense import CHECKPOINT_NAME
+from condenser.data import ImageDataset
+from condenser.errors import CondenserError
+from condenser.evaluate import random_real_subset
+from condenser.profiles import Profile
+from condenser.teacher import Teacher
+
+
+@dataclass(frozen=True)
+class MethodFiles:
+    """Where size n of one method lives: `paths[n]`, read as its IPC-n prefix."""
+
+    method: str
+    paths: dict[int, Path]
+
+
+def random_sets(train: ImageDataset, ipc: int, seed: int) -> SizedSets:
+    """The honest control: one random real subset per class, nested (size n = its first n images)."""
+    images, labels = random_real_subset(train, ipc, seed)
+    c = train.spec.num_classes
+    return SizedSets("random", ipc, c, 1, True, {n: images[: n * c] for n in range(1, ipc + 1)}, [])
+
+
+def share_ipc1_run(run_dir: Path, method: str) -> None:
+    """A's IPC-1 run and B's first run are the same process (mdc.md §1.4 note): reuse a checkpoint of either.
+
+    condense() verifies the config hash stored in the checkpoint, so a mismatch would fail loudly.
+    """
+    a, b = run_dir / "A-ipc1" / CHECKPOINT_NAME, run_dir / "B-run0" / CHECKPOINT_NAME
+    src, dst = (a, b) if method == "B" else (b, a)
+    if src.exists() and not dst.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+
+
+def method_sets(method: str, cfg: BuildConfig, profile: Profile, train: ImageDataset, run_dir: Path,
+                progress: bool = True) -> SizedSets:
+    """Condense (resumably, runs under `run_dir`) or sample the sets of `method`: A, B, C, mdc or random."""
+    if method == "random":
+        return random_sets(train, cfg.ipc, cfg.seed)
+    ccfg = cfg.condense_config(profile)
+    if ccfg.factor != 1:
+        raise CondenserError("packing multi-formation (factor > 1) images is not supported yet")
+    if method in ("A", "B"):
+        share_ipc1_run(run_dir, method)
+    return build_sized_sets(method, ccfg, train, run_dir, progress=progress)
+
+
+def teacher_summary(teacher: Teacher | None) -> dict | None:
+    return None if teacher is None else {k: teacher.meta[k] for k in ("arch", "dataset", "test_accuracy", "config")}
+
+
+def write_sized_sets(sets: SizedSets, out: str | Path, cfg: BuildConfig, profile: Profile, train: ImageDataset,
+                     teacher: Teacher | None, provenance: dict | None = None,
+                     log: Callable[[str], None] = lambda _: None) -> MethodFiles:
+    """Pack `sets`: one nested file at `out`, or (not nested) `out/ipc-n.mdc` for every size n."""
+    base = {
+        "method": "multisize" if sets.name == "mdc" else sets.name,
+        "bench_method": sets.name,
+        "profile": profile.as_dict(),
+        "build": asdict(cfg),
+        "teacher": teacher_summary(teacher),
+        "environment": environment(),
+        "command": " ".join(sys.argv),
+        **(provenance or {}),
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if sets.nested:
+        images, labels = sets.get(sets.ipc_max)
+        path = relabel_and_pack(cfg, out, images, labels, train, teacher, {**base, **sets.provenance()},
+                                profile, {})
+        log(f"wrote {path}")
+        return MethodFiles(sets.name, {n: path for n in sets.sets})
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[int, Path] = {}
+    for n, run in zip(sorted(sets.sets), sets.runs, strict=True):
+        images, labels = sets.get(n)
+        prov = {**base, **run.provenance(), "baseline": sets.name, "nested": False, "size": n}
+        paths[n] = relabel_and_pack(cfg, out / f"ipc-{n}.mdc", images, labels, train, teacher, prov, profile, {})
+        log(f"wrote {paths[n]}")
+    return MethodFiles(sets.name, paths)
+
+
+def expected_files(method: str, ipc: int, out: Path) -> MethodFiles:
+    """The file layout `write_sized_sets` produces for `method` under `out` (for cache checks)."""
+    if method == "A":
+        return MethodFiles(method, {n: out / f"ipc-{n}.mdc" for n in range(1, ipc + 1)})
+    return MethodFiles(method, {n: out for n in range(1, ipc + 1)})
+
+
+def files_carry_key(files: MethodFiles, key: str) -> bool:
+    """True when every file exists and was written for this exact configuration (`bench_key`)."""
+    for path in set(files.paths.values()):
+        if not path.exists():
+            return False
+        try:
+            with formats.open_mdc(path) as reader:
+                if reader.header.get("provenance", {}).get("bench_key") != key:
+                    return False
+        except formats.FormatError:
+            return False
+    return True
+
+
+def baseline_run_dir(cfg: BuildConfig, profile: Profile) -> Path:
+    """Run directory of the baselines of one configuration: A, B and C runs live side by side in it."""
+    from condenser.checkpoint import config_hash
+    from condenser.paths import runs_dir
+
+    ccfg = replace(cfg.condense_config(profile), multisize=False)
+    return runs_dir() / f"baselines-{cfg.dataset.replace(':', '_').replace('/', '_')}-{config_hash(asdict(ccfg))}"
+
+
+def build_baseline(name: str, cfg: BuildConfig, out: str | Path, log: Callable[[str], None] = print,
+                   progress: bool = True) -> MethodFiles:
+    """`condenser baseline A|B|C`: teacher (cached) -> the baseline's condensations (resumable) -> file(s)."""
+    from condenser.build import get_teacher
+    from condenser.data import load_dataset
+    from condenser.profiles import get_profile
+
+    if name not in ("A", "B", "C"):
+        raise CondenserError(f"unknown baseline {name!r}; use A, B or C (`condenser build` makes the multisize set)")
+    if cfg.soft_labels not in ("teacher", "none"):
+        raise CondenserError(f"--soft-labels must be 'teacher' or 'none', got {cfg.soft_labels!r}")
+    profile = get_profile(cfg.profile)
+    train = load_dataset(cfg.dataset, "train", root=cfg.data_root)
+    teacher = get_teacher(cfg, log) if cfg.soft_labels == "teacher" else None
+    sets = method_sets(name, cfg, profile, train, baseline_run_dir(cfg, profile), progress=progress)
+    return write_sized_sets(sets, out, cfg, profile, train, teacher, log=log)

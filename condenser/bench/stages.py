@@ -1,0 +1,236 @@
+"""`condenser bench`: sets of every method -> every (method, size, labels, seed) cell -> report.
+
+Every stage is cached under the output directory, so a killed benchmark rerun with the same command
+continues where it stopped:
+- condensation runs checkpoint in `runs/<config hash>/` (condense() resumes them);
+- each method's packed file(s) in `sets/` carry a `bench_key` in their provenance and are reused when the
+  key matches (the condensation is not even reloaded);
+- each evaluation cell is one atomic JSON in `cells/`, keyed by the exact prefix and budget.
+The report (results.json, results.md, results.png) is rewritten after each method's cells, so a partial
+run already shows what it has.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shlex
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import formats
+from condenser.bench.cells import Cell, CellCache, cell_key, read_prefix, run_cell
+from condenser.bench.config import METHODS, BenchConfig
+from condenser.bench.report import per_size_table, summary, write_report
+from condenser.bench.sets import (
+    MethodFiles,
+    expected_files,
+    files_carry_key,
+    method_sets,
+    teacher_summary,
+    write_sized_sets,
+)
+from condenser.build import BuildConfig, environment, get_teacher
+from condenser.checkpoint import config_hash
+from condenser.data import ImageDataset, load_dataset
+from condenser.profiles import Profile
+from condenser.teacher import Teacher
+
+# Execution order: the headline comparison (MDC vs C) and the control first, the N-run baselines last,
+# so a run cut short has the most useful rows. The report keeps the table order of METHODS.
+EXECUTION_ORDER = ("mdc", "C", "random", "B", "A")
+FORWARD_COST = 0.45  # a test-image forward relative to a training image step (forward + backward)
+
+
+@dataclass
+class BenchOutput:
+    results: dict
+    paths: dict[str, Path]
+    computed_cells: int
+
+
+def condensation_runs(method: str, ipc: int) -> int:
+    return {"A": ipc, "B": ipc, "random": 0}.get(method, 1)
+
+
+def _nested_bars_supported() -> bool:
+    """rich >= 14.1 nests live displays; older versions raise LiveError for a bar inside a bar."""
+    try:
+        major, minor = (int(p) for p in importlib.metadata.version("rich").split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) >= (14, 1)
+
+
+def bench_command(cfg: BenchConfig) -> str:
+    """A command line that reproduces `cfg` (overrides are shown as JSON-ish for the record)."""
+    parts = ["condenser", "bench", "--dataset", cfg.dataset, "--ipc", str(cfg.ipc), "--profile", cfg.profile]
+    if cfg.seeds is not None:
+        parts += ["--seeds", str(cfg.seeds)]
+    if tuple(cfg.methods) != METHODS:
+        parts += ["--methods", ",".join(cfg.methods)]
+    cmd = shlex.join(parts)
+    extra = {k: v for k, v in (("condense", cfg.condense_overrides), ("evaluate", cfg.eval_overrides)) if v}
+    return f"{cmd}  # overrides {extra}" if extra else cmd
+
+
+@dataclass
+class _Context:
+    cfg: BenchConfig
+    profile: Profile
+    build: BuildConfig
+    train: ImageDataset
+    test: ImageDataset
+    teacher: Teacher | None
+    out: Path
+
+    @property
+    def views(self) -> int:
+        return self.build.views or self.profile.condense.views_per_image
+
+    def set_key(self, method: str) -> str:
+        """Identity of a method's packed files: everything that changes their content, not the device."""
+        ccfg = None if method == "random" else asdict(replace(self.build.condense_config(self.profile), device=""))
+        teacher = teacher_summary(self.teacher)
+        return config_hash({
+            "method": method, "dataset": self.cfg.dataset, "ipc": self.cfg.ipc, "seed": self.cfg.seed,
+            "condense": ccfg, "views": self.views, "soft_labels": self.build.soft_labels, "codec": self.build.codec,
+            "pixels": self.build.pixels, "teacher": teacher and (teacher["config"], teacher["test_accuracy"]),
+        })
+
+    def set_path(self, method: str) -> Path:
+        return self.out / "sets" / (method if method == "A" else f"{method}.mdc")
+
+    def run_dir(self) -> Path:
+        ccfg = replace(self.build.condense_config(self.profile), multisize=False, device="")
+        return self.out / "runs" / config_hash(asdict(ccfg))
+
+
+def _prepare(cfg: BenchConfig, log: Callable[[str], None]) -> _Context:
+    profile = cfg.bench_profile()
+    build = cfg.build_config()
+    train = load_dataset(cfg.dataset, "train", root=cfg.data_root)
+    test = load_dataset(cfg.dataset, "test", root=cfg.data_root)
+    teacher = get_teacher(build, log) if build.soft_labels == "teacher" else None
+    return _Context(cfg, profile, build, train, test, teacher, cfg.out_dir)
+
+
+def _ensure_sets(ctx: _Context, method: str, progress: bool, log: Callable[[str], None]) -> tuple[MethodFiles, bool]:
+    """The method's packed files: reused when their bench_key matches, else condensed (resuming) and packed."""
+    key = ctx.set_key(method)
+    files = expected_files(method, ctx.cfg.ipc, ctx.set_path(method))
+    if files_carry_key(files, key):
+        return files, False
+    sets = method_sets(method, ctx.build, ctx.profile, ctx.train, ctx.run_dir(), progress=progress)
+    prov = {"bench_key": key, "bench_condense_seconds": sets.provenance()["elapsed_s"]}
+    return write_sized_sets(sets, ctx.set_path(method), ctx.build, ctx.profile, ctx.train, ctx.teacher, prov,
+                            log=log), True
+
+
+def condense_seconds(files: MethodFiles) -> float:
+    """Condensation compute recorded in the files (summed over resumes; A: over its per-size files)."""
+    total = 0.0
+    for path in set(files.paths.values()):
+        with formats.open_mdc(path) as reader:
+            prov = reader.header.get("provenance", {})
+        total += prov.get("timings", {}).get("elapsed_s", 0.0) if "size" in prov else prov.get("elapsed_s", 0.0)
+    return total
+
+
+def cell_weight(ctx: _Context, size: int) -> float:
+    """Relative cost of one cell: training image steps plus the test pass (for the ETA)."""
+    budget = ctx.profile.evaluate
+    n_test = budget.max_test or len(ctx.test)
+    return budget.epochs * size * ctx.train.spec.num_classes + FORWARD_COST * n_test
+
+
+def collect_results(ctx: _Context, files: dict[str, MethodFiles], records: list[dict], seconds: dict,
+                    command: str) -> dict:
+    cfg, budget = ctx.cfg, ctx.profile.evaluate
+    sizes = list(range(1, cfg.ipc + 1))
+    seeds = list(range(budget.seeds))
+    methods = [m for m in METHODS if m in cfg.methods]
+    table = per_size_table(records, methods, cfg.labels, sizes, seeds)
+    finished = sum(len(row) for by_label in table.values() for row in by_label.values())
+    return {
+        "dataset": cfg.dataset, "ipc": cfg.ipc, "profile": cfg.profile, "sizes": sizes, "methods": methods,
+        "labels": list(cfg.labels), "seeds": seeds, "table": table, "summary": summary(table, sizes),
+        "complete": finished == len(methods) * len(cfg.labels) * len(sizes),
+        "budgets": {"condense": asdict(ctx.profile.condense), "evaluate": asdict(budget), "views": ctx.views,
+                    "condense_config": asdict(ctx.build.condense_config(ctx.profile)),
+                    "profile": ctx.profile.as_dict()},
+        "teacher": teacher_summary(ctx.teacher),
+        "teacher_accuracy": ctx.teacher.test_accuracy if ctx.teacher is not None else None,
+        "files": {m: {str(n): str(p) for n, p in f.paths.items()} for m, f in files.items()},
+        "seconds": seconds, "command": command, "bench": cfg.as_dict(), "environment": environment(),
+        "cells": records,
+    }
+
+
+def run_bench(
+    cfg: BenchConfig,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    command: str | None = None,
+    on_cell: Callable[[Cell, dict], None] | None = None,
+) -> BenchOutput:
+    """Run (or resume) the whole benchmark and write its report; `on_cell(cell, record)` follows each cell."""
+    started = time.time()
+    ctx = _prepare(cfg, log)
+    command = command or bench_command(cfg)
+    order = [m for m in EXECUTION_ORDER if m in cfg.methods]
+    budget = ctx.profile.evaluate
+    seeds = list(range(budget.seeds))
+    sizes = list(range(1, cfg.ipc + 1))
+    cells = [Cell(m, n, lab, s) for m in order for lab in cfg.labels for n in sizes for s in seeds]
+    cache = CellCache(ctx.out / "cells")
+    files: dict[str, MethodFiles] = {}
+    records: list[dict] = []
+    seconds = {"condense": 0.0, "evaluate": 0.0, "wall": 0.0}
+    computed = 0
+
+    from condenser.progress import progress_bar
+
+    bar = progress_bar() if progress else None
+    with bar if bar is not None else nullcontext():
+        runs_total = sum(condensation_runs(m, cfg.ipc) for m in order)
+        t_sets = bar.add_task("condense", total=runs_total) if bar else None
+        t_eval = bar.add_task("evaluate", total=sum(cell_weight(ctx, c.size) for c in cells)) if bar else None
+        nested = progress and _nested_bars_supported()
+        for m in order:  # stage 1: every method's sets (condensation runs are the long part)
+            if bar:
+                bar.update(t_sets, description=f"condense {m} ({condensation_runs(m, cfg.ipc)} runs)")
+            files[m], built = _ensure_sets(ctx, m, nested, log)
+            seconds["condense"] += condense_seconds(files[m])
+            if bar:
+                bar.advance(t_sets, condensation_runs(m, cfg.ipc))
+            log(f"{m}: {'condensed and packed' if built else 'cached'} -> {ctx.set_path(m)}")
+        for i, cell in enumerate(cells):  # stage 2: evaluation cells
+            if bar:
+                bar.update(t_eval, description=f"evaluate {cell.method} {cell.labels} IPC {cell.size} seed {cell.seed}")
+            prefix = read_prefix(files[cell.method].paths[cell.size], cell.size)
+            key = cell_key(cell, prefix, budget)
+            record = cache.load(cell, key)
+            if record is None:
+                record = run_cell(cell, prefix, key, ctx.test, budget, cfg.device)
+                cache.store(cell, record)
+                computed += 1
+            records.append(record)
+            seconds["evaluate"] += record["wall_seconds"]
+            if bar:
+                bar.advance(t_eval, cell_weight(ctx, cell.size))
+            if on_cell is not None:
+                on_cell(cell, record)
+            last_of_method = i + 1 == len(cells) or cells[i + 1].method != cell.method
+            if last_of_method and computed:  # an interim report after each method's cells
+                seconds["wall"] = time.time() - started
+                write_report(collect_results(ctx, files, records, seconds, command), ctx.out)
+    seconds["wall"] = time.time() - started
+    results = collect_results(ctx, files, records, seconds, command)
+    paths = write_report(results, ctx.out)
+    log(f"wrote {paths['json']}, {paths['markdown']}, {paths['plot']} ({computed} cells computed, "
+        f"{len(cells) - computed} from cache, {seconds['wall']:.0f} s)")
+    return BenchOutput(results=results, paths=paths, computed_cells=computed)
+
