@@ -58,7 +58,8 @@ def exportable_param_names(model: nn.Module) -> list[str]:
     buffers = [n for n, _ in model.named_buffers()]
     if buffers:
         raise ExportError(f"model has buffers ({', '.join(buffers[:4])}...); the train step carries no "
-                          "running statistics: build it with norm='instance' or norm='none'")
+                          "running statistics: export a model built with norm='instance' or 'none' "
+                          "(convnet, resnet-ap10, resnet18)")
     return [n for n, _ in model.named_parameters()]
 
 
