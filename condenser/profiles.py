@@ -41,6 +41,8 @@ class EvalBudget:
     seeds: int = 3
     width: int = 128
     max_test: int | None = None  # cap on test images (smoke only); None = the whole test split
+    loss: str = "soft_ce"  # student loss on soft-label views: soft_ce | mse_gt (G-VBSM: logit MSE + gamma*CE)
+    loss_gamma: float = 0.1  # gamma of mse_gt (G-VBSM: 0.1 ImageNet/Tiny, 0.15 CIFAR)
 
 
 @dataclass(frozen=True)

@@ -74,10 +74,12 @@ def train_epoch(
     device: torch.device,
     step_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     on_step: Callable[[], None] | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = soft_cross_entropy,
 ) -> float:
     """One pass over `source` in a random order; returns the mean loss (one host sync per epoch).
 
     `step_scheduler` is stepped after every batch (one-cycle style); epoch schedulers are the caller's.
+    `loss_fn(logits, targets)` defaults to soft cross-entropy (see condenser.evaluate.losses for others).
     """
     model.train()
     n = len(source)
@@ -87,7 +89,7 @@ def train_epoch(
     for start in range(0, n, batch_size):
         x, y = source.batch(order[start : start + batch_size], generator)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = soft_cross_entropy(model(x), y)
+        loss = loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -34,6 +34,9 @@ def eval_file(
     labels: Annotated[str, typer.Option(help="hard, soft or hard,soft.")] = "hard,soft",
     seeds: Annotated[int | None, typer.Option(help="Seeds per size (default: the profile's).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Override the profile's training epochs.")] = None,
+    loss: Annotated[str | None, typer.Option(help="Soft-label student loss: soft_ce (default) or mse_gt "
+                                             "(G-VBSM: logit MSE + gamma*CE).")] = None,
+    gamma: Annotated[float | None, typer.Option(help="gamma of the mse_gt loss (default 0.1).")] = None,
     write: Annotated[bool, typer.Option("--write/--no-write",
                                         help="Store the table in the file's header.")] = True,
     json_out: Annotated[Path | None, typer.Option("--json", help="JSON path (default: FILE.results.json).")] = None,
@@ -49,6 +52,8 @@ def eval_file(
 
     prof = get_profile(resolve_profile(profile))
     budget = prof.evaluate if epochs is None else replace(prof.evaluate, epochs=epochs)
+    if loss is not None or gamma is not None:
+        budget = replace(budget, loss=loss or budget.loss, loss_gamma=budget.loss_gamma if gamma is None else gamma)
     with formats.open_mdc(file) as reader:
         wanted = parse_sizes(sizes, reader.blocks_present)
     modes = [m.strip() for m in labels.split(",") if m.strip()]

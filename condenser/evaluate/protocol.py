@@ -17,9 +17,10 @@ import torch
 from condenser.augment import DSA, DSAConfig, cutmix
 from condenser.data import ImageDataset
 from condenser.device import resolve_device
+from condenser.evaluate.losses import STUDENT_LOSSES, view_probabilities  # noqa: F401  (re-exported)
 from condenser.models import build_model
 from condenser.profiles import EvalBudget
-from condenser.training import BatchSource, TensorSource, accuracy, one_hot, sgd, train_epoch
+from condenser.training import BatchSource, TensorSource, accuracy, one_hot, sgd, soft_cross_entropy, train_epoch
 from formats import Views
 from runtime._torch_views import replay
 
@@ -91,14 +92,6 @@ class ViewSource:
         return x, self.targets[idx, which]
 
 
-def view_probabilities(views: Views, label_kind: str, temperature: float) -> torch.Tensor:
-    """Stored view targets as probability rows (logits are softened at the stored temperature)."""
-    t = torch.from_numpy(views.targets).float()
-    if label_kind == "logits":
-        return torch.softmax(t / temperature, dim=-1)
-    return t / t.sum(-1, keepdim=True).clamp_min(1e-12)
-
-
 def train_and_test(
     source: BatchSource,
     test_set: ImageDataset,
@@ -107,6 +100,7 @@ def train_and_test(
     arch: str = "convnet",
     device: str = "auto",
     model_kwargs: dict | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
     """Train a fresh `arch` on `source` with `budget`; return last-epoch test accuracy (percent)."""
     dev = resolve_device(device)
@@ -120,7 +114,8 @@ def train_and_test(
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=budget.gamma)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(budget.epochs):
-        train_epoch(model, source, optimizer, budget.batch_size, generator, dev)
+        train_epoch(model, source, optimizer, budget.batch_size, generator, dev,
+                    loss_fn=loss_fn or soft_cross_entropy)
         scheduler.step()
     test = test_set if budget.max_test is None else _first(test_set, budget.max_test)
     mean = torch.tensor(spec.mean, device=dev).view(1, -1, 1, 1)
@@ -145,11 +140,13 @@ def evaluate_source(
     seeds: Sequence[int] | None = None,
     arch: str = "convnet",
     device: str = "auto",
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> EvalResult:
     """Run the protocol once per seed on a fresh source (fresh augmentation state per seed)."""
     seeds = list(seeds) if seeds is not None else list(range(budget.seeds))
     started = time.time()
-    accs = [train_and_test(make_source(), test_set, budget, s, arch=arch, device=device) for s in seeds]
+    accs = [train_and_test(make_source(), test_set, budget, s, arch=arch, device=device, loss_fn=loss_fn)
+            for s in seeds]
     return EvalResult(
         accuracies=accs,
         seeds=seeds,
@@ -188,10 +185,16 @@ def evaluate_views(
     seeds: Sequence[int] | None = None,
     arch: str = "convnet",
     device: str = "auto",
+    labels: torch.Tensor | None = None,
 ) -> EvalResult:
-    """Soft-label evaluation: train on replayed views against the stored teacher outputs."""
-    targets = view_probabilities(views, label_kind, temperature)
+    """Soft-label evaluation: train on replayed views against the stored teacher outputs.
+
+    The student loss is `budget.loss` (condenser.evaluate.losses); `mse_gt` needs the records' `labels`.
+    """
+    loss = STUDENT_LOSSES.get(budget.loss)
+    targets = loss.targets(views, label_kind, temperature, labels)
     return evaluate_source(
         lambda: ViewSource(images, views, targets),
         test_set, budget, "soft", int(images.shape[0]), seeds, arch, device,
+        loss_fn=None if budget.loss == "soft_ce" else lambda z, y: loss.fn(z, y, budget.loss_gamma),
     )

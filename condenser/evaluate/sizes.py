@@ -48,7 +48,7 @@ def evaluate_prefix(prefix: formats.Prefix, test_set: ImageDataset, budget: Eval
     if prefix.views is None:
         raise CondenserError("the file has no soft-label views; evaluate with --labels hard")
     return evaluate_views(images, prefix.views, test_set, budget, prefix.label_kind or "probs",
-                          prefix.temperature or 1.0, seeds, device=device)
+                          prefix.temperature or 1.0, seeds, device=device, labels=torch.from_numpy(prefix.labels))
 
 
 def summarize(result: EvalResult) -> dict:

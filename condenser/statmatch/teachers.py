@@ -109,14 +109,21 @@ def backbone_pool(ctx: PoolContext, s: DecoupledSettings) -> list[PoolMember]:
 
 
 def prior_pool(ctx: PoolContext, s: DecoupledSettings) -> list[PoolMember]:
-    """Snapshots after each stage epoch of one run (its own cache root, so it never races the main teacher)."""
+    """Snapshots after each stage epoch of one run.
+
+    The run is the single-teacher run itself (same config, same cache entry) while that teacher is not
+    trained yet, so SRe2L's teacher comes for free; once it exists without snapshots, a private copy of
+    the run (same seed: the same trajectory) is replayed under the pool's directory.
+    """
     cfg = teacher_config(ctx, s, s.teacher_arch, s.teacher_kwargs)
     epochs = cfg.budget.epochs
     stages = sorted(set(s.stages or range(1, epochs + 1)))
     if not stages or stages[0] < 1 or stages[-1] > epochs:
         raise MethodConfigError(f"prior pool stages {stages} must lie in 1..{epochs} (the run's epochs)")
-    root = cache_root() / "pools" / f"{cfg.name}-prior"
-    snap = {e: root / "snapshots" / f"epoch-{e:03d}" / "teacher.safetensors" for e in stages}
+    pool_dir = cache_root() / "pools" / f"{cfg.name}-prior"
+    snap = {e: pool_dir / "snapshots" / f"epoch-{e:03d}" / "teacher.safetensors" for e in stages}
+    done = all(p.exists() for p in snap.values())
+    root = pool_dir / "run" if teacher_paths(cfg)[0].exists() and not done else None
     ckpt = teacher_paths(cfg, root)[2]
     spec = ctx.train.spec
 
@@ -140,8 +147,8 @@ def prior_pool(ctx: PoolContext, s: DecoupledSettings) -> list[PoolMember]:
         snapshot(epochs, final.model)
         missing = [e for e, p in snap.items() if not p.exists()]
         if missing:
-            raise CheckpointError(f"the prior-pool run in {root} finished without snapshots of epochs {missing}; "
-                                  "delete that directory to retrain")
+            raise CheckpointError(f"the prior-pool run finished without snapshots of epochs {missing}; "
+                                  f"delete {pool_dir} to retrain")
         break
     return [load_member(snap[e], ctx.device) for e in stages]
 

@@ -1,0 +1,72 @@
+"""Student losses on soft-label views, chosen by `EvalBudget.loss` (one training loop for all of them).
+
+- `soft_ce`: cross-entropy against the stored probabilities (the project's default).
+- `mse_gt`: G-VBSM's MSE on logits + γ·CE with the hard label (gvbsm.md §2.8; element-mean MSE as in its
+  code, A15). Views store probabilities p = softmax(z/T), which fix the teacher logits only up to a
+  per-row constant, so the regression target is T·log p centred per row, compared with the centred
+  student logits (softmax ignores that constant too). p is floored at 1e-4 (about the topk-u8 codec's
+  resolution); "logits" files are used as stored. GT is the record's own label (not a mix partner's).
+
+A loss builds its per-view targets once (`targets`) and is applied per batch (`fn`); targets that need the
+hard label carry it as a one-hot block after the K target columns, so sources and the loop stay unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from condenser.errors import CondenserError
+from condenser.registry import Registry
+from condenser.training import soft_cross_entropy
+from formats import Views
+
+PROB_FLOOR = 1e-4
+
+
+@dataclass(frozen=True)
+class StudentLoss:
+    # (views, label_kind, temperature, labels [N] or None) -> per-view targets [N, V, X]
+    targets: Callable[[Views, str, float, torch.Tensor | None], torch.Tensor]
+    # (student logits [B, K], targets [B, X], gamma) -> scalar
+    fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+def view_probabilities(views: Views, label_kind: str, temperature: float) -> torch.Tensor:
+    """Stored view targets as probability rows (logits are softened at the stored temperature)."""
+    t = torch.from_numpy(views.targets).float()
+    if label_kind == "logits":
+        return torch.softmax(t / temperature, dim=-1)
+    return t / t.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+def teacher_logits(views: Views, label_kind: str, temperature: float) -> torch.Tensor:
+    """Centred teacher logits per view: stored logits, or T·log p for stored probabilities."""
+    t = torch.from_numpy(views.targets).float()
+    z = t if label_kind == "logits" else temperature * view_probabilities(views, label_kind, 1.0).clamp_min(
+        PROB_FLOOR).log()
+    return z - z.mean(-1, keepdim=True)
+
+
+def _mse_gt_targets(views: Views, label_kind: str, temperature: float, labels: torch.Tensor | None) -> torch.Tensor:
+    if labels is None:
+        raise CondenserError("the mse_gt student loss needs the records' hard labels")
+    z = teacher_logits(views, label_kind, temperature)  # [N, V, K]
+    hard = F.one_hot(labels.long(), z.shape[-1]).float()[:, None].expand_as(z)
+    return torch.cat([z, hard], dim=-1)
+
+
+def mse_gt(logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> torch.Tensor:
+    k = logits.shape[-1]
+    z, hard = targets[:, :k], targets[:, k:]
+    centred = logits - logits.mean(-1, keepdim=True)
+    return F.mse_loss(centred, z) + gamma * soft_cross_entropy(logits, hard)
+
+
+STUDENT_LOSSES: Registry[StudentLoss] = Registry("student loss")
+STUDENT_LOSSES.add("soft_ce", StudentLoss(targets=lambda v, kind, t, labels: view_probabilities(v, kind, t),
+                                          fn=lambda logits, y, gamma: soft_cross_entropy(logits, y)))
+STUDENT_LOSSES.add("mse_gt", StudentLoss(targets=_mse_gt_targets, fn=mse_gt))
