@@ -26,7 +26,7 @@ TINY_EVAL = {"epochs": 1, "width": 8, "max_test": 200}
 
 
 def _bench(tmp_path, name="r", **kw) -> BenchConfig:
-    base = dict(ipc=2, profile="smoke", seeds=2, views=2, device="cpu", out=str(tmp_path / name),
+    base = dict(ipc=2, profile="smoke", seeds=2, views=2, device="cpu", workers=1, out=str(tmp_path / name),
                 condense_overrides=TINY, eval_overrides=TINY_EVAL)
     base.update(kw)
     return BenchConfig(**base)
@@ -68,8 +68,9 @@ def test_bench_writes_json_markdown_png_whose_numbers_agree(tmp_path, monkeypatc
             ref = statistics.fmean(data["table"]["C"][lab][n]["mean"] for n in ("1", "2"))
             assert data["summary"][m][lab]["avg"] == pytest.approx(avg, abs=1e-3)
             assert data["summary"][m][lab]["diff"] == pytest.approx(avg - ref, abs=1e-3)
-    # A and B share their IPC-1 condensation (mdc.md §1.4): the same images, so the same hard-label numbers
+    # A's IPC-1 run is B's first run (mdc.md §1.4): the same images, so the same hard-label numbers
     assert data["table"]["A"]["hard"]["1"]["accuracies"] == data["table"]["B"]["hard"]["1"]["accuracies"]
+    assert data["table"]["A"]["hard"]["2"]["accuracies"] == data["table"]["C"]["hard"]["2"]["accuracies"]  # and C
     md = out.paths["markdown"].read_text()
     mdc = data["table"]["mdc"]["soft"]
     assert (f"| soft | MDC (ours) | {mdc['1']['mean']:.2f}±{mdc['1']['std']:.2f} | "
@@ -143,6 +144,14 @@ def test_a_changed_budget_invalidates_cells(tmp_path, monkeypatch):
     assert counter.calls == 2  # every cell again: its key includes the evaluation budget
 
 
+def test_worker_processes_give_the_same_cells(tmp_path):
+    kw = dict(methods=("random",), labels=("hard",), seeds=1)
+    one = run_bench(_bench(tmp_path, "one", **kw), log=lambda _: None, progress=False)
+    two = run_bench(_bench(tmp_path, "two", workers=2, **kw), log=lambda _: None, progress=False)
+    assert two.computed_cells == 2 and len(list((tmp_path / "two" / "cells").rglob("*.json"))) == 2
+    assert _numbers(two.results) == _numbers(one.results)
+
+
 def test_show_writes_the_grid_of_denormalised_images(tmp_path, fmnist_train):
     cfg = BuildConfig(ipc=3, profile="smoke", soft_labels="none", embed_trainer=False, device="cpu")
     sets = random_sets(fmnist_train, 3, seed=1)
@@ -184,7 +193,7 @@ def test_baseline_c_cli_writes_a_valid_nested_file_that_eval_reads(tmp_path):
             assert row[mode]["mean"] == pytest.approx(statistics.fmean(row[mode]["accuracies"]), abs=1e-3)
 
 
-def test_baseline_a_is_one_file_per_size_and_b_reuses_its_ipc1_run(tmp_path):
+def test_baseline_a_is_one_file_per_size_and_b_c_reuse_its_equal_runs(tmp_path):
     cfg = BuildConfig(ipc=2, profile="smoke", soft_labels="none", embed_trainer=False, device="cpu",
                       condense_overrides=TINY)
     a = build_baseline("A", cfg, tmp_path / "A", log=lambda _: None, progress=False)
@@ -198,6 +207,10 @@ def test_baseline_a_is_one_file_per_size_and_b_reuses_its_ipc1_run(tmp_path):
         assert runs[0]["timings"]["outer_loops_this_run"] == 0  # resumed from A's finished IPC-1 run
         assert runs[1]["timings"]["outer_loops_this_run"] == 2
         np.testing.assert_array_equal(reader.read(1).images, a1.read(1).images)
+    c = build_baseline("C", cfg, tmp_path / "c.mdc", log=lambda _: None, progress=False)
+    with formats.open_mdc(c.paths[2]) as reader, formats.open_mdc(a.paths[2]) as a2:
+        assert reader.header["provenance"]["runs"][0]["timings"]["outer_loops_this_run"] == 0  # A's IPC-N run
+        np.testing.assert_array_equal(reader.read(2).images, a2.read(2).images)
     with pytest.raises(Exception, match="unknown baseline"):
         build_baseline("D", cfg, tmp_path / "d.mdc", log=lambda _: None)
 

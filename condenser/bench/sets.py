@@ -40,16 +40,23 @@ def random_sets(train: ImageDataset, ipc: int, seed: int) -> SizedSets:
     return SizedSets("random", ipc, c, 1, True, {n: images[: n * c] for n in range(1, ipc + 1)}, [])
 
 
-def share_ipc1_run(run_dir: Path, method: str) -> None:
-    """A's IPC-1 run and B's first run are the same process (mdc.md §1.4 note): reuse a checkpoint of either.
+def equivalent_runs(ipc: int) -> list[tuple[str, str]]:
+    """Baseline runs that are the same process (mdc.md §1.4 notes; A's IPC-N number equals C's in every
+    table): A's IPC-1 run is B's first run, and A's IPC-N run is C."""
+    return [("A-ipc1", "B-run0"), (f"A-ipc{ipc}", "C")]
+
+
+def share_equivalent_runs(run_dir: Path, ipc: int) -> None:
+    """Seed a run's checkpoint from its twin, so the same condensation is never computed twice.
 
     condense() verifies the config hash stored in the checkpoint, so a mismatch would fail loudly.
     """
-    a, b = run_dir / "A-ipc1" / CHECKPOINT_NAME, run_dir / "B-run0" / CHECKPOINT_NAME
-    src, dst = (a, b) if method == "B" else (b, a)
-    if src.exists() and not dst.exists():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
+    for a, b in equivalent_runs(ipc):
+        pa, pb = run_dir / a / CHECKPOINT_NAME, run_dir / b / CHECKPOINT_NAME
+        for src, dst in ((pa, pb), (pb, pa)):
+            if src.exists() and not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
 
 
 def method_sets(method: str, cfg: BuildConfig, profile: Profile, train: ImageDataset, run_dir: Path,
@@ -60,8 +67,8 @@ def method_sets(method: str, cfg: BuildConfig, profile: Profile, train: ImageDat
     ccfg = cfg.condense_config(profile)
     if ccfg.factor != 1:
         raise CondenserError("packing multi-formation (factor > 1) images is not supported yet")
-    if method in ("A", "B"):
-        share_ipc1_run(run_dir, method)
+    if method in ("A", "B", "C"):
+        share_equivalent_runs(run_dir, ccfg.ipc)
     return build_sized_sets(method, ccfg, train, run_dir, progress=progress)
 
 

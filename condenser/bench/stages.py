@@ -15,13 +15,14 @@ from __future__ import annotations
 import importlib.metadata
 import shlex
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import formats
-from condenser.bench.cells import Cell, CellCache, cell_key, read_prefix, run_cell
+from condenser.bench.cells import Cell, CellCache, cell_key, read_prefix
 from condenser.bench.config import METHODS, BenchConfig
 from condenser.bench.report import per_size_table, summary, write_report
 from condenser.bench.sets import (
@@ -32,6 +33,7 @@ from condenser.bench.sets import (
     teacher_summary,
     write_sized_sets,
 )
+from condenser.bench.workers import Job, auto_workers, evaluate_jobs
 from condenser.build import BuildConfig, environment, get_teacher
 from condenser.checkpoint import config_hash
 from condenser.data import ImageDataset, load_dataset
@@ -207,26 +209,38 @@ def run_bench(
             if bar:
                 bar.advance(t_sets, condensation_runs(m, cfg.ipc))
             log(f"{m}: {'condensed and packed' if built else 'cached'} -> {ctx.set_path(m)}")
-        for i, cell in enumerate(cells):  # stage 2: evaluation cells
-            if bar:
-                bar.update(t_eval, description=f"evaluate {cell.method} {cell.labels} IPC {cell.size} seed {cell.seed}")
-            prefix = read_prefix(files[cell.method].paths[cell.size], cell.size)
-            key = cell_key(cell, prefix, budget)
-            record = cache.load(cell, key)
-            if record is None:
-                record = run_cell(cell, prefix, key, ctx.test, budget, cfg.device)
-                cache.store(cell, record)
-                computed += 1
+        remaining = Counter(c.method for c in cells)
+        jobs: list[Job] = []
+
+        def finished(cell: Cell, record: dict, fresh: bool) -> None:
+            nonlocal computed
             records.append(record)
+            computed += fresh
             seconds["evaluate"] += record["wall_seconds"]
-            if bar:
+            if bar:  # the bar counts training image-epochs (a cell's cost); the text counts cells
+                bar.update(t_eval, description=f"evaluate {len(records)}/{len(cells)} cells (last: {cell.method} "
+                                               f"{cell.labels} IPC {cell.size} seed {cell.seed})")
                 bar.advance(t_eval, cell_weight(ctx, cell.size))
             if on_cell is not None:
                 on_cell(cell, record)
-            last_of_method = i + 1 == len(cells) or cells[i + 1].method != cell.method
-            if last_of_method and computed:  # an interim report after each method's cells
+            remaining[cell.method] -= 1
+            if remaining[cell.method] == 0 and fresh:  # an interim report after each method's cells
                 seconds["wall"] = time.time() - started
                 write_report(collect_results(ctx, files, records, seconds, command), ctx.out)
+
+        for cell in cells:  # stage 2: evaluation cells, cached ones first
+            path = files[cell.method].paths[cell.size]
+            key = cell_key(cell, read_prefix(path, cell.size), budget)
+            record = cache.load(cell, key)
+            if record is None:
+                jobs.append(Job(cell, path, key))
+            else:
+                finished(cell, record, False)
+        workers = cfg.workers or auto_workers(cfg.device)
+        if jobs:
+            log(f"evaluating {len(jobs)} cells ({len(cells) - len(jobs)} cached) with {workers} process(es)")
+        evaluate_jobs(jobs, ctx.test, cache, budget, cfg.device, workers,
+                      lambda job, record: finished(job.cell, record, True), cfg.dataset, cfg.data_root)
     seconds["wall"] = time.time() - started
     results = collect_results(ctx, files, records, seconds, command)
     paths = write_report(results, ctx.out)

@@ -54,6 +54,8 @@ def bench(
     views: Annotated[int | None, typer.Option(help="Soft-label views per image (default: the bench budget's).")] = None,
     teacher_path: Annotated[Path | None, typer.Option("--teacher", help="A teacher.safetensors to use "
                                                       "instead of the cached/trained one.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Evaluation processes (default: one per CPU core, at most 8; "
+                                                "one on CUDA).")] = None,
     data_root: DataRoot = None,
     device: Device = "auto",
     seed: Seed = 0,
@@ -74,7 +76,7 @@ def bench(
         dataset=dataset, ipc=ipc, profile=resolve_profile(profile), methods=_csv(methods), labels=_csv(labels),
         seeds=seeds, seed=seed, out=str(out) if out else None, device=device,
         data_root=str(data_root) if data_root else None, teacher_path=str(teacher_path) if teacher_path else None,
-        views=views, **ov,
+        views=views, workers=workers, **ov,
     )
     output = run_bench(cfg, log=typer.echo, command=shlex.join(["condenser", *sys.argv[1:]]))
     Console().print(Markdown(markdown_table(output.results)))

@@ -1,0 +1,89 @@
+"""Run pending evaluation cells in this process or in single-threaded worker processes.
+
+Evaluation trainings are small (10-100 images of 28x28 per batch), where torch's intra-op threads
+scale poorly; independent cells in one process per core use a CPU machine fully. Each worker stores its
+own cell files, so a kill loses at most the cells in flight. On CUDA one process is the right choice.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from condenser.bench.cells import Cell, CellCache, read_prefix, run_cell
+from condenser.data import ImageDataset, load_dataset
+from condenser.profiles import EvalBudget
+
+
+@dataclass(frozen=True)
+class Job:
+    cell: Cell
+    path: Path  # the .mdc whose IPC-`cell.size` prefix is trained on
+    key: str
+
+
+def auto_workers(device: str) -> int:
+    """One process per core on CPU (at most 8); one on CUDA."""
+    from condenser.device import resolve_device
+
+    if resolve_device(device).type != "cpu":
+        return 1
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _evaluate(job: Job, test: ImageDataset, cache: CellCache, budget: EvalBudget, device: str) -> dict:
+    record = run_cell(job.cell, read_prefix(job.path, job.cell.size), job.key, test, budget, device)
+    cache.store(job.cell, record)
+    return record
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(dataset: str, data_root: str | None, cache_root: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    os.environ.setdefault("MULTISIZE_QUIET", "1")
+    _WORKER.update(test=load_dataset(dataset, "test", root=data_root), cache=CellCache(cache_root))
+
+
+def _worker_job(job: Job, budget: EvalBudget, device: str) -> dict:
+    return _evaluate(job, _WORKER["test"], _WORKER["cache"], budget, device)
+
+
+def evaluate_jobs(
+    jobs: Sequence[Job],
+    test: ImageDataset,
+    cache: CellCache,
+    budget: EvalBudget,
+    device: str,
+    workers: int,
+    on_done: Callable[[Job, dict], None],
+    dataset: str = "fashion-mnist",
+    data_root: str | None = None,
+) -> None:
+    """Evaluate every job, calling `on_done(job, record)` in the main process as each one finishes.
+
+    An exception from `on_done` (or an interrupt) cancels the jobs not yet started and propagates.
+    """
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            on_done(job, _evaluate(job, test, cache, budget, device))
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    ctx = multiprocessing.get_context("spawn")  # fork after torch's thread pools start is unsafe
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(dataset, data_root, str(cache.root), threads))
+    try:
+        pending: dict[Future, Job] = {pool.submit(_worker_job, job, budget, device): job for job in jobs}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                on_done(pending.pop(fut), fut.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
