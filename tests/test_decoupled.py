@@ -253,3 +253,33 @@ def test_joint_schedule_applies_the_multisize_subset_loss_and_evaluates_with_mse
     with formats.open_mdc(out.path) as reader:
         assert reader.header["results_protocol"]["loss"] == "mse_gt"
         assert reader.header["results_protocol"]["loss_gamma"] == 0.15
+
+
+def test_the_three_methods_are_presets_of_one_engine():
+    sre2l = settings_for("sre2l")
+    gvbsm_off = settings_for("gvbsm", pool="single", sampling="all", bn_weight=1.0, conv_weight=0.0, ema=0.0,
+                             conv_drop=0.0, lr=0.1, teacher_max_train=None)
+    teddy_single = settings_for("teddy", pool="single", sampling="all", k=1, weight_decay=0.0)
+    assert sre2l == gvbsm_off == teddy_single
+    with pytest.raises(Exception, match="unknown settings"):
+        settings_for("sre2l", iterationz=3)
+
+
+def test_sds_ema_reports_the_running_average_but_matches_plain_distances_at_first():
+    torch.manual_seed(0)
+    from condenser.statmatch import MatchConfig, PoolMember, TeacherPool
+
+    model = build_model("convnet", (1, 28, 28), 10, width=8, norm="batch").eval()
+    pool = TeacherPool([PoolMember(model, {"arch": "convnet"})])
+    x, y, g = torch.randn(10, 1, 28, 28), torch.arange(10), torch.Generator()
+    plain = StatMatchObjective(pool, MatchConfig(ema=0.0))
+    sds = StatMatchObjective(pool, MatchConfig(ema=0.8))
+    first_plain, _ = plain(x, y, 0, g)
+    first_sds, _ = sds(x, y, 0, g)
+    torch.testing.assert_close(first_sds, first_plain)  # the EMA starts at the current statistics
+    x2 = x + 1.0
+    second_plain, _ = plain(x2, y, 1, g)
+    second_sds, _ = sds(x2, y, 1, g)
+    assert not torch.allclose(second_sds, second_plain)  # value of the running average, not of this batch
+    plain.close()
+    sds.close()
