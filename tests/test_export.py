@@ -11,8 +11,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from condenser.export import ExportError, ExportSettings, export_trainer, initial_model
-from condenser.export.decompositions import avg_pool2d_backward, convolution_backward
+from condenser.export import ExportError, ExportSettings, decompositions, export_trainer, initial_model
+from condenser.export.decompositions import convolution_backward
+from condenser.export.train_step import _to_onnx, _trace
 from runtime.bundle import BundleError, SGDConfig, TrainerBundle
 
 B, K, SHAPE = 8, 10, (1, 28, 28)
@@ -165,26 +166,78 @@ def test_bundle_errors(exported):
         TrainerBundle.from_bytes(msgpack.packb(d))
 
 
+@pytest.mark.parametrize("narrow", [True, False], ids=["im2col", "per-offset"])
 @pytest.mark.parametrize("cfg", [dict(h=9, w=7, k=3, s=1, p=1, d=1), dict(h=8, w=8, k=1, s=2, p=0, d=1),
                                  dict(h=7, w=9, k=3, s=2, p=1, d=1), dict(h=10, w=10, k=3, s=1, p=2, d=2)],
                          ids=["3x3", "1x1s2", "3x3s2-odd", "dilated"])
-def test_convolution_backward_decomposition(cfg):
+def test_convolution_backward_decomposition(cfg, narrow, monkeypatch):
+    monkeypatch.setattr(decompositions, "_NARROW_COLUMNS", 64 if narrow else 0)
     g = torch.Generator().manual_seed(0)
     x, wt = torch.randn(3, 2, cfg["h"], cfg["w"], generator=g), torch.randn(4, 2, cfg["k"], cfg["k"], generator=g)
     args = ([cfg["s"]] * 2, [cfg["p"]] * 2, [cfg["d"]] * 2)
     go = torch.randn_like(torch.ops.aten.convolution(x, wt, None, *args, False, [0, 0], 1))
-    ref = torch.ops.aten.convolution_backward(go, x, wt, [4], *args, False, [0, 0], 1, [True, True, True])
-    got = convolution_backward(go, x, wt, [4], *args, False, [0, 0], 1, [True, True, True])
-    for a, b in zip(got, ref, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for mask in ([True, True, True], [False, True, False]):
+        ref = torch.ops.aten.convolution_backward(go, x, wt, [4], *args, False, [0, 0], 1, mask)
+        got = convolution_backward(go, x, wt, [4], *args, False, [0, 0], 1, mask)
+        for a, b in zip(got, ref, strict=True):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("size", [7, 8])
-def test_avg_pool2d_backward_decomposition(size):
+def _assert_onnx_matches_eager(fn, *args, atol=1e-5):
+    """Trace fn like the train step, export it with the custom translations, compare onnxruntime to torch."""
+    gm = _trace(fn, args)
+    ref = gm(*args)
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    names_in, names_out = [f"in{i}" for i in range(len(args))], [f"out{i}" for i in range(len(ref))]
+    got = _session(_to_onnx(gm, args, names_in, names_out)).run(
+        names_out, {n: a.numpy() for n, a in zip(names_in, args, strict=True)})
+    for name, a, b in zip(names_out, got, ref, strict=True):
+        np.testing.assert_allclose(a, b.numpy(), atol=atol, rtol=1e-5, err_msg=name)
+
+
+aten = torch.ops.aten
+
+
+@pytest.mark.parametrize("groups,affine,offset", [(6, True, 0.0), (6, False, 0.0), (3, True, 0.0), (1, False, 0.0),
+                                                  (6, True, 20.0)])
+def test_group_norm_translations(groups, affine, offset):
+    g = torch.Generator().manual_seed(1)
+    n, c, h, w = 3, 6, 5, 7
+    x = torch.randn(n, c, h, w, generator=g) * 2 + offset
+    dy = torch.randn(n, c, h, w, generator=g)
+    gamma, beta = (torch.randn(c, generator=g), torch.randn(c, generator=g)) if affine else (None, None)
+
+    def fwd_bwd(x, dy, *wb):
+        wt, bs = wb if wb else (None, None)
+        out, mean, rstd = aten.native_group_norm(x, wt, bs, n, c, h * w, groups, 1e-5)
+        dx, dw, db = aten.native_group_norm_backward(dy, x, mean, rstd, wt, n, c, h * w, groups, [True] * 3)
+        return (out, mean, rstd, dx, dw, db) if affine else (out, mean, rstd, dx)
+
+    _assert_onnx_matches_eager(fwd_bwd, x, dy, *((gamma, beta) if affine else ()), atol=2e-5)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5])
+def test_threshold_backward_translation(threshold):
+    z = torch.relu(torch.randn(4, 5, 6))
+    z[0, 0, :3] = torch.tensor([0.0, threshold, 1e-30])
+    _assert_onnx_matches_eager(lambda g, z: aten.threshold_backward(g, z, threshold), torch.randn(4, 5, 6), z)
+
+
+@pytest.mark.parametrize("size,kernel,stride,padding", [(8, 2, 2, 0), (7, 2, 2, 0), (9, 3, 3, 0), (8, 3, 2, 1)],
+                         ids=["even", "odd-floor", "3x3", "overlapping-padded"])
+def test_avg_pool2d_translations(size, kernel, stride, padding):
     x = torch.randn(2, 3, size, size)
-    go = torch.randn(2, 3, size // 2, size // 2)
-    ref = torch.ops.aten.avg_pool2d_backward(go, x, [2, 2], [2, 2], [0, 0], False, True, None)
-    torch.testing.assert_close(avg_pool2d_backward(go, x, [2, 2], [2, 2], [0, 0], False, True, None), ref)
+    go = torch.randn_like(aten.avg_pool2d(x, [kernel] * 2, [stride] * 2, [padding] * 2))
+
+    def fwd_bwd(x, go):
+        out = aten.avg_pool2d(x, [kernel] * 2, [stride] * 2, [padding] * 2)
+        if padding:  # overlapping/padded windows: AveragePool forward, no backward translation
+            return out
+        return out, aten.avg_pool2d_backward(go, x, [kernel] * 2, [stride] * 2, [0, 0], False, True, None)
+
+    _assert_onnx_matches_eager(fwd_bwd, x, go)
 
 
 def test_batchnorm_model_is_refused():

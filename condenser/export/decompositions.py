@@ -13,6 +13,7 @@ import torch
 from torch._decomp import core_aten_decompositions
 
 from condenser.export.errors import UnsupportedOpError
+from condenser.export.translations import matmul_pool_applies
 
 aten = torch.ops.aten
 
@@ -44,9 +45,37 @@ def _weight_grad_matmul(grad_out, inp, kernel, stride, padding, dilation):
     return torch.stack(cols, dim=-1).reshape(o, c, kernel[0], kernel[1])
 
 
+# Below this many im2col columns (C_in * kh * kw) the weight gradient is one batched product with the
+# im2col matrix (first layers: C_in = 1 or 3); above it, per-offset products (no im2col in memory).
+_NARROW_COLUMNS = 64
+
+
+def _weight_grad_narrow(grad_out, inp, kernel, stride, padding, dilation, with_bias: bool):
+    """(dW, db) = sum over samples of grad_out[n] [O, h*w] @ [im2col(inp[n]) | 1] [h*w, C*kh*kw (+1)].
+
+    For a narrow input the im2col matrix is small, grad_out is read once in its own NCHW layout (no
+    transpose of the largest tensor of the step), and the column of ones yields the bias gradient.
+    """
+    b, c = inp.shape[:2]
+    o, ho, wo = grad_out.shape[1:]
+    x = aten.constant_pad_nd(inp, [padding[1], padding[1], padding[0], padding[0]], 0.0)
+    taps = []
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            r, q = i * dilation[0], j * dilation[1]
+            taps.append(x[:, :, r: r + stride[0] * (ho - 1) + 1: stride[0], q: q + stride[1] * (wo - 1) + 1: stride[1]])
+    cols = torch.stack(taps, dim=2).reshape(b, c * len(taps), ho * wo)  # rows ordered (c, i, j) like weight
+    if with_bias:
+        cols = torch.cat([cols, torch.ones(b, 1, ho * wo, dtype=cols.dtype, device=cols.device)], dim=1)
+    prod = torch.bmm(grad_out.reshape(b, o, ho * wo), cols.permute(0, 2, 1)).sum(0)  # [O, C*kh*kw (+1)]
+    grad_w = prod[:, : c * len(taps)].reshape(o, c, kernel[0], kernel[1])
+    return grad_w, (prod[:, -1] if with_bias else None)
+
+
 def convolution_backward(grad_out, inp, weight, bias_sizes, stride, padding, dilation, transposed,
                          output_padding, groups, output_mask):
-    """Input grad = transposed conv of grad_out; weight grad = per-offset matrix products; bias grad = sum."""
+    """Input grad = transposed conv of grad_out; weight grad = per-offset matrix products (or one batched
+    im2col product for narrow inputs); bias grad = sum."""
     if transposed or groups != 1 or inp.dim() != 4:
         raise UnsupportedOpError("train-step export supports only 2-d, non-transposed, groups=1 convolutions")
     kernel = weight.shape[2:]
@@ -54,16 +83,23 @@ def convolution_backward(grad_out, inp, weight, bias_sizes, stride, padding, dil
     if output_mask[0]:
         pad = _output_padding(inp.shape[2:], grad_out.shape[2:], kernel, stride, padding, dilation)
         grad_in = aten.convolution(grad_out, weight, None, stride, padding, dilation, True, pad, 1)
-    if output_mask[1]:
+    if output_mask[1] and inp.shape[1] * kernel[0] * kernel[1] <= _NARROW_COLUMNS:
+        grad_w, grad_b = _weight_grad_narrow(grad_out, inp, kernel, stride, padding, dilation, bool(output_mask[2]))
+    elif output_mask[1]:
         grad_w = _weight_grad_matmul(grad_out, inp, kernel, stride, padding, dilation)
-    if output_mask[2]:
+    if output_mask[2] and grad_b is None:
         grad_b = grad_out.sum([0, 2, 3])
     return grad_in, grad_w, grad_b
 
 
 def avg_pool2d_backward(grad_out, inp, kernel_size, stride, padding, ceil_mode, count_include_pad,
                         divisor_override):
-    """Spread each output gradient uniformly over its window: a depthwise transposed convolution."""
+    """Spread each output gradient uniformly over its window: a depthwise transposed convolution.
+
+    Non-overlapping windows stay in the graph for translations.avg_pool2d_backward (one matrix product).
+    """
+    if matmul_pool_applies(kernel_size, stride, padding, ceil_mode, divisor_override):
+        return NotImplemented
     kernel = list(kernel_size) if len(kernel_size) == 2 else [kernel_size[0]] * 2
     stride = list(stride) if len(stride) == 2 else (kernel if not stride else [stride[0]] * 2)
     padding = list(padding) if len(padding) == 2 else [padding[0]] * 2
@@ -76,8 +112,12 @@ def avg_pool2d_backward(grad_out, inp, kernel_size, stride, padding, ceil_mode, 
     return aten.convolution(grad_out, k, None, stride, [0, 0], [1, 1], True, pad, c)
 
 
+# Kept in the traced graph: translations.py gives them ONNX translations with fewer passes.
+_TRANSLATED = (aten.native_group_norm_backward.default, aten.threshold_backward.default)
+
+
 def decomposition_table() -> dict[torch._ops.OperatorBase, Callable]:
-    table = dict(core_aten_decompositions())
+    table = {op: fn for op, fn in core_aten_decompositions().items() if op not in _TRANSLATED}
     table[aten.convolution_backward.default] = convolution_backward
     table[aten.avg_pool2d_backward.default] = avg_pool2d_backward
     return table

@@ -21,6 +21,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from condenser.export.decompositions import decomposition_table
 from condenser.export.errors import ExportError
+from condenser.export.translations import translation_table
 from runtime.bundle import SGDConfig
 
 OPSET = 18
@@ -93,7 +94,7 @@ def _to_onnx(gm: torch.fx.GraphModule, args: tuple[torch.Tensor, ...], names_in:
         try:
             program = torch.onnx.export(_Traced(gm), args, dynamo=True, opset_version=OPSET,
                                         input_names=names_in, output_names=names_out, verbose=False,
-                                        optimize=False)
+                                        optimize=False, custom_translation_table=translation_table())
         except Exception as exc:  # the exporter raises many unrelated types; name the stage instead
             raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {exc}") from exc
     proto = program.model_proto
