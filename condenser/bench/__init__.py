@@ -1,16 +1,17 @@
 """The benchmark behind `condenser bench`: every method's per-size sets, cached evaluation cells, a report.
 
-CPU budget plan (profile `cpu`, its `bench` section; Fashion-MNIST IPC 10; costs are single-thread CPU
-seconds measured on the 2-core dev machine, ConvNet-D3 width 128, 28x28):
-- condensation: 21 runs (MDC, C, A: 10, B: 10 minus the IPC-1 run it shares with A). A DM inner step
-  costs 1.06 + 0.04*ipc s (batch_real 64), so one step of every run is ~25.6 s; 100 steps (10 outer x 10
-  inner) = ~2600 CPU-s, ~1500 s wall with 2 intra-op threads (~1.7x).
-- evaluation: 5 methods x 10 sizes x 2 label modes x 3 seeds = 300 trainings. A training image-epoch
-  costs ~3.2 ms and a test image ~1.9 ms, so one (method, labels, seed) series costs 550*E*3.2 ms plus
-  10 test passes: 30 series = 52.8*E + 0.56*n_test CPU-s. E = 100 epochs, n_test = 2000 (class-balanced,
-  the same for every method) = ~6400 CPU-s, ~3300 s wall in 2 single-threaded worker processes.
-- total ~4900 s (82 min) with the teacher cached; the cpu teacher adds ~20 min once. E = 300 on the full
-  test split alone would be ~21000 CPU-s.
+CPU budget plan (profile `cpu`, its `bench` section; Fashion-MNIST IPC 10). Costs are single-thread CPU
+seconds measured on the 2-core dev machine (ConvNet-D3 width 128, 28x28):
+- condensation: 20 new runs (MDC, C, B: 10, A: 10 minus its IPC-1 run = B's first and its IPC-10 run = C).
+  A DM inner step (batch_real 64 per class) costs ~1.06 + 0.04*ipc s, so one step of every run is ~24.2 s;
+  150 steps (15 outer x 10 inner, MLS period 3) = ~3600 CPU-s, ~2100 s wall with 2 intra-op threads (~1.7x).
+- evaluation: 5 methods x 10 sizes x 2 label modes x 3 seeds = 300 trainings. A training image-epoch costs
+  ~3.5 ms (hard or soft) and a test image ~1.9 ms, so the 30 (method, labels, seed) series cost
+  30 * 550 * E * 3.5 ms + 300 * n_test * 1.9 ms = 57.8*E + 0.56*n_test CPU-s. E = 100 epochs, n_test = 2000
+  (class-balanced, the same for every method) = ~6900 CPU-s, ~3550 s wall in 2 single-threaded processes.
+- total ~5700 s (95 min) wall with the teacher cached (the cpu teacher adds ~13 min once). Knobs: +10 outer
+  loops = +2400 CPU-s (~+24 min); +10 eval epochs = +580 CPU-s (~+5 min). The protocol's E = 300 on the full
+  test split would need ~21000 CPU-s for the evaluation alone.
 """
 
 from condenser.bench.cells import Cell, CellCache
