@@ -35,6 +35,10 @@ CHECKPOINT_NAME = "recover.pt"
 INITS = ("noise", "real")
 
 
+class RecoverConfigError(CondenserError, ValueError):
+    """Recover settings it cannot run with (unknown init, non-positive budgets)."""
+
+
 class RecoverInterrupted(StageInterrupted):
     """The recover loop stopped on purpose (`stop_after`); rerunning with the same run_dir resumes it."""
 
@@ -53,9 +57,10 @@ class RecoverConfig:
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
-            raise CondenserError(f"unknown recover init {self.init!r}; known: {', '.join(INITS)}")
+            raise RecoverConfigError(f"unknown recover init {self.init!r}; known: {', '.join(INITS)}")
         if self.iterations < 1 or self.batch_images < 1:
-            raise CondenserError("recover needs iterations >= 1 and batch_images >= 1")
+            raise RecoverConfigError(f"recover needs iterations >= 1 and batch_images >= 1, got "
+                                     f"{self.iterations} and {self.batch_images}")
 
 
 @dataclass
