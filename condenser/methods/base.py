@@ -67,6 +67,11 @@ class BaseMethod(Protocol):
         """After each inner iteration's image update (e.g. train the network on real data)."""
         ...
 
+    def siamese(self, real: torch.Tensor, syn: torch.Tensor, generator: torch.Generator | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The matching augmentation: one draw per class shared by its real and synthetic images."""
+        ...
+
     def target(self, model: nn.Module, real: torch.Tensor, labels: torch.Tensor) -> Any:
         """Real-side statistics of one step, shared by the base and subset terms."""
         ...
