@@ -9,6 +9,13 @@ import pytest
 os.environ.setdefault("MULTISIZE_QUIET", "1")
 
 
+def pytest_configure(config):
+    """One intra-op thread: the tiny test models gain nothing from more, and a busy machine loses a lot."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own cache dir, so nothing leaks between tests or into ~/.cache."""
