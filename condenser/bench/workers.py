@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -46,7 +48,19 @@ def _evaluate(job: Job, test: ImageDataset, cache: CellCache, budget: EvalBudget
 _WORKER: dict = {}
 
 
-def _init_worker(dataset: str, data_root: str | None, cache_root: str, threads: int) -> None:
+def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
+    """Pool workers outlive a killed parent (SIGTERM/SIGKILL skip the pool's shutdown); poll and leave."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+def _init_worker(dataset: str, data_root: str | None, cache_root: str, threads: int, parent: int) -> None:
+    _exit_with_parent(parent)
     torch.set_num_threads(threads)
     os.environ.setdefault("MULTISIZE_QUIET", "1")
     _WORKER.update(test=load_dataset(dataset, "test", root=data_root), cache=CellCache(cache_root))
@@ -78,7 +92,7 @@ def evaluate_jobs(
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = multiprocessing.get_context("spawn")  # fork after torch's thread pools start is unsafe
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(dataset, data_root, str(cache.root), threads))
+                               initargs=(dataset, data_root, str(cache.root), threads, os.getpid()))
     try:
         pending: dict[Future, Job] = {pool.submit(_worker_job, job, budget, device): job for job in jobs}
         while pending:
