@@ -3,6 +3,11 @@
 Every stage is resumable: the teacher is cached by (dataset, arch, profile), the condensation
 checkpoints every period into a run directory keyed by its configuration, and the file is written
 atomically at the end. Rerunning the same command after an interrupt continues where it stopped.
+
+Under torchrun (condenser.distributed) every rank runs this pipeline on its shard: each node's local
+rank 0 trains/caches the teacher first and rank 0's weights are broadcast, the stage condenses its share
+of classes (or IPC chunks) and gathers the images, the relabelling labels a share of the views, and rank
+0 alone exports the trainer and writes the file.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from condenser.checkpoint import atomic_write_bytes, config_hash
 from condenser.condense import CondenseConfig, CondenseResult, condense
 from condenser.data import ImageDataset, load_dataset
 from condenser.device import resolve_device
+from condenser.distributed import current
 from condenser.errors import CondenserError
 from condenser.methods import METHODS
 from condenser.paths import cache_root, runs_dir
@@ -188,6 +194,7 @@ def relabel_and_pack(
     views = None
     relabel_cfg = RelabelConfig(views=cfg.views or profile.condense.views_per_image, flip=spec.allow_flip,
                                 seed=cfg.seed)
+    dist = current()
     if cfg.soft_labels == "teacher":
         labellers = list(models) if models else ([teacher.model] if teacher is not None else [])
         if not labellers:
@@ -196,6 +203,8 @@ def relabel_and_pack(
         views = relabel(images, labellers, spec.num_classes, relabel_cfg, resolve_device(cfg.device))
         seconds["relabel"] = time.time() - t0
         provenance["relabel"] = asdict(relabel_cfg)
+    if not dist.is_main:  # rank 0 writes the one file
+        return Path(out)
     t0 = time.time()
     trainer = trainer_bundle_bytes(spec, cfg.trainer_batch_size) if cfg.embed_trainer else None
     seconds["export_trainer"] = time.time() - t0
@@ -211,7 +220,10 @@ def condense_stage(cfg: BuildConfig, profile: Profile, train: ImageDataset, log:
     teacher = None
     if cfg.soft_labels == "teacher":
         t0 = time.time()
-        teacher = get_teacher(cfg, log)
+        dist = current()
+        with dist.local_first("teacher training"):
+            teacher = get_teacher(cfg, log)
+        dist.broadcast_module(teacher.model, what="broadcast of the teacher")  # one labeller on every rank
         seconds["teacher"] = time.time() - t0
 
     ccfg = cfg.condense_config(profile)
@@ -253,12 +265,14 @@ def build(
         "profile": profile.as_dict(),
         "build": asdict(cfg),
         "environment": environment(),
+        "distributed": current().describe(),
         "command": " ".join(sys.argv),
         **result.provenance(),
     }
     path = relabel_and_pack(cfg, out, result.images, result.labels, train, staged.teacher, provenance, profile,
                             seconds, models=staged.relabel_models)
-    log(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    if current().is_main:
+        log(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return BuildOutput(path=path, result=result, teacher=staged.teacher, seconds=seconds)
 
 

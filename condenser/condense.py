@@ -10,17 +10,34 @@
         clamp pixels to [0, 1]; MLS selection + freezing (measuring loops)
         checkpoint                      (every Δt loops, atomically)
 
-All randomness (real batches, augmentation draws, network initialisations, random init) comes from
-one explicit CPU `torch.Generator` seeded by `seed`; it is saved in every checkpoint, so rerunning a
-killed run with the same config and run directory resumes and ends bit-identical to an
-uninterrupted run (on CPU; CUDA kernels may be non-deterministic). The host syncs once per outer
-loop (progress/loss) and once per measuring loop (distances), never per step.
+Randomness comes from explicit CPU generators, in two kinds of streams:
+- per class c, a generator seeded by (seed, c) (`class_seed`): the class's random initial images, its
+  real batches and its siamese augmentation draws (and anything else a class-separable method draws
+  per class). A class's draws never depend on which other classes are condensed alongside it;
+- one shared generator seeded by `seed`: network (re)initialisations, the random network of dm and
+  the real batches/augmentations the gm network trains on. It is drawn identically by every process.
+Every generator is saved in every checkpoint, so rerunning a killed run with the same config and run
+directory resumes and ends bit-identical to an uninterrupted run (on CPU; CUDA kernels may be
+non-deterministic). The host syncs once per outer loop (progress/loss) and once per measuring loop
+(distances), never per step.
+
+Under torchrun (condenser.distributed) classes are sharded over the ranks: rank k condenses its
+contiguous share of classes with their own generators, holds the full network (every rank applies the
+same update from the shared generator, so the gm network that trains on real batches of ALL classes is
+replicated, not all-reduced; on CUDA rank 0's weights are broadcast after every inner step, since CUDA
+kernels may differ bitwise), and the MLS distances of all classes are summed over ranks before each
+selection (one small all-reduce per measuring loop: exact, each class's row comes from one rank), so
+class-wise and shared MLS select exactly as one process does. The result is gathered on every rank. On
+CPU a sharded run gives bit-identical images to a single-process run with the same seed. Each rank
+checkpoints in run_dir/world-W/rank-k, keeping the previous checkpoint too, and a restarted job with the
+same world size resumes from the latest outer loop that every rank saved.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -32,6 +49,7 @@ import torch
 from condenser.checkpoint import atomic_torch_save, config_hash, restore_rng_state, rng_state, safe_torch_load
 from condenser.data import ImageDataset
 from condenser.device import amp_dtype, resolve_device
+from condenser.distributed import DistContext, current, rank_dir
 from condenser.errors import CheckpointError, CondenserError
 from condenser.methods import METHODS, MaskedSGD, StepContext, init_synthetic
 from condenser.methods.formation import decode
@@ -40,7 +58,8 @@ from condenser.models import build_model
 from condenser.multisize import Multisize, MultisizeConfig
 
 CHECKPOINT_NAME = "condense.pt"
-CHECKPOINT_VERSION = 1
+PREVIOUS_NAME = "condense.prev.pt"  # the checkpoint before the latest: ranks that died one save apart agree on it
+CHECKPOINT_VERSION = 2  # 2: per-class generators
 
 
 class CondenseConfigError(CondenserError, ValueError):
@@ -185,6 +204,12 @@ def _model_factory(cfg: CondenseConfig, dataset: ImageDataset) -> Callable[[], t
     return lambda: build_model(cfg.model, spec.image_shape, spec.num_classes, **kwargs)
 
 
+def class_seed(seed: int, c: int) -> int:
+    """Seed of class c's generator: a hash of (seed, c), so class streams are unrelated to each other."""
+    digest = hashlib.sha256(f"condense-class|{seed}|{c}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
 def _make_reinit(factory: Callable[[], torch.nn.Module], generator: torch.Generator
                  ) -> Callable[[torch.nn.Module], None]:
     """Redraw weights from `generator` without touching the global RNG (CPU init, then copied)."""
@@ -208,21 +233,38 @@ def condense(
     progress: bool = True,
     stop_after: int | None = None,
     on_outer_loop: Callable[[int, dict], None] | None = None,
+    dist: DistContext | None = None,
 ) -> CondenseResult:
     """Condense `train_set` to `cfg.ipc` images per class; resumable when `run_dir` is given.
 
     `stop_after=k` checkpoints and returns after outer loop k (a partial result, `finished=False`);
     `on_outer_loop(t, info)` is called after each outer loop's checkpoint (it may raise to interrupt);
-    info holds the loss, the MLS record (if one was selected), the live images [N, C, ...] (read only)
-    and the frozen prefix per class that the next loop will use.
+    info holds the loss, the MLS record (if one was selected), the live images [N, K, ...] of this
+    process's classes `info["classes"]` (read only) and the frozen prefix per class for the next loop.
+    `dist` (default: `condenser.distributed.current()`) shards the classes over the ranks of a process
+    group; every rank returns the whole, gathered result.
     """
+    ctx_dist = dist if dist is not None else current()
     device = resolve_device(cfg.device)
     spec = train_set.spec
     num_classes, (_, height, _) = spec.num_classes, spec.image_shape
-    generator = torch.Generator().manual_seed(cfg.seed)
     method = METHODS.get(cfg.method)(allow_flip=spec.allow_flip, **_method_settings(cfg))
+    if ctx_dist.sharded:
+        if not getattr(method, "class_separable", False):
+            raise CondenseConfigError(
+                f"method {cfg.method!r} matches all classes in one batch and cannot be sharded over "
+                f"{ctx_dist.world_size} processes; run it in one process")
+        if ctx_dist.world_size > num_classes:
+            raise CondenseConfigError(f"{ctx_dist.world_size} processes for {num_classes} classes: every rank "
+                                      "needs at least one class; use fewer processes")
+    classes = list(ctx_dist.shard(num_classes))
+    own = slice(classes[0], classes[-1] + 1)  # shards are contiguous
+    generator = torch.Generator().manual_seed(cfg.seed)  # shared: networks, the gm network's real batches
+    class_gens = [torch.Generator().manual_seed(class_seed(cfg.seed, c)) for c in classes]
+    draw_gens = class_gens if getattr(method, "class_separable", False) else generator
 
-    syn = init_synthetic(train_set, cfg.ipc, cfg.factor, cfg.init, cfg.init_offset, generator, device)
+    syn = init_synthetic(train_set, cfg.ipc, cfg.factor, cfg.init, cfg.init_offset, class_gens, device,
+                         classes=classes)
     lr = cfg.lr_img if cfg.lr_img is not None else method.default_lr_img(cfg.ipc, height)
     if method.lr_in_pixel_units:  # x_norm = (x - m)/s: the same trajectory as SGD on [0,1] pixels
         std = torch.tensor(spec.std, dtype=torch.float32, device=device).view(-1, 1, 1)
@@ -246,38 +288,41 @@ def condense(
     ctx = StepContext(real=pool, generator=generator, num_classes=num_classes,
                       reinit=_make_reinit(factory, generator), autocast=autocast)
 
-    run_hash = config_hash({"config": cfg.result_hash(), "data": dataset_fingerprint(train_set)})
-    ckpt_path = Path(run_dir) / CHECKPOINT_NAME if run_dir is not None else None
+    identity: dict[str, Any] = {"config": cfg.result_hash(), "data": dataset_fingerprint(train_set)}
+    if ctx_dist.sharded:
+        identity["shard"] = [ctx_dist.world_size, ctx_dist.rank]
+    run_hash = config_hash(identity)
+    ckpt_dir = rank_dir(run_dir, ctx_dist) if run_dir is not None else None
+    ckpt_path = ckpt_dir / CHECKPOINT_NAME if ckpt_dir is not None else None
     done, elapsed = 0, 0.0
-    if ckpt_path is not None and ckpt_path.exists():
-        state = safe_torch_load(ckpt_path)
-        if state.get("version") != CHECKPOINT_VERSION or state.get("hash") != run_hash:
-            raise CheckpointError(
-                f"{ckpt_path} belongs to a different run (config/data hash {state.get('hash')} != "
-                f"{run_hash}); use another run directory or delete it")
+    state = _resume_state(ckpt_dir, run_hash, ctx_dist) if ckpt_dir is not None else None
+    if state is not None:
         with torch.no_grad():
             syn.data.copy_(state["images"].to(device))
         optimizer.load_state_dict(state["optimizer"])
         if objective is not None:
             objective.selector.load_state_dict(state["mls"])
-        restore_rng_state(state["rng"], generator)
+        restore_rng_state(state["rng"], generator, *class_gens)
         done, elapsed = int(state["outer_loop"]), float(state["elapsed_s"])
 
     def save(t: int) -> None:
         if ckpt_path is None:
             return
+        if ckpt_path.exists():
+            os.replace(ckpt_path, ckpt_path.with_name(PREVIOUS_NAME))
         atomic_torch_save({
             "version": CHECKPOINT_VERSION, "hash": run_hash, "config": cfg.to_dict(), "outer_loop": t,
             "images": syn.data.detach().cpu(), "optimizer": optimizer.state_dict(),
             "mls": objective.selector.state_dict() if objective is not None else None,
-            "rng": rng_state(generator), "elapsed_s": elapsed,
+            "rng": rng_state(generator, *class_gens), "elapsed_s": elapsed, "classes": classes,
         }, ckpt_path)
 
     every = cfg.checkpoint_every or cfg.period
-    labels = torch.arange(num_classes, device=device)
-    classes = list(range(num_classes))
+    labels = torch.tensor(classes, device=device)
+    sync_model = ctx_dist.sharded and device.type == "cuda"  # CUDA kernels may differ bitwise between ranks
+    reduce = (lambda d: ctx_dist.all_reduce_sum(d, "all-reduce of the MLS distances")) if ctx_dist.sharded else None
     bar = _Progress()
-    bar.start(progress, cfg.outer_loops, done, f"condense {cfg.method} ipc{cfg.ipc}")
+    bar.start(progress and ctx_dist.is_main, cfg.outer_loops, done, f"condense {cfg.method} ipc{cfg.ipc}")
     loops_this_run, t_run = 0, time.perf_counter()
     try:
         for t in range(done + 1, cfg.outer_loops + 1):
@@ -285,10 +330,11 @@ def condense(
             method.prepare_model(model, ctx)
             measuring = objective is not None and objective.selector.measuring(t)
             mask = objective.trainable_mask(device) if objective is not None else None
+            mask = mask[:, own] if mask is not None else None
             loss = torch.zeros((), device=device)
             for _ in range(cfg.inner_loops):
-                real = pool.class_batch(classes, cfg.batch_real, generator)
-                real_aug, syn_aug = method.siamese(real, syn.decoded(), generator)
+                real = pool.class_batch(classes, cfg.batch_real, class_gens)
+                real_aug, syn_aug = method.siamese(real, syn.decoded(), draw_gens)
                 with match_ctx():
                     if objective is not None:
                         loss = objective.loss(model, syn_aug, real_aug, labels, measure=measuring)
@@ -298,10 +344,13 @@ def condense(
                 torch.autograd.backward(loss, inputs=[syn.data])
                 optimizer.step(mask)
                 method.train_model_step(model, ctx)
+                if sync_model:
+                    ctx_dist.broadcast_module(model)
             syn.clamp_()  # the reference code clamps at the start of the next loop; same images, and
             # clamping here means a prefix frozen from the next loop on is already final
-            record = objective.end_outer_loop(t) if objective is not None else None
-            loss_value = float(loss.detach())  # the one host sync of this outer loop
+            record = objective.end_outer_loop(t, reduce) if objective is not None else None
+            # the one host sync of this outer loop (and, sharded, the heartbeat that notices a failed rank)
+            loss_value = float(ctx_dist.all_reduce_sum(loss.detach().float(), f"all-reduce of loop {t}'s loss"))
             elapsed += time.perf_counter() - t0
             loops_this_run += 1
             stopping = stop_after is not None and t >= stop_after and t < cfg.outer_loops
@@ -311,7 +360,7 @@ def condense(
             bar.update(t, loss_value, _mls_text(objective))
             if on_outer_loop is not None:
                 on_outer_loop(t, {"loss": loss_value, "mls": record.as_dict() if record else None,
-                                  "images": syn.data.detach(), "frozen": _frozen(objective)})
+                                  "images": syn.data.detach(), "classes": classes, "frozen": _frozen(objective)})
             if stopping:
                 break
     finally:
@@ -321,15 +370,46 @@ def condense(
     timings = {
         "elapsed_s": elapsed, "outer_loops_this_run": loops_this_run,
         "seconds_per_outer_loop": wall / loops_this_run if loops_this_run else None,
-        "device": str(device), "threads": torch.get_num_threads(),
+        "device": str(device), "threads": torch.get_num_threads(), "world_size": ctx_dist.world_size,
     }
     history = [r.as_dict() for r in objective.selector.history] if objective is not None else []
+    images = syn.data.detach().transpose(0, 1).contiguous()  # [K, N, ...]: this rank's classes as rows
+    images = ctx_dist.all_gather_rows(images, "gather of the condensed images").transpose(0, 1)  # [N, C, ...]
+    init = ctx_dist.all_gather_rows(syn.init_indices, "gather of the initial image indices")
     return CondenseResult(
-        images=syn.records(), labels=torch.arange(num_classes).repeat(cfg.ipc), ipc=cfg.ipc,
-        num_classes=num_classes, factor=cfg.factor, mls_history=history, timings=timings,
-        config=cfg.to_dict(), init_indices=syn.init_indices.clone(), outer_loops_done=done,
+        images=images.reshape(-1, *images.shape[2:]).cpu().clone(), labels=torch.arange(num_classes).repeat(cfg.ipc),
+        ipc=cfg.ipc, num_classes=num_classes, factor=cfg.factor, mls_history=history, timings=timings,
+        config=cfg.to_dict(), init_indices=init.clone(), outer_loops_done=done,
         finished=done >= cfg.outer_loops,
     )
+
+
+def _resume_state(directory: Path, run_hash: str, ctx: DistContext) -> dict | None:
+    """The checkpoint to resume from: the latest outer loop that every rank has saved (None: start afresh).
+
+    Each rank keeps its latest and previous checkpoint; ranks that stopped one save apart agree on the
+    older one. A checkpoint of another run (config, data, shard or version) is an error, never reused.
+    """
+    states: dict[int, dict] = {}
+    for name in (CHECKPOINT_NAME, PREVIOUS_NAME):
+        path = directory / name
+        if not path.exists():
+            continue
+        state = safe_torch_load(path)
+        if state.get("version") != CHECKPOINT_VERSION or state.get("hash") != run_hash:
+            raise CheckpointError(
+                f"{path} belongs to a different run (version {state.get('version')}, config/data hash "
+                f"{state.get('hash')}; this run: version {CHECKPOINT_VERSION}, hash {run_hash}); use another run "
+                "directory or delete it")
+        states[int(state["outer_loop"])] = state
+    latest = max(states, default=0)
+    target = min(r[0] for r in ctx.all_gather_ints([latest], "agreeing on the outer loop to resume from"))
+    if target == 0:
+        return None
+    if target not in states:
+        raise CheckpointError(f"rank {ctx.rank}: checkpoints in {directory} hold outer loops {sorted(states)}, but the "
+                              f"ranks can only all resume from loop {target}; delete {directory.parent} to restart")
+    return states[target]
 
 
 def _frozen(objective: Multisize | None) -> list[int] | None:

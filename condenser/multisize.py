@@ -22,6 +22,7 @@ are bit-identical across steps and momentum cannot leak into them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -276,11 +277,17 @@ class Multisize:
                                      self.ipc, self.per_image)
         self.meter.add(labels, d)
 
-    def end_outer_loop(self, outer_loop: int) -> MLSRecord | None:
-        """Select the next MLS if `outer_loop` was a measuring loop."""
+    def end_outer_loop(self, outer_loop: int, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+                       ) -> MLSRecord | None:
+        """Select the next MLS if `outer_loop` was a measuring loop.
+
+        `reduce` combines the [C, N-1] distances of processes that each measured a share of the classes
+        (rows of other classes are 0): a sum over ranks, so every rank selects from all classes' distances.
+        """
         if not self.selector.measuring(outer_loop):
             return None
-        record = self.selector.select(outer_loop, self.meter.mean())
+        distances = self.meter.mean()
+        record = self.selector.select(outer_loop, reduce(distances) if reduce is not None else distances)
         self.meter.reset()
         return record
 

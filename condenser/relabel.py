@@ -7,6 +7,10 @@ sampler seed or batch size (SRe2L's FKD labels are tied to both; anchors.md §2)
 
 Nesting: a record's CutMix partner is drawn from IPC blocks up to its own, so every prefix that holds
 a record also holds its partner. View 0 of every record is the plain image (its "hard" soft label).
+
+Under torchrun every rank draws the same view parameters (cheap, one generator) and labels a contiguous
+share of the teacher batches; the targets are gathered on every rank. The batches are the ones a single
+process runs, so the labels are bit-identical to a single-process relabel (on CPU).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from condenser.distributed import DistContext, current
 from formats import Views
 from runtime._torch_views import apply_views
 
@@ -108,8 +113,13 @@ def relabel(
     num_classes: int,
     cfg: RelabelConfig = RelabelConfig(),
     device: torch.device | str = "cpu",
+    dist: DistContext | None = None,
 ) -> Views:
-    """Soft-label views for `images` (normalised, IPC-major [N, C, H, W]); targets are probabilities."""
+    """Soft-label views for `images` (normalised, IPC-major [N, C, H, W]); targets are probabilities.
+
+    `dist` (default: `condenser.distributed.current()`) shards the teacher batches over its ranks.
+    """
+    ctx = dist if dist is not None else current()
     if isinstance(teachers, nn.Module):
         teachers = [teachers]
     teachers = [t.to(device) for t in teachers]
@@ -120,10 +130,14 @@ def relabel(
     flat = {k: a.reshape(num_records * v, *a.shape[2:]) for k, a in params.items()}
     records = np.repeat(np.arange(num_records), v)
     src = images.detach().to(device)
-    targets = torch.empty(num_records * v, num_classes)
-    for start in range(0, num_records * v, cfg.batch_size):
-        sl = slice(start, start + cfg.batch_size)
+    total = num_records * v
+    batches = ctx.shard((total + cfg.batch_size - 1) // cfg.batch_size)  # this rank's contiguous batches
+    lo, hi = batches.start * cfg.batch_size, min(batches.stop * cfg.batch_size, total)
+    targets = torch.empty(max(hi - lo, 0), num_classes)
+    for start in range(lo, hi, cfg.batch_size):
+        sl = slice(start, min(start + cfg.batch_size, hi))
         x = apply_views(src, records[sl], flat["crop"][sl], flat["flip"][sl], flat["mix_partner"][sl],
                         flat["mix_box"][sl])
-        targets[sl] = teacher_probabilities(teachers, x, cfg.temperature).cpu()
+        targets[start - lo: sl.stop - lo] = teacher_probabilities(teachers, x, cfg.temperature).cpu()
+    targets = ctx.all_gather_rows(targets, "gather of the soft labels")
     return Views(targets=targets.view(num_records, v, num_classes).numpy(), **params)

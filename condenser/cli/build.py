@@ -1,4 +1,8 @@
-"""`condenser build`: condense a dataset into one nested .mdc file (teacher, condense, relabel, pack)."""
+"""`condenser build`: condense a dataset into one nested .mdc file (teacher, condense, relabel, pack).
+
+Launched by torchrun (`torchrun --nproc_per_node N -m condenser build ...`), the N processes join one
+process group and shard the work (docs/distributed.md); rank 0 prints and writes the file.
+"""
 
 from __future__ import annotations
 
@@ -54,10 +58,25 @@ def build(
     device: Device = "auto",
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bfloat16 autocast on CUDA.")] = True,
     seed: Seed = 0,
+    condense: Annotated[list[str] | None, typer.Option("--condense", help="Override a condense-loop setting "
+                                                      "(a CondenseConfig field) as KEY=VALUE, e.g. --condense "
+                                                      "outer_loops=2 --condense width=8. Repeatable.")] = None,
+    dist_timeout: Annotated[float | None, typer.Option(
+        "--dist-timeout", help="Under torchrun: seconds a collective waits for the other ranks before the job "
+                               "fails (default $MULTISIZE_DIST_TIMEOUT or 1800).")] = None,
 ) -> None:
     """Teacher (cached) -> multisize condensation (resumable) -> soft-label views -> one .mdc, atomically."""
+    from dataclasses import fields
+
     from condenser.build import BuildConfig
     from condenser.build import build as run_build
+    from condenser.condense import CondenseConfig
+    from condenser.distributed import launched_world_size, session
+
+    overrides = parse_settings(condense or [])
+    known = {f.name for f in fields(CondenseConfig)}
+    if unknown := sorted(set(overrides) - known):
+        raise typer.BadParameter(f"--condense: unknown settings {unknown}; known: {sorted(known)}")
 
     cfg = BuildConfig(
         dataset=dataset, ipc=ipc, profile=resolve_profile(profile), method=method, multisize=multisize,
@@ -65,8 +84,20 @@ def build(
         teacher_path=str(teacher_path) if teacher_path else None, codec=codec, pixels=pixels,
         embed_trainer=embed_trainer, seed=seed, device=device, amp=amp,
         data_root=str(data_root) if data_root else None, method_settings=parse_settings(settings or []),
+        condense_overrides=overrides,
     )
     target = out or Path(f"{dataset.replace(':', '_').replace('/', '_')}-ipc{ipc}.mdc")
-    result = run_build(cfg, target, log=typer.echo)
-    times = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
-    typer.echo(f"{target}: {ipc} images/class x {result.result.num_classes} classes ({times})")
+
+    def run() -> None:
+        with session(device, dist_timeout) as dist:
+            result = run_build(cfg, target, log=typer.echo if dist.is_main else (lambda _: None))
+            if dist.is_main:
+                times = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
+                shards = f", {dist.world_size} processes" if dist.sharded else ""
+                typer.echo(f"{target}: {ipc} images/class x {result.result.num_classes} classes ({times}{shards})")
+
+    if launched_world_size() > 1:  # torchrun's summary then names the failing rank's exception
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        run = record(run)
+    run()

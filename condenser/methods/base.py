@@ -10,7 +10,7 @@ augmented tensors without recomputing the real statistics (mdc.md §2.3).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
@@ -24,6 +24,21 @@ from condenser.registry import Registry
 
 class MethodConfigError(CondenserError, ValueError):
     """A method or its synthetic parameterisation was configured with values it cannot honour."""
+
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+"""One generator for a whole class batch, or one per class of the batch (draws then depend on the class
+alone, not on which other classes share the batch: what class sharding over processes needs)."""
+
+
+def per_class_generators(generator: Generators, k: int) -> list[torch.Generator] | None:
+    """The per-class list of `generator` (None when it is one shared generator or None)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return None
+    gens = list(generator)
+    if len(gens) != k:
+        raise MethodConfigError(f"{len(gens)} per-class generators for a batch of {k} classes")
+    return gens
 
 
 @dataclass
@@ -56,6 +71,10 @@ class BaseMethod(Protocol):
     matching_strategy: str  # DSA strategy of the siamese draw on [real; syn]
     lr_in_pixel_units: bool  # lr_img is given for [0,1] pixels (IDC) rather than normalized space (DM)
     autocast_matching: bool  # whether target/match may run under the run's AMP autocast
+    # class_separable: the loss is a sum of per-class terms, each depending only on its class's images, real
+    # batch and siamese draw (given per-class generators), and the model hooks use only the shared generator:
+    # required to shard classes over processes (condenser.condense); False for a whole-batch objective.
+    class_separable: bool
 
     def default_lr_img(self, ipc: int, resolution: int) -> float: ...
 
@@ -67,9 +86,11 @@ class BaseMethod(Protocol):
         """After each inner iteration's image update (e.g. train the network on real data)."""
         ...
 
-    def siamese(self, real: torch.Tensor, syn: torch.Tensor, generator: torch.Generator | None
+    def siamese(self, real: torch.Tensor, syn: torch.Tensor, generator: Generators
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The matching augmentation: one draw per class shared by its real and synthetic images."""
+        """The matching augmentation: one draw per class shared by its real and synthetic images.
+
+        `generator` may be a list with one generator per class of the batch (class-separable methods)."""
         ...
 
     def target(self, model: nn.Module, real: torch.Tensor, labels: torch.Tensor) -> Any:
@@ -111,16 +132,28 @@ def build_method(name: str, allow_flip: bool = True, **settings: Any) -> BaseMet
     return METHODS.get(name)(allow_flip=allow_flip, **settings)
 
 
+def draw_per_class(dsa: DSA, k: int, image_hw: tuple[int, int], generator: Generators,
+                   device: torch.device) -> DSAParams:
+    """K draws: from one generator at once, or draw c from generator c (the class's own stream)."""
+    gens = per_class_generators(generator, k)
+    if gens is None:
+        return dsa.draw(k, image_hw, generator, device)
+    draws = [dsa.draw(1, image_hw, g, device) for g in gens]
+    return DSAParams(**{f.name: None if getattr(draws[0], f.name) is None
+                        else torch.cat([getattr(d, f.name) for d in draws]) for f in fields(DSAParams)})
+
+
 def siamese_per_class(dsa: DSA, real: torch.Tensor, syn: torch.Tensor,
-                      generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+                      generator: Generators) -> tuple[torch.Tensor, torch.Tensor]:
     """One shared augmentation draw per class over [real_c; syn_c] (DSA's siamese augmentation).
 
     Draws differ between classes, as in the per-class loop of the reference code, and every image
     of a class sees its class's transform. Done in ONE batched apply: K draws are expanded to the
-    samples by class index, so the cost does not grow with kernel launches per class.
+    samples by class index, so the cost does not grow with kernel launches per class. With one
+    generator per class, class c's draw comes from its own generator.
     """
     k, b, m = real.shape[0], real.shape[1], syn.shape[1]
-    params = dsa.draw(k, tuple(real.shape[-2:]), generator, real.device)
+    params = draw_per_class(dsa, k, tuple(real.shape[-2:]), generator, real.device)
     cls = torch.arange(k, device=real.device)
     index = torch.cat([cls.repeat_interleave(b), cls.repeat_interleave(m)])
     expanded = DSAParams(**{f.name: None if getattr(params, f.name) is None

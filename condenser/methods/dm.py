@@ -15,7 +15,13 @@ import torch
 from torch import nn
 
 from condenser.augment import DSA, DSAConfig
-from condenser.methods.base import StepContext, as_class_batch, siamese_per_class, weighted_class_mean
+from condenser.methods.base import (
+    Generators,
+    StepContext,
+    as_class_batch,
+    siamese_per_class,
+    weighted_class_mean,
+)
 from condenser.methods.gm import make_settings
 from condenser.models import Classifier
 
@@ -32,6 +38,7 @@ class DistributionMatching:
     Settings = DMSettings
     lr_in_pixel_units = False
     autocast_matching = True
+    class_separable = True
 
     def __init__(self, allow_flip: bool = True, **settings: Any) -> None:
         self.settings: DMSettings = make_settings(DMSettings, settings, self.name)
@@ -53,7 +60,7 @@ class DistributionMatching:
         if self.settings.fresh_net_every_step:
             ctx.reinit(model)
 
-    def siamese(self, real: torch.Tensor, syn: torch.Tensor, generator: torch.Generator | None
+    def siamese(self, real: torch.Tensor, syn: torch.Tensor, generator: Generators
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         return siamese_per_class(self._match_aug, real, syn, generator)
 

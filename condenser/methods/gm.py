@@ -22,7 +22,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from condenser.augment import DSA, DSAConfig, cutmix
-from condenser.methods.base import MethodConfigError, StepContext, as_class_batch, siamese_per_class
+from condenser.methods.base import Generators, MethodConfigError, StepContext, as_class_batch, siamese_per_class
 from condenser.training import soft_cross_entropy
 
 
@@ -65,6 +65,7 @@ class GradientMatching:
     Settings = GMSettings
     lr_in_pixel_units = True
     autocast_matching = False  # second-order terms stay in float32
+    class_separable = True  # per-class gradients; the network trains on the shared generator
 
     def __init__(self, allow_flip: bool = True, **settings: Any) -> None:
         self.settings: GMSettings = make_settings(GMSettings, settings, self.name)
@@ -111,7 +112,7 @@ class GradientMatching:
             done += b
 
     # --- matching -------------------------------------------------------------------------------
-    def siamese(self, real: torch.Tensor, syn: torch.Tensor, generator: torch.Generator | None
+    def siamese(self, real: torch.Tensor, syn: torch.Tensor, generator: Generators
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         return siamese_per_class(self._match_aug, real, syn, generator)
 

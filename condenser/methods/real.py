@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from condenser.data import ImageDataset
+from condenser.methods.base import Generators, per_class_generators
 
 
 class RealPool:
@@ -32,15 +33,19 @@ class RealPool:
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x.to(torch.float32) / 255.0 - self.mean) / self.std
 
-    def class_batch(self, classes: list[int], n: int, generator: torch.Generator) -> torch.Tensor:
-        """[K, n, ch, H, W] normalised: n images of each class, without replacement when the class has n."""
+    def class_batch(self, classes: list[int], n: int, generator: Generators) -> torch.Tensor:
+        """[K, n, ch, H, W] normalised: n images of each class, without replacement when the class has n.
+
+        `generator`: one for all classes (drawn in the order of `classes`) or one per class.
+        """
+        gens = per_class_generators(generator, len(classes)) or [generator] * len(classes)
         picks = []
-        for c in classes:
+        for c, g in zip(classes, gens, strict=True):
             idx = self._class_index[c]
             if idx.numel() >= n:
-                pick = torch.randperm(idx.numel(), generator=generator)[:n]
+                pick = torch.randperm(idx.numel(), generator=g)[:n]
             else:
-                pick = torch.randint(0, idx.numel(), (n,), generator=generator)
+                pick = torch.randint(0, idx.numel(), (n,), generator=g)
             picks.append(idx[pick])
         flat = torch.cat(picks).to(self.device, non_blocking=True)
         return self.normalize(self.images[flat]).view(len(classes), n, *self.images.shape[1:])

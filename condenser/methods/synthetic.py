@@ -3,16 +3,18 @@
 Layout: `data` is [N, C, ch, H, W] (image number i of class c at [i, c]), i.e. IPC-major, so
 `data.reshape(N * C, ...)` is the record order r = i*C + c of the .mdc file without a copy.
 Values are in normalised space (contracts.md); `clamp_` keeps them inside the image of [0, 1].
+C counts the classes the set holds: all of them, or a process's share when classes are sharded.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from condenser.data import ImageDataset, normalize
-from condenser.methods.base import MethodConfigError
+from condenser.methods.base import Generators, MethodConfigError, per_class_generators
 from condenser.methods.formation import check_factor, decode, encode
 
 INIT_MODES = ("first", "random")
@@ -66,18 +68,21 @@ def pixel_bounds(dataset: ImageDataset, device: torch.device) -> tuple[torch.Ten
 
 
 def init_indices(dataset: ImageDataset, ipc: int, factor: int = 1, mode: str = "first", offset: int = 0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Dataset indices [C, ipc*f*f] of the real images each class starts from.
+                 generator: Generators = None, classes: Sequence[int] | None = None) -> torch.Tensor:
+    """Dataset indices [K, ipc*f*f] of the real images each of `classes` (default: all) starts from.
 
     `first`: images offset*f*f ... in dataset order (IDC/MDC code; deterministic). `random`: a seeded
-    permutation of the class, skipping offset*f*f images (Baseline B's runs use disjoint blocks).
+    permutation of the class, skipping offset*f*f images (Baseline B's runs use disjoint blocks), from one
+    generator (drawn in class order) or one generator per class.
     """
     if mode not in INIT_MODES:
         raise MethodConfigError(f"unknown init mode {mode!r}; known: {', '.join(INIT_MODES)}")
     per = factor * factor
     need, start = ipc * per, offset * per
+    classes = list(range(dataset.spec.num_classes)) if classes is None else list(classes)
+    gens = per_class_generators(generator, len(classes)) or [generator] * len(classes)
     rows = []
-    for c in range(dataset.spec.num_classes):
+    for c, g in zip(classes, gens, strict=True):
         idx = dataset.class_indices(c)
         if start + need > idx.numel():
             raise MethodConfigError(
@@ -86,21 +91,21 @@ def init_indices(dataset: ImageDataset, ipc: int, factor: int = 1, mode: str = "
         if mode == "first":
             rows.append(idx[start:start + need])
         else:
-            perm = torch.randperm(idx.numel(), generator=generator)
+            perm = torch.randperm(idx.numel(), generator=g)
             rows.append(idx[perm[start:start + need]])
     return torch.stack(rows)
 
 
 def init_synthetic(dataset: ImageDataset, ipc: int, factor: int = 1, mode: str = "first", offset: int = 0,
-                   generator: torch.Generator | None = None,
-                   device: torch.device | str = "cpu") -> SyntheticSet:
-    """Synthetic images initialised from real ones (IDC "mix" tiling when factor > 1)."""
+                   generator: Generators = None,
+                   device: torch.device | str = "cpu", classes: Sequence[int] | None = None) -> SyntheticSet:
+    """Synthetic images of `classes` (default: all) initialised from real ones (IDC "mix" tiling if factor > 1)."""
     if ipc < 1:
         raise MethodConfigError(f"ipc must be >= 1, got {ipc}")
     device = torch.device(device)
     _, height, width = dataset.spec.image_shape
     check_factor(factor, height, width)
-    indices = init_indices(dataset, ipc, factor, mode, offset, generator)  # [C, N*f*f]
+    indices = init_indices(dataset, ipc, factor, mode, offset, generator, classes)  # [K, N*f*f]
     num_classes, per = indices.shape[0], factor * factor
     real = dataset.normalized(indices.reshape(-1))  # [C*N*f*f, ch, H, W]
     real = real.view(num_classes, ipc, per, *real.shape[1:]).transpose(0, 1)  # [N, C, f*f, ...]

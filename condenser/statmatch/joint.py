@@ -46,6 +46,7 @@ class JointStatMatch:
     matching_strategy = "recover"
     lr_in_pixel_units = False
     autocast_matching = False  # statistics distances stay in float32
+    class_separable = False  # BN statistics of one batch of all classes: not shardable by class
 
     def __init__(self, allow_flip: bool = True, **settings: Any) -> None:
         self.settings: JointSettings = make_settings(JointSettings, settings, self.name)

@@ -10,6 +10,11 @@ Adam is element-wise and every loss term is a per-group sum, so this is the same
 the indices one after another, with shared augmentation and teacher draws. Each IPC index starts from
 noise seeded by (seed, index), so any image can be regenerated alone. Resumable: the images of finished
 chunks are checkpointed atomically in `run_dir`.
+
+Under torchrun the chunks (not classes: one IPC index's statistics are those of a batch of all classes)
+are sharded over the ranks in contiguous blocks; a chunk computes the same on any rank, so the gathered
+images equal a single process's (on CPU). Nested densification looks back at earlier chunks and is
+therefore refused under sharding.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 
 from condenser.checkpoint import atomic_torch_save, config_hash, safe_torch_load
 from condenser.data import ImageDataset
+from condenser.distributed import DistContext, current, rank_dir
 from condenser.errors import CheckpointError, CondenserError
 from condenser.methods.synthetic import pixel_bounds
 from condenser.progress import progress_bar
@@ -100,16 +106,32 @@ def recover(
     run_dir: str | Path | None = None,
     run_hash: str = "",
     stop_after: int | None = None,
+    dist: DistContext | None = None,
 ) -> RecoverResult:
-    """Recover `ipc` images per class; `stop_after=k` checkpoints and raises after k chunks."""
+    """Recover `ipc` images per class; `stop_after=k` checkpoints and raises after k chunks (of each rank).
+
+    `dist` (default: `condenser.distributed.current()`) shards the chunks; every rank returns all images.
+    """
+    ctx = dist if dist is not None else current()
     spec = train.spec
     c = spec.num_classes
     per_step = max(1, min(ipc, cfg.batch_images // c))
+    if ctx.sharded and cfg.match.dd_weight > 0:
+        raise RecoverConfigError("nested densification (dd_weight > 0) makes every IPC chunk depend on all "
+                                 f"earlier ones, so it cannot be sharded over {ctx.world_size} processes; run it in "
+                                 "one process")
+    starts = list(range(0, ipc, per_step))
+    mine = [starts[i] for i in ctx.shard(len(starts))]  # this rank's chunks: IPC indices [first, last)
+    first = mine[0] if mine else ipc
+    last = min(mine[-1] + per_step, ipc) if mine else ipc
     low, high = pixel_bounds(train, device)
-    images = torch.zeros(ipc, c, *spec.image_shape)
-    digest = config_hash({"config": asdict(cfg), "ipc": ipc, "run": run_hash})
-    ckpt = Path(run_dir) / CHECKPOINT_NAME if run_dir is not None else None
-    done, losses, elapsed = 0, [], 0.0
+    images = torch.zeros(last - first, c, *spec.image_shape)
+    identity: dict = {"config": asdict(cfg), "ipc": ipc, "run": run_hash}
+    if ctx.sharded:
+        identity["shard"] = [ctx.world_size, ctx.rank]
+    digest = config_hash(identity)
+    ckpt = rank_dir(run_dir, ctx) / CHECKPOINT_NAME if run_dir is not None else None
+    done, losses, elapsed = 0, [], 0.0  # done: IPC indices of this rank's share finished
     if ckpt is not None and ckpt.exists():
         state = safe_torch_load(ckpt)
         if state.get("hash") != digest:
@@ -118,11 +140,14 @@ def recover(
         images[:done] = state["images"]
     labels = torch.arange(c, device=device)
     mcfg = cfg.match
-    chunks_run = 0
+    chunks_run, stopped = 0, False
     bar = progress_bar()
     with bar:
-        task = bar.add_task(f"recover ipc{ipc}", total=ipc * cfg.iterations, completed=done * cfg.iterations)
-        for start in range(done, ipc, per_step):
+        task = bar.add_task(f"recover ipc{ipc}", total=(last - first) * cfg.iterations,
+                            completed=done * cfg.iterations)
+        for start in mine:
+            if start < first + done:
+                continue
             t0 = time.perf_counter()
             ids = list(range(start, min(start + per_step, ipc)))
             g = len(ids)
@@ -158,17 +183,23 @@ def recover(
                     torch.maximum(xv, low, out=xv)
                     torch.minimum(xv, high, out=xv)
                 bar.advance(task, g)
-            images[start:start + g] = x.detach().view(g, c, *spec.image_shape).cpu()
+            images[start - first:start - first + g] = x.detach().view(g, c, *spec.image_shape).cpu()
             elapsed += time.perf_counter() - t0
             losses.append({"ipc_indices": ids, "first": {k: float(v) for k, v in first.items()},
                            "last": {k: float(v) for k, v in parts.items()}})
-            done = start + g
+            done = start + g - first
             chunks_run += 1
             if ckpt is not None:
                 atomic_torch_save({"hash": digest, "done": done, "images": images[:done].clone(), "losses": losses,
                                    "elapsed": elapsed}, ckpt)
-            if stop_after is not None and chunks_run >= stop_after and done < ipc:
-                raise RecoverInterrupted(f"stopped after IPC index {done - 1} on request; rerun to resume")
+            if stop_after is not None and chunks_run >= stop_after and first + done < last:
+                stopped = True
+                break
+    # every rank leaves together: a stop on one rank stops all (never a rank waiting in the gather below)
+    if any(ctx.all_gather_objects(stopped, "agreeing on a stop")):
+        raise RecoverInterrupted(f"stopped after IPC index {first + done - 1} on request; rerun to resume")
+    images = ctx.all_gather_rows(images, "gather of the recovered images")
+    losses = [entry for part in ctx.all_gather_objects(losses, "gather of the recover losses") for entry in part]
     return RecoverResult(images=images.reshape(ipc * c, *spec.image_shape),
                          labels=torch.arange(c).repeat(ipc), ipc=ipc, losses=losses, seconds=elapsed,
-                         finished=done >= ipc)
+                         finished=True)

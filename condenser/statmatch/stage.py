@@ -4,6 +4,11 @@ Two schedules. `per-ipc` (the papers): every IPC index is recovered independentl
 images are put in herding order on the first teacher's features. `joint` (small sets): all images in one
 batch through condenser.condense, so the multisize subset loss, MLS selection and freezing apply.
 Relabelling (the whole pool's ensemble) and packing are the build's shared tail.
+
+Under torchrun, `per-ipc` shards chunks of IPC indices over the ranks (condenser.statmatch.recover): the
+pool is trained/cached by each node's local rank 0 first and rank 0's weights are broadcast, every rank
+recovers its chunks, the images are gathered and herded identically everywhere (rank 0's order is
+broadcast). `joint` optimises one batch of all classes (shared BN statistics) and is refused when sharded.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from condenser.checkpoint import config_hash
 from condenser.condense import CondenseConfig, CondenseResult, condense, dataset_fingerprint
 from condenser.data import ImageDataset
 from condenser.device import resolve_device
+from condenser.distributed import current
 from condenser.methods import MethodConfigError
 from condenser.paths import runs_dir
 from condenser.registry import Registry
@@ -58,6 +64,9 @@ def per_ipc_schedule(method: str, cfg: Any, profile: Any, train: ImageDataset, p
     images, extra = rr.images, {"recover_losses": rr.losses}
     if s.order == "herding":
         images, order = herd(images, pool.members[0].model, train, s.herding_real, cfg.seed)
+        dist = current()  # identical on CPU; on CUDA rank 0's order is the one every rank relabels
+        images = dist.broadcast(images, what="broadcast of the herded images")
+        order = dist.broadcast(order, what="broadcast of the herding order")
         extra["herding_order"] = order.tolist()
     c = train.spec.num_classes
     result = CondenseResult(
@@ -108,16 +117,25 @@ def decoupled_stage(method: str):
     def stage(cfg: Any, profile: Any, train: ImageDataset, log: Callable[[str], None], stop_after: int | None,
               seconds: dict[str, float]) -> StageResult:
         s = settings_for(method, **cfg.method_settings)
+        dist = current()
+        if dist.sharded and s.schedule == "joint":
+            raise MethodConfigError(f"{method}: the joint schedule optimises one batch of all classes and cannot be "
+                                    f"sharded over {dist.world_size} processes; use schedule per-ipc or one process")
         t0 = time.time()
-        pool = build_pool(PoolContext(cfg.dataset, profile.name, train, cfg.data_root, cfg.device, cfg.seed, log), s)
+        with dist.local_first(f"{method} teacher pool"):
+            pool = build_pool(PoolContext(cfg.dataset, profile.name, train, cfg.data_root, cfg.device, cfg.seed, log),
+                              s)
+        for m in pool.members:
+            dist.broadcast_module(m.model, what=f"broadcast of teacher {m.arch}")
         seconds["teacher"] = time.time() - t0
         stats: list[dict | None] = [None] * len(pool)
         paths: list[str | None] = [None] * len(pool)
         if s.conv_weight > 0:
             t0 = time.time()
-            for i, m in enumerate(pool.members):
-                stats[i], p = cached_conv_stats(m.model, train, m.arch, s.patch, s.stat_images)
-                paths[i] = str(p)
+            with dist.local_first(f"{method} conv statistics"):
+                for i, m in enumerate(pool.members):
+                    stats[i], p = cached_conv_stats(m.model, train, m.arch, s.patch, s.stat_images)
+                    paths[i] = str(p)
             seconds["statistics"] = time.time() - t0
         run_hash = config_hash({"method": method, "settings": asdict(s), "ipc": cfg.ipc, "seed": cfg.seed,
                                 "pool": [model_hash(m.model) for m in pool.members],
