@@ -121,11 +121,11 @@ def recover(
                                  f"earlier ones, so it cannot be sharded over {ctx.world_size} processes; run it in "
                                  "one process")
     starts = list(range(0, ipc, per_step))
-    mine = [starts[i] for i in ctx.shard(len(starts))]  # this rank's chunks: IPC indices [first, last)
-    first = mine[0] if mine else ipc
-    last = min(mine[-1] + per_step, ipc) if mine else ipc
+    mine = [starts[i] for i in ctx.shard(len(starts))]  # this rank's chunks: IPC indices [lo, hi)
+    lo = mine[0] if mine else ipc
+    hi = min(mine[-1] + per_step, ipc) if mine else ipc
     low, high = pixel_bounds(train, device)
-    images = torch.zeros(last - first, c, *spec.image_shape)
+    images = torch.zeros(hi - lo, c, *spec.image_shape)
     identity: dict = {"config": asdict(cfg), "ipc": ipc, "run": run_hash}
     if ctx.sharded:
         identity["shard"] = [ctx.world_size, ctx.rank]
@@ -143,10 +143,10 @@ def recover(
     chunks_run, stopped = 0, False
     bar = progress_bar()
     with bar:
-        task = bar.add_task(f"recover ipc{ipc}", total=(last - first) * cfg.iterations,
+        task = bar.add_task(f"recover ipc{ipc}", total=(hi - lo) * cfg.iterations,
                             completed=done * cfg.iterations)
         for start in mine:
-            if start < first + done:
+            if start < lo + done:
                 continue
             t0 = time.perf_counter()
             ids = list(range(start, min(start + per_step, ipc)))
@@ -183,21 +183,21 @@ def recover(
                     torch.maximum(xv, low, out=xv)
                     torch.minimum(xv, high, out=xv)
                 bar.advance(task, g)
-            images[start - first:start - first + g] = x.detach().view(g, c, *spec.image_shape).cpu()
+            images[start - lo:start - lo + g] = x.detach().view(g, c, *spec.image_shape).cpu()
             elapsed += time.perf_counter() - t0
             losses.append({"ipc_indices": ids, "first": {k: float(v) for k, v in first.items()},
                            "last": {k: float(v) for k, v in parts.items()}})
-            done = start + g - first
+            done = start + g - lo
             chunks_run += 1
             if ckpt is not None:
                 atomic_torch_save({"hash": digest, "done": done, "images": images[:done].clone(), "losses": losses,
                                    "elapsed": elapsed}, ckpt)
-            if stop_after is not None and chunks_run >= stop_after and first + done < last:
+            if stop_after is not None and chunks_run >= stop_after and lo + done < hi:
                 stopped = True
                 break
     # every rank leaves together: a stop on one rank stops all (never a rank waiting in the gather below)
     if any(ctx.all_gather_objects(stopped, "agreeing on a stop")):
-        raise RecoverInterrupted(f"stopped after IPC index {first + done - 1} on request; rerun to resume")
+        raise RecoverInterrupted(f"stopped after IPC index {lo + done - 1} on request; rerun to resume")
     images = ctx.all_gather_rows(images, "gather of the recovered images")
     losses = [entry for part in ctx.all_gather_objects(losses, "gather of the recover losses") for entry in part]
     return RecoverResult(images=images.reshape(ipc * c, *spec.image_shape),
