@@ -171,7 +171,7 @@ def test_bundle_errors(exported):
                                  dict(h=7, w=9, k=3, s=2, p=1, d=1), dict(h=10, w=10, k=3, s=1, p=2, d=2)],
                          ids=["3x3", "1x1s2", "3x3s2-odd", "dilated"])
 def test_convolution_backward_decomposition(cfg, narrow, monkeypatch):
-    monkeypatch.setattr(decompositions, "_NARROW_COLUMNS", 64 if narrow else 0)
+    monkeypatch.setattr(decompositions, "NARROW_COLUMNS", 64 if narrow else 0)
     g = torch.Generator().manual_seed(0)
     x, wt = torch.randn(3, 2, cfg["h"], cfg["w"], generator=g), torch.randn(4, 2, cfg["k"], cfg["k"], generator=g)
     args = ([cfg["s"]] * 2, [cfg["p"]] * 2, [cfg["d"]] * 2)
@@ -238,6 +238,61 @@ def test_avg_pool2d_translations(size, kernel, stride, padding):
         return out, aten.avg_pool2d_backward(go, x, [kernel] * 2, [stride] * 2, [0, 0], False, True, None)
 
     _assert_onnx_matches_eager(fwd_bwd, x, go)
+
+
+def test_chained_slices_export_as_one_slice():
+    import onnx
+
+    x = torch.randn(2, 3, 9, 8)
+    fn = lambda x: x[:, :, 1:8:2, 2:] * 2  # noqa: E731
+    _assert_onnx_matches_eager(fn, x)
+    gm = _trace(fn, (x,))
+    ops = [n.op_type for n in onnx.load_from_string(_to_onnx(gm, (x,), ["x"], ["y"])).graph.node]
+    assert ops.count("Slice") == 1
+
+
+@pytest.mark.parametrize("bias,affine", [(True, True), (False, True), (True, False)])
+def test_fused_first_layer_matches_conv_and_instance_norm(bias, affine):
+    from condenser.export.fusions import narrow_conv_instance_norm, narrow_conv_instance_norm_backward
+
+    g = torch.Generator().manual_seed(2)
+    n, c, args = 3, 5, ([2, 1], [1, 0], [1, 1])
+    x, w = torch.randn(n, 2, 9, 8, generator=g), torch.randn(c, 2, 3, 3, generator=g)
+    b = torch.randn(c, generator=g) if bias else None
+    gamma, beta = (torch.randn(c, generator=g), torch.randn(c, generator=g)) if affine else (None, None)
+    y = aten.convolution(x, w, b, *args, False, [0, 0], 1)
+    hw = y.shape[2] * y.shape[3]
+    ref = aten.native_group_norm(y, gamma, beta, n, c, hw, c, 1e-5)
+    for a, r in zip(narrow_conv_instance_norm(x, w, b, gamma, beta, *args, 1e-5), ref, strict=True):
+        torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-5)
+    dy = torch.randn(y.shape, generator=g)
+    gnb = aten.native_group_norm_backward(dy, y, ref[1], ref[2], gamma, n, c, hw, c, [True] * 3)
+    cb = aten.convolution_backward(gnb[0], x, w, [c], *args, False, [0, 0], 1, [False, True, bias])
+    got = narrow_conv_instance_norm_backward(dy, x, w, b, ref[1], ref[2], gamma, *args)
+    for a, r in zip(got, (cb[1], cb[2], gnb[1], gnb[2]), strict=True):
+        if r is not None:
+            torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-4)
+
+
+def test_first_layer_of_convnet_is_fused():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from condenser.export.decompositions import decomposition_table
+    from condenser.export.fusions import fuse_narrow_conv_instance_norm
+
+    model = initial_model(ExportSettings(arch="convnet", in_shape=SHAPE, num_classes=K, model_kwargs={"width": 8}))
+    table = {op: fn for op, fn in decomposition_table().items() if op is not aten.convolution_backward.default}
+
+    def step(x, *params):
+        names = [n for n, _ in model.named_parameters()]
+        out = torch.func.functional_call(model, dict(zip(names, params, strict=True)), (x,))
+        return torch.autograd.grad(out.sum(), params)
+
+    params = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    gm = make_fx(step, decomposition_table=table, tracing_mode="fake")(torch.zeros(2, *SHAPE), *params)
+    assert fuse_narrow_conv_instance_norm(gm) == 1  # the first conv only: the others read 8 channels x 9 taps
+    targets = [n.target for n in gm.graph.nodes]
+    assert aten.convolution_backward.default in targets  # layers 2 and 3 keep theirs
 
 
 def test_batchnorm_model_is_refused():

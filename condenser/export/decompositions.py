@@ -47,7 +47,21 @@ def _weight_grad_matmul(grad_out, inp, kernel, stride, padding, dilation):
 
 # Below this many im2col columns (C_in * kh * kw) the weight gradient is one batched product with the
 # im2col matrix (first layers: C_in = 1 or 3); above it, per-offset products (no im2col in memory).
-_NARROW_COLUMNS = 64
+NARROW_COLUMNS = 64
+
+
+def im2col(x: torch.Tensor, kernel, stride, padding, dilation, out_hw) -> torch.Tensor:
+    """[N, C * kh * kw, ho * wo], rows ordered (c, i, j) like a conv weight viewed as [O, C * kh * kw]."""
+    b, c = x.shape[:2]
+    ho, wo = out_hw
+    xp = aten.constant_pad_nd(x, [padding[1], padding[1], padding[0], padding[0]], 0.0)
+    taps = []
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            r, q = i * dilation[0], j * dilation[1]
+            taps.append(xp[:, :, r: r + stride[0] * (ho - 1) + 1: stride[0],
+                           q: q + stride[1] * (wo - 1) + 1: stride[1]])
+    return torch.stack(taps, dim=2).reshape(b, c * len(taps), ho * wo)
 
 
 def _weight_grad_narrow(grad_out, inp, kernel, stride, padding, dilation, with_bias: bool):
@@ -56,20 +70,14 @@ def _weight_grad_narrow(grad_out, inp, kernel, stride, padding, dilation, with_b
     For a narrow input the im2col matrix is small, grad_out is read once in its own NCHW layout (no
     transpose of the largest tensor of the step), and the column of ones yields the bias gradient.
     """
-    b, c = inp.shape[:2]
+    b = inp.shape[0]
     o, ho, wo = grad_out.shape[1:]
-    x = aten.constant_pad_nd(inp, [padding[1], padding[1], padding[0], padding[0]], 0.0)
-    taps = []
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            r, q = i * dilation[0], j * dilation[1]
-            taps.append(x[:, :, r: r + stride[0] * (ho - 1) + 1: stride[0], q: q + stride[1] * (wo - 1) + 1: stride[1]])
-    cols = torch.stack(taps, dim=2).reshape(b, c * len(taps), ho * wo)  # rows ordered (c, i, j) like weight
+    cols = im2col(inp, kernel, stride, padding, dilation, (ho, wo))
+    k = cols.shape[1]
     if with_bias:
         cols = torch.cat([cols, torch.ones(b, 1, ho * wo, dtype=cols.dtype, device=cols.device)], dim=1)
-    prod = torch.bmm(grad_out.reshape(b, o, ho * wo), cols.permute(0, 2, 1)).sum(0)  # [O, C*kh*kw (+1)]
-    grad_w = prod[:, : c * len(taps)].reshape(o, c, kernel[0], kernel[1])
-    return grad_w, (prod[:, -1] if with_bias else None)
+    prod = torch.bmm(grad_out.reshape(b, o, ho * wo), cols.permute(0, 2, 1)).sum(0)  # [O, K (+1)]
+    return prod[:, :k].reshape(o, inp.shape[1], kernel[0], kernel[1]), (prod[:, -1] if with_bias else None)
 
 
 def convolution_backward(grad_out, inp, weight, bias_sizes, stride, padding, dilation, transposed,
@@ -83,7 +91,7 @@ def convolution_backward(grad_out, inp, weight, bias_sizes, stride, padding, dil
     if output_mask[0]:
         pad = _output_padding(inp.shape[2:], grad_out.shape[2:], kernel, stride, padding, dilation)
         grad_in = aten.convolution(grad_out, weight, None, stride, padding, dilation, True, pad, 1)
-    if output_mask[1] and inp.shape[1] * kernel[0] * kernel[1] <= _NARROW_COLUMNS:
+    if output_mask[1] and inp.shape[1] * kernel[0] * kernel[1] <= NARROW_COLUMNS:
         grad_w, grad_b = _weight_grad_narrow(grad_out, inp, kernel, stride, padding, dilation, bool(output_mask[2]))
     elif output_mask[1]:
         grad_w = _weight_grad_matmul(grad_out, inp, kernel, stride, padding, dilation)

@@ -21,6 +21,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from condenser.export.decompositions import decomposition_table
 from condenser.export.errors import ExportError
+from condenser.export.fusions import fuse_narrow_conv_instance_norm
 from condenser.export.translations import translation_table
 from runtime.bundle import SGDConfig
 
@@ -75,6 +76,18 @@ class _Traced(nn.Module):
         return self.gm(*args)
 
 
+def _remove_dead_nodes(model: onnx.ModelProto) -> None:
+    """onnxruntime runs nodes whose outputs nobody reads; translations can leave some (merged slices)."""
+    graph = model.graph
+    while True:
+        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        keep = [node for node in graph.node if any(o in used for o in node.output)]
+        if len(keep) == len(graph.node):
+            return
+        del graph.node[:]
+        graph.node.extend(keep)
+
+
 def _strip_metadata(model: onnx.ModelProto) -> None:
     """Drop per-node stack traces and doc strings: they are most of the file and useless on a device."""
     for node in model.graph.node:
@@ -99,6 +112,7 @@ def _to_onnx(gm: torch.fx.GraphModule, args: tuple[torch.Tensor, ...], names_in:
             raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {exc}") from exc
     proto = program.model_proto
     _strip_metadata(proto)
+    _remove_dead_nodes(proto)
     got_in, got_out = [i.name for i in proto.graph.input], [o.name for o in proto.graph.output]
     if got_in != names_in or got_out != names_out:
         raise ExportError(f"exported graph has inputs {got_in[:6]}... / outputs {got_out[:4]}..., "
@@ -107,8 +121,14 @@ def _to_onnx(gm: torch.fx.GraphModule, args: tuple[torch.Tensor, ...], names_in:
 
 
 def _trace(fn, args: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:
+    """make_fx with convolution_backward kept, the graph rewrites of fusions.py, then make_fx again with
+    the whole decomposition table (it decomposes what is left and inlines the fused functions)."""
+    table = decomposition_table()
+    first = {op: fn for op, fn in table.items() if op is not torch.ops.aten.convolution_backward.default}
     try:
-        return make_fx(fn, decomposition_table=decomposition_table(), tracing_mode="fake")(*args)
+        gm = make_fx(fn, decomposition_table=first, tracing_mode="fake")(*args)
+        fuse_narrow_conv_instance_norm(gm)
+        return make_fx(gm, decomposition_table=table, tracing_mode="fake")(*args)
     except ExportError:
         raise
     except Exception as exc:  # tracing failures come in many types; name the stage

@@ -9,6 +9,7 @@ translations replace the generic ones (or the core-ATen decompositions) with the
 - group norm backward: two per-row reductions (sum dy, sum dy*x), then dx = k*dy + s*x + t with
   per-row k, s, t, the affine part as one inference-mode BatchNormalization;
 - ReLU backward: grad * mask with the mask from one HardSigmoid (no bool tensor, no Where);
+- chained slices (x[:, a:b, c:d]): one Slice node instead of two full copies;
 - non-overlapping average pooling and its backward: one matrix product with a constant pooling
   matrix per pair of (pooled) rows, instead of AveragePool (and its layout reorders) and a
   depthwise transposed convolution.
@@ -32,6 +33,7 @@ aten = torch.ops.aten
 
 # HardSigmoid(alpha * x) = clip(alpha * x, 0, 1) is 1 for every normal float x > 0 and 0 for x <= 0.
 _MASK_ALPHA = 3.0e38
+_INT64_MAX = 2**63 - 1
 
 
 def _ints(values: Sequence[int]):
@@ -201,8 +203,32 @@ def avg_pool2d_backward(grad_output, self, kernel_size: Sequence[int], stride: S
     return out
 
 
+def _constant_ints(value) -> list[int] | None:
+    node = value.producer() if value is not None else None
+    if node is None or node.op_type != "Constant" or "value_ints" not in node.attributes:
+        return None
+    return list(node.attributes["value_ints"].value)
+
+
+def slice_tensor(self, dim: int = 0, start: int | None = None, end: int | None = None, step: int = 1):
+    """One Slice per chain: x[:, a:b, c:d] traces as two slices, i.e. two full copies in onnxruntime,
+    so a slice of a slice (of other axes, all bounds constant) becomes one Slice of the source."""
+    dim = dim + len(self.shape) if dim < 0 else dim
+    start, end = (0 if start is None else start), (_INT64_MAX if end is None else min(end, _INT64_MAX))
+    src, starts, ends, axes, steps = self, [start], [end], [dim], [step]
+    node = self.producer()
+    if node is not None and node.op_type == "Slice" and len(node.inputs) == 5:
+        inner = [_constant_ints(v) for v in node.inputs[1:]]
+        if all(v is not None for v in inner) and dim not in inner[2]:
+            src = node.inputs[0]
+            starts, ends, axes, steps = (inner[0] + starts, inner[1] + ends, inner[2] + axes, inner[3] + steps)
+    return op.Slice(src, _ints(starts), _ints(ends), _ints(axes), _ints(steps))
+
+
+
 def translation_table() -> dict[torch._ops.OpOverload, Callable]:
     return {
+        aten.slice.Tensor: slice_tensor,
         aten.native_group_norm.default: native_group_norm,
         aten.native_group_norm_backward.default: native_group_norm_backward,
         aten.threshold_backward.default: threshold_backward,
