@@ -274,11 +274,36 @@ def test_fused_first_layer_matches_conv_and_instance_norm(bias, affine):
             torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("pool", [(2, 2), (2, 1)])
+def test_fused_first_block_matches_conv_norm_relu_pool(pool):
+    from condenser.export.fusions import narrow_conv_block, narrow_conv_block_backward
+
+    g = torch.Generator().manual_seed(3)
+    n, c, args = 3, 5, ([1, 1], [1, 1], [1, 1])
+    x, w, b = torch.randn(n, 1, 8, 6, generator=g), torch.randn(c, 1, 3, 3, generator=g), torch.randn(c, generator=g)
+    gamma, beta = torch.randn(c, generator=g), torch.randn(c, generator=g)
+    y = aten.convolution(x, w, b, *args, False, [0, 0], 1)
+    norm = aten.native_group_norm(y, gamma, beta, n, c, 48, c, 1e-5)
+    z = torch.relu(norm[0])
+    pooled = aten.avg_pool2d(z, list(pool), list(pool))
+    got = narrow_conv_block(x, w, b, gamma, beta, *args, 1e-5, pool)
+    for a, r in zip((got[0], got[2], got[3]), (pooled, norm[1], norm[2]), strict=True):
+        torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-5)
+    gp = torch.randn(pooled.shape, generator=g)
+    dy = aten.threshold_backward(aten.avg_pool2d_backward(gp, z, list(pool), list(pool), [0, 0], False, True, None),
+                                 z, 0)
+    gnb = aten.native_group_norm_backward(dy, y, norm[1], norm[2], gamma, n, c, 48, c, [True] * 3)
+    cb = aten.convolution_backward(gnb[0], x, w, [c], *args, False, [0, 0], 1, [False, True, True])
+    got = narrow_conv_block_backward(gp, got[1], x, w, b, norm[1], norm[2], gamma, *args, pool)
+    for a, r in zip(got, (cb[1], cb[2], gnb[1], gnb[2]), strict=True):
+        torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-4)
+
+
 def test_first_layer_of_convnet_is_fused():
     from torch.fx.experimental.proxy_tensor import make_fx
 
     from condenser.export.decompositions import decomposition_table
-    from condenser.export.fusions import fuse_narrow_conv_instance_norm
+    from condenser.export.fusions import fuse_narrow_conv_instance_norm, narrow_conv_block, narrow_conv_block_backward
 
     model = initial_model(ExportSettings(arch="convnet", in_shape=SHAPE, num_classes=K, model_kwargs={"width": 8}))
     table = {op: fn for op, fn in decomposition_table().items() if op is not aten.convolution_backward.default}
@@ -292,7 +317,8 @@ def test_first_layer_of_convnet_is_fused():
     gm = make_fx(step, decomposition_table=table, tracing_mode="fake")(torch.zeros(2, *SHAPE), *params)
     assert fuse_narrow_conv_instance_norm(gm) == 1  # the first conv only: the others read 8 channels x 9 taps
     targets = [n.target for n in gm.graph.nodes]
-    assert aten.convolution_backward.default in targets  # layers 2 and 3 keep theirs
+    assert narrow_conv_block in targets and narrow_conv_block_backward in targets  # the whole first block
+    assert targets.count(aten.convolution_backward.default) == 2  # layers 2 and 3 keep theirs
 
 
 def test_batchnorm_model_is_refused():

@@ -146,7 +146,7 @@ def threshold_backward(grad_output, self, threshold: float):
     return op.Mul(grad_output, mask)
 
 
-def _pool_params(kernel_size, stride, padding) -> tuple[list[int], list[int], list[int]]:
+def pool_params(kernel_size, stride, padding) -> tuple[list[int], list[int], list[int]]:
     kernel = list(kernel_size) if len(kernel_size) == 2 else [kernel_size[0]] * 2
     stride = list(stride) if len(stride) == 2 else (kernel if not stride else [stride[0]] * 2)
     padding = list(padding) if len(padding) == 2 else [padding[0]] * 2
@@ -155,7 +155,7 @@ def _pool_params(kernel_size, stride, padding) -> tuple[list[int], list[int], li
 
 def matmul_pool_applies(kernel_size, stride, padding, ceil_mode, divisor_override) -> bool:
     """Non-overlapping windows without padding: the case the pooling-matrix translation covers."""
-    kernel, stride, padding = _pool_params(kernel_size, stride, padding)
+    kernel, stride, padding = pool_params(kernel_size, stride, padding)
     return kernel == stride and not any(padding) and not ceil_mode and divisor_override is None
 
 
@@ -171,7 +171,7 @@ def _pool_matrix(kernel: list[int], w: int, wo: int) -> np.ndarray:
 
 def avg_pool2d(self, kernel_size: Sequence[int], stride: Sequence[int] = (), padding: Sequence[int] = (0,),
                ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None):
-    kernel, stride_, pads = _pool_params(kernel_size, stride, padding)
+    kernel, stride_, pads = pool_params(kernel_size, stride, padding)
     if not matmul_pool_applies(kernel_size, stride, padding, ceil_mode, divisor_override):
         if divisor_override is not None:
             raise UnsupportedOpError("train-step export does not support avg_pool2d with divisor_override")
@@ -192,7 +192,7 @@ def avg_pool2d_backward(grad_output, self, kernel_size: Sequence[int], stride: S
                         divisor_override: int | None = None):
     if not matmul_pool_applies(kernel_size, stride, padding, ceil_mode, divisor_override):
         raise UnsupportedOpError("avg_pool2d_backward translation covers only non-overlapping windows")
-    kernel, _, _ = _pool_params(kernel_size, stride, padding)
+    kernel, _, _ = pool_params(kernel_size, stride, padding)
     n, c, h, w = _dims(self)
     ho, wo = h // kernel[0], w // kernel[1]
     g = op.Reshape(grad_output, _ints([n * c * ho, wo]))
