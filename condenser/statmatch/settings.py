@@ -33,7 +33,8 @@ class DecoupledSettings:
     stages: tuple[int, ...] | None = None  # prior pool: checkpoint epochs (None: every epoch of the run)
     prune_amounts: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)  # post pool: fraction of conv filters removed
     prune_finetune_epochs: int = 0  # Teddy: 0-2
-    recalibrate_images: int = 2048  # post pool: real images to re-estimate BN statistics after pruning
+    recalibrate_images: int = 2048  # real images to re-estimate BN statistics (post pool; backbones if enabled)
+    recalibrate_backbones: bool = True  # short-trained backbones' running statistics are stale targets
     sampling: str = "all"  # all | one | round-robin | subset  (teachers matched per step)
     k: int = 1  # subset size (Teddy K)
     stat_images: int = 10000  # real images for the cached conv statistics
