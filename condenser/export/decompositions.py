@@ -2,7 +2,9 @@
 
 Core ATen decompositions cover almost every backward op; `convolution_backward` and
 `avg_pool2d_backward` have none and no ONNX translation either, so they are rewritten here as
-transposed convolutions and matrix products, which ONNX has.
+transposed convolutions and matrix products, which ONNX has. A few ops are left in the graph instead
+(native_group_norm_backward, threshold_backward, non-overlapping avg_pool2d_backward): translations.py
+translates them into fewer onnxruntime passes than their decompositions would take.
 """
 
 from __future__ import annotations

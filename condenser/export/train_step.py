@@ -4,8 +4,9 @@ Both graphs are pure functions of their inputs (parameters and momentum buffers 
 out) so a device runs them with onnxruntime alone and keeps the state itself. The step is:
 forward, per-sample-weighted soft-label cross-entropy, autograd backward, then PyTorch's SGD
 update; momentum and weight decay are constants of the graph, the learning rate is an input.
-Recipe: make_fx over torch.autograd.grad with the decompositions of decompositions.py, then
-torch.onnx.export(dynamo=True) of the traced graph.
+Recipe: make_fx over torch.autograd.grad with the decompositions of decompositions.py, the graph
+rewrites of fusions.py (first conv + instance norm block), then torch.onnx.export(dynamo=True) of the
+traced graph with the onnxruntime-oriented translations of translations.py.
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ from condenser.export.errors import UnsupportedOpError
 
 aten = torch.ops.aten
 
-# HardSigmoid(alpha * x) = clip(alpha * x, 0, 1) is 1 for every normal float x > 0 and 0 for x <= 0.
+# HardSigmoid(x; alpha) = clip(alpha * x, 0, 1) is 0 for x <= 0 and 1 for x >= 1 / alpha (3.3e-39, below
+# the smallest normal float32): only a positive subnormal ReLU input would get a fractional mask.
 _MASK_ALPHA = 3.0e38
 _INT64_MAX = 2**63 - 1
 
