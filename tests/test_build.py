@@ -70,6 +70,23 @@ def test_hard_label_build_and_eval_cli(tmp_path):
         assert reader.read(2).images.shape[0] == 20  # and the body is intact
 
 
+def test_eval_max_test_scores_on_a_balanced_head_of_the_test_split(tmp_path):
+    out = build(_config(soft_labels="none"), tmp_path / "h.mdc", log=lambda _: None)
+    small = tmp_path / "small.json"
+    result = CliRunner().invoke(app, ["eval", str(out.path), "--sizes", "1", "--profile", "smoke", "--epochs", "1",
+                                      "--seeds", "2", "--max-test", "20", "--no-write", "--json", str(small),
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(small.read_text())
+    assert data["protocol"]["max_test"] == 20
+    for acc in data["sizes"]["1"]["hard"]["accuracies"]:  # 20 test images: accuracy in steps of 5 %
+        assert acc / 5 == pytest.approx(round(acc / 5), abs=1e-6)
+    with formats.open_mdc(out.path) as reader:  # --no-write leaves the header alone
+        assert not reader.header.get("results")
+    bad = CliRunner().invoke(app, ["eval", str(out.path), "--max-test", "0", "--profile", "smoke"])
+    assert bad.exit_code != 0
+
+
 def test_eval_rejects_sizes_beyond_the_file(tmp_path):
     out = build(_config(soft_labels="none"), tmp_path / "h.mdc", log=lambda _: None)
     result = CliRunner().invoke(app, ["eval", str(out.path), "--sizes", "1-5", "--profile", "smoke"])

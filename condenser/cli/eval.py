@@ -34,6 +34,9 @@ def eval_file(
     labels: Annotated[str, typer.Option(help="hard, soft or hard,soft.")] = "hard,soft",
     seeds: Annotated[int | None, typer.Option(help="Seeds per size (default: the profile's).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Override the profile's training epochs.")] = None,
+    max_test: Annotated[int | None, typer.Option(help="Score on a fixed class-balanced head of the test split of this "
+                                                 "many images (the bench's reduced budget; default: all).",
+                                                 min=1)] = None,
     loss: Annotated[str | None, typer.Option(help="Soft-label student loss: soft_ce (default) or mse_gt "
                                              "(G-VBSM: logit MSE + gamma*CE).")] = None,
     gamma: Annotated[float | None, typer.Option(help="gamma of the mse_gt loss (default 0.1).")] = None,
@@ -52,6 +55,8 @@ def eval_file(
 
     prof = get_profile(resolve_profile(profile))
     budget = prof.evaluate if epochs is None else replace(prof.evaluate, epochs=epochs)
+    if max_test is not None:
+        budget = replace(budget, max_test=max_test)
     if loss is not None or gamma is not None:
         budget = replace(budget, loss=loss or budget.loss, loss_gamma=budget.loss_gamma if gamma is None else gamma)
     with formats.open_mdc(file) as reader:

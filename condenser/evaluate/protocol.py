@@ -124,7 +124,7 @@ def train_and_test(
 
 
 def _first(ds: ImageDataset, n: int) -> ImageDataset:
-    """A deterministic, class-balanced head of a test split (smoke profile only)."""
+    """A deterministic, class-balanced head of a test split (the smoke profile, the bench, `eval --max-test`)."""
     per_class = max(1, n // ds.spec.num_classes)
     idx = torch.cat([ds.first_of_class(c, min(per_class, len(ds.class_indices(c))))
                      for c in range(ds.spec.num_classes)])
