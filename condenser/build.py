@@ -108,18 +108,34 @@ def run_dir_for(ccfg: CondenseConfig, dataset: str) -> Path:
     return runs_dir() / f"{dataset.replace(':', '_').replace('/', '_')}-{config_hash(asdict(ccfg))}"
 
 
+def exporter_digest() -> str:
+    """A digest of the exporter's source files (condenser/export/*.py and the model builders it traces)."""
+    import hashlib
+
+    import condenser.export
+    import condenser.models
+
+    h = hashlib.sha256()
+    for package in (condenser.export, condenser.models):
+        for source in sorted(Path(package.__file__).parent.glob("*.py")):
+            h.update(source.name.encode())
+            h.update(source.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def trainer_bundle_bytes(spec, batch_size: int, width: int = 128) -> bytes:
     """The device trainer (ConvNet-D3 train-step + inference graphs) to embed before the blocks.
 
     Exporting traces and converts the graphs (tens of seconds on a CPU), so bundles are cached by
-    their settings and the installed torch version.
+    their settings, the installed torch version and the exporter's own source: a changed exporter must
+    not keep serving graphs it would no longer produce.
     """
     from condenser.export import ExportSettings, export_trainer
 
     settings = ExportSettings(arch="convnet", in_shape=tuple(spec.image_shape), num_classes=spec.num_classes,
                               batch_size=batch_size, dataset=spec.name, mean=tuple(spec.mean),
                               std=tuple(spec.std), model_kwargs={"width": width})
-    key = config_hash({"settings": asdict(settings), "torch": torch.__version__})
+    key = config_hash({"settings": asdict(settings), "torch": torch.__version__, "exporter": exporter_digest()})
     cached = cache_root() / "trainers" / f"{key}.bundle"
     if cached.exists():
         return cached.read_bytes()

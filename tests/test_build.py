@@ -92,3 +92,40 @@ def test_eval_rejects_sizes_beyond_the_file(tmp_path):
     result = CliRunner().invoke(app, ["eval", str(out.path), "--sizes", "1-5", "--profile", "smoke"])
     assert result.exit_code != 0
     assert "exceed" in str(result.exception) or "exceed" in result.output
+
+
+def test_trainer_bundle_cache_is_keyed_by_the_exporter_source(tmp_path, monkeypatch):
+    import condenser.build as build_module
+    import condenser.export as export_module
+    from condenser.data import load_dataset
+
+    monkeypatch.setenv("MULTISIZE_CACHE", str(tmp_path / "cache"))
+    exports = []
+
+    class FakeBundle:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def to_bytes(self) -> bytes:
+            return f"bundle-{self.n}".encode()
+
+    def fake_export(settings):
+        exports.append(settings)
+        return FakeBundle(len(exports))
+
+    monkeypatch.setattr(export_module, "export_trainer", fake_export)
+    monkeypatch.setattr(build_module, "exporter_digest", lambda: "the-installed-exporter")
+    spec = load_dataset("synthetic:4:1x8x8", "train").spec
+    assert build_module.trainer_bundle_bytes(spec, 8, width=4) == b"bundle-1"
+    assert build_module.trainer_bundle_bytes(spec, 8, width=4) == b"bundle-1"  # cached
+    assert len(exports) == 1
+    monkeypatch.setattr(build_module, "exporter_digest", lambda: "a-changed-exporter")
+    assert build_module.trainer_bundle_bytes(spec, 8, width=4) == b"bundle-2"  # not the stale graph
+    assert len(exports) == 2
+
+
+def test_exporter_digest_is_stable_and_covers_the_traced_model_builders():
+    from condenser.build import exporter_digest
+
+    digest = exporter_digest()
+    assert digest == exporter_digest() and len(digest) == 16 and int(digest, 16) >= 0
