@@ -63,6 +63,20 @@ class SizedSets:
         }
 
 
+def planned_runs(name: str, cfg: CondenseConfig) -> list[tuple[str, CondenseConfig]]:
+    """The independent condensation runs of a baseline, as (run subdirectory, config) pairs."""
+    if name == "A":
+        return [(f"A-ipc{n}", replace(cfg, ipc=n, multisize=False)) for n in range(1, cfg.ipc + 1)]
+    if name == "B":
+        return [(f"B-run{k}", replace(cfg, ipc=1, multisize=False, init_offset=cfg.init_offset + k))
+                for k in range(cfg.ipc)]
+    if name == "C":
+        return [("C", replace(cfg, multisize=False))]
+    if name == "mdc":
+        return [("mdc", replace(cfg, multisize=True))]
+    raise CondenserError(f"unknown baseline {name!r}; known: A, B, C, mdc")
+
+
 def _subdir(run_dir: str | Path | None, name: str) -> Path | None:
     return Path(run_dir) / name if run_dir is not None else None
 
@@ -77,8 +91,8 @@ def prefix_sets(result: CondenseResult, name: str) -> SizedSets:
 def baseline_a(cfg: CondenseConfig, train_set: ImageDataset, run_dir: str | Path | None = None,
                progress: bool = True) -> SizedSets:
     """A: condense each size n = 1..N separately (base method, no subset loss; lr_img scales with n)."""
-    runs = [condense(replace(cfg, ipc=n, multisize=False), train_set, _subdir(run_dir, f"A-ipc{n}"),
-                     progress=progress) for n in range(1, cfg.ipc + 1)]
+    runs = [condense(run_cfg, train_set, _subdir(run_dir, name), progress=progress)
+            for name, run_cfg in planned_runs("A", cfg)]
     c = train_set.spec.num_classes
     return SizedSets("A", cfg.ipc, c, cfg.factor, False, {r.ipc: r.images for r in runs}, runs)
 
@@ -86,8 +100,8 @@ def baseline_a(cfg: CondenseConfig, train_set: ImageDataset, run_dir: str | Path
 def baseline_b(cfg: CondenseConfig, train_set: ImageDataset, run_dir: str | Path | None = None,
                progress: bool = True) -> SizedSets:
     """B: N IPC-1 condensations, run k starting from real image k of each class; size n = runs 0..n-1."""
-    runs = [condense(replace(cfg, ipc=1, multisize=False, init_offset=cfg.init_offset + k), train_set,
-                     _subdir(run_dir, f"B-run{k}"), progress=progress) for k in range(cfg.ipc)]
+    runs = [condense(run_cfg, train_set, _subdir(run_dir, name), progress=progress)
+            for name, run_cfg in planned_runs("B", cfg)]
     c = train_set.spec.num_classes
     blocks = torch.cat([r.images for r in runs])  # run k is block k: record k*C + c
     sets = {n: blocks[: n * c] for n in range(1, cfg.ipc + 1)}

@@ -220,3 +220,28 @@ def test_bench_overrides_parse():
         "condense_overrides": {"outer_loops": 2, "method": "dm"}, "eval_overrides": {"max_test": 500}}
     with pytest.raises(Exception, match="bad override"):
         parse_overrides(["outer_loops=2"])
+
+
+def test_baseline_runs_in_parallel_processes_equal_the_serial_runs(tmp_path):
+    import torch
+
+    from condenser.bench.sets import method_sets
+    from condenser.data import load_dataset
+
+    cfg = BuildConfig(ipc=2, profile="smoke", soft_labels="none", embed_trainer=False, device="cpu",
+                      condense_overrides=TINY)
+    profile, train = get_profile("smoke"), load_dataset("fashion-mnist", "train")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' thread count: same reductions, same bits
+    try:
+        serial = method_sets("B", cfg, profile, train, tmp_path / "serial", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    logs: list[str] = []
+    parallel = method_sets("B", cfg, profile, train, tmp_path / "parallel", progress=False, workers=2,
+                           log=logs.append)
+    assert "B: condensing 2 runs in 2 processes" in logs
+    assert sorted(line.split()[1] for line in logs[1:]) == ["B-run0", "B-run1"]
+    assert all(run.timings["outer_loops_this_run"] == 0 for run in parallel.runs)  # read back, not recomputed
+    for n in (1, 2):
+        assert torch.equal(serial.sets[n], parallel.sets[n])

@@ -15,10 +15,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import formats
-from condenser.baselines import SizedSets, build_sized_sets
+from condenser.baselines import SizedSets, build_sized_sets, planned_runs
 from condenser.build import BuildConfig, environment, relabel_and_pack
 from condenser.condense import CHECKPOINT_NAME
 from condenser.data import ImageDataset
+from condenser.device import resolve_device
 from condenser.errors import CondenserError
 from condenser.evaluate import random_real_subset
 from condenser.profiles import Profile
@@ -60,8 +61,11 @@ def share_equivalent_runs(run_dir: Path, ipc: int) -> None:
 
 
 def method_sets(method: str, cfg: BuildConfig, profile: Profile, train: ImageDataset, run_dir: Path,
-                progress: bool = True) -> SizedSets:
-    """Condense (resumably, runs under `run_dir`) or sample the sets of `method`: A, B, C, mdc or random."""
+                progress: bool = True, workers: int = 1, log: Callable[[str], None] = lambda _: None) -> SizedSets:
+    """Condense (resumably, runs under `run_dir`) or sample the sets of `method`: A, B, C, mdc or random.
+
+    With `workers` > 1 on a CPU, the N independent runs of A or B are condensed in parallel processes first.
+    """
     if method == "random":
         return random_sets(train, cfg.ipc, cfg.seed)
     ccfg = cfg.condense_config(profile)
@@ -69,6 +73,13 @@ def method_sets(method: str, cfg: BuildConfig, profile: Profile, train: ImageDat
         raise CondenserError("packing multi-formation (factor > 1) images is not supported yet")
     if method in ("A", "B", "C"):
         share_equivalent_runs(run_dir, ccfg.ipc)
+    if method in ("A", "B") and workers > 1 and resolve_device(ccfg.device).type == "cpu":
+        from condenser.bench.workers import condense_runs
+
+        runs = [(run_dir / name, run_cfg) for name, run_cfg in planned_runs(method, ccfg)]
+        log(f"{method}: condensing {len(runs)} runs in {min(workers, len(runs))} processes")
+        condense_runs(runs, cfg.dataset, cfg.data_root, min(workers, len(runs)),
+                      on_done=lambda path, s: log(f"{method}: {path.name} condensed ({s:.0f} s)"))
     return build_sized_sets(method, ccfg, train, run_dir, progress=progress)
 
 

@@ -125,7 +125,9 @@ def _ensure_sets(ctx: _Context, method: str, progress: bool, log: Callable[[str]
     files = expected_files(method, ctx.cfg.ipc, ctx.set_path(method))
     if files_carry_key(files, key):
         return files, False
-    sets = method_sets(method, ctx.build, ctx.profile, ctx.train, ctx.run_dir(), progress=progress)
+    workers = ctx.cfg.workers or auto_workers(ctx.cfg.device)
+    sets = method_sets(method, ctx.build, ctx.profile, ctx.train, ctx.run_dir(), progress=progress,
+                       workers=workers, log=log)
     return write_sized_sets(sets, ctx.set_path(method), ctx.build, ctx.profile, ctx.train, ctx.teacher,
                             {"bench_key": key}, log=log), True
 

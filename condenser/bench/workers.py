@@ -1,8 +1,11 @@
-"""Run pending evaluation cells in this process or in single-threaded worker processes.
+"""Run pending evaluation cells, and the independent condensation runs of Baselines A and B, in this
+process or in single-threaded worker processes.
 
 Evaluation trainings are small (10-100 images of 28x28 per batch), where torch's intra-op threads
 scale poorly; independent cells in one process per core use a CPU machine fully. Each worker stores its
-own cell files, so a kill loses at most the cells in flight. On CUDA one process is the right choice.
+own cell files, so a kill loses at most the cells in flight. The same holds for the 2N condensations of
+A and B: each run checkpoints into its own directory, so runs in parallel processes resume like serial
+ones. On CUDA one process is the right choice.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import torch
 
 from condenser.bench.cells import Cell, CellCache, read_prefix, run_cell
+from condenser.condense import CondenseConfig, condense
 from condenser.data import ImageDataset, load_dataset
 from condenser.profiles import EvalBudget
 
@@ -95,6 +99,41 @@ def evaluate_jobs(
                                initargs=(dataset, data_root, str(cache.root), threads, os.getpid()))
     try:
         pending: dict[Future, Job] = {pool.submit(_worker_job, job, budget, device): job for job in jobs}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                on_done(pending.pop(fut), fut.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _condense_run(dataset: str, data_root: str | None, cfg: CondenseConfig, run_dir: Path) -> float:
+    train = load_dataset(dataset, "train", root=data_root)
+    return condense(cfg, train, run_dir, progress=False).timings.get("elapsed_s", 0.0)
+
+
+def _init_condense_worker(threads: int, parent: int) -> None:
+    _exit_with_parent(parent)
+    torch.set_num_threads(threads)
+    os.environ.setdefault("MULTISIZE_QUIET", "1")
+
+
+def condense_runs(
+    runs: Sequence[tuple[Path, CondenseConfig]],
+    dataset: str,
+    data_root: str | None,
+    workers: int,
+    on_done: Callable[[Path, float], None] = lambda _path, _seconds: None,
+) -> None:
+    """Condense every (run directory, config) in `workers` processes, largest first; finished runs return at
+    once (condense() resumes from the checkpoint). The caller then reads them back with condense() too."""
+    order = sorted(runs, key=lambda r: -r[1].ipc)
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_condense_worker,
+                               initargs=(threads, os.getpid()))
+    try:
+        pending = {pool.submit(_condense_run, dataset, data_root, cfg, run_dir): run_dir for run_dir, cfg in order}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:

@@ -54,7 +54,8 @@ def bench(
     views: Annotated[int | None, typer.Option(help="Soft-label views per image (default: the bench budget's).")] = None,
     teacher_path: Annotated[Path | None, typer.Option("--teacher", help="A teacher.safetensors to use "
                                                       "instead of the cached/trained one.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Evaluation processes (default: one per CPU core, at most 8; "
+    workers: Annotated[int | None, typer.Option(help="Processes for the evaluation cells and, on CPU, for the N "
+                                                "runs of Baselines A and B (default: one per CPU core, at most 8; "
                                                 "one on CUDA).")] = None,
     data_root: DataRoot = None,
     device: Device = "auto",
