@@ -9,7 +9,9 @@ seconds measured on the 2-core dev machine (ConvNet-D3 width 128, 28x28):
   ~3.5 ms (hard or soft) and a test image ~1.9 ms, so the 30 (method, labels, seed) series cost
   30 * 550 * E * 3.5 ms + 300 * n_test * 1.9 ms = 57.8*E + 0.56*n_test CPU-s. E = 100 epochs, n_test = 2000
   (class-balanced, the same for every method) = ~6900 CPU-s, ~3550 s wall in 2 single-threaded processes.
-- total ~5700 s (95 min) wall with the teacher cached (the cpu teacher adds ~13 min once). Knobs: +10 outer
+- total ~5700 s (95 min) wall with the teacher cached (the cpu teacher adds ~13 min once); A's and B's runs
+  condense in parallel single-threaded workers (`--workers`), which a 2-core CPU runs ~1.2x faster than one
+  2-thread process. Knobs: +10 outer
   loops = +2400 CPU-s (~+24 min); +10 eval epochs = +580 CPU-s (~+5 min). The protocol's E = 300 on the full
   test split would need ~21000 CPU-s for the evaluation alone.
 """
