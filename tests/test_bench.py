@@ -245,3 +245,15 @@ def test_baseline_runs_in_parallel_processes_equal_the_serial_runs(tmp_path):
     assert all(run.timings["outer_loops_this_run"] == 0 for run in parallel.runs)  # read back, not recomputed
     for n in (1, 2):
         assert torch.equal(serial.sets[n], parallel.sets[n])
+
+
+def test_baseline_cli_condenses_b_runs_in_parallel_workers(tmp_path, monkeypatch):
+    monkeypatch.setenv("MULTISIZE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "b.mdc"
+    result = CliRunner().invoke(app, ["baseline", "B", "--ipc", "2", "--profile", "smoke", "--soft-labels", "none",
+                                      "--no-embed-trainer", "--device", "cpu", "--workers", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "B: condensing 2 runs in 2 processes" in result.output
+    with formats.open_mdc(out) as reader:
+        assert reader.ipc_max == 2 and reader.header["provenance"]["method"] == "B"
+        assert all(r["timings"]["outer_loops_this_run"] == 0 for r in reader.header["provenance"]["runs"])

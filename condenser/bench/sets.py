@@ -150,7 +150,7 @@ def baseline_run_dir(cfg: BuildConfig, profile: Profile) -> Path:
 
 
 def build_baseline(name: str, cfg: BuildConfig, out: str | Path, log: Callable[[str], None] = print,
-                   progress: bool = True) -> MethodFiles:
+                   progress: bool = True, workers: int = 1) -> MethodFiles:
     """`condenser baseline A|B|C`: teacher (cached) -> the baseline's condensations (resumable) -> file(s)."""
     from condenser.build import get_teacher
     from condenser.data import load_dataset
@@ -163,5 +163,6 @@ def build_baseline(name: str, cfg: BuildConfig, out: str | Path, log: Callable[[
     profile = get_profile(cfg.profile)
     train = load_dataset(cfg.dataset, "train", root=cfg.data_root)
     teacher = get_teacher(cfg, log) if cfg.soft_labels == "teacher" else None
-    sets = method_sets(name, cfg, profile, train, baseline_run_dir(cfg, profile), progress=progress)
+    sets = method_sets(name, cfg, profile, train, baseline_run_dir(cfg, profile), progress=progress,
+                       workers=workers, log=log)
     return write_sized_sets(sets, out, cfg, profile, train, teacher, log=log)

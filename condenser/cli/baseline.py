@@ -36,10 +36,13 @@ def baseline(
     data_root: DataRoot = None,
     device: Device = "auto",
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bfloat16 autocast on CUDA.")] = True,
+    workers: Annotated[int | None, typer.Option(help="Processes for the N independent runs of A and B on CPU "
+                                                "(default: one per CPU core, at most 8).", min=1)] = None,
     seed: Seed = 0,
 ) -> None:
     """Condense Baseline A, B or C (resumable runs) and pack it like `condenser build`."""
     from condenser.bench.sets import build_baseline
+    from condenser.bench.workers import auto_workers
     from condenser.build import BuildConfig
 
     name = name.upper()
@@ -51,6 +54,6 @@ def baseline(
     )
     stem = f"{dataset.replace(':', '_').replace('/', '_')}-ipc{ipc}-{name}"
     target = out or Path(stem if name == "A" else f"{stem}.mdc")
-    files = build_baseline(name, cfg, target, log=typer.echo)
+    files = build_baseline(name, cfg, target, log=typer.echo, workers=workers or auto_workers(device))
     where = target if name == "A" else files.paths[ipc]
     typer.echo(f"Baseline {name}: sizes 1..{ipc} -> {where}")
