@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -94,11 +95,20 @@ def evaluate_jobs(
             on_done(job, _evaluate(job, test, cache, budget, device))
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
+    _run_in_pool(workers, _init_worker, (dataset, data_root, str(cache.root), threads, os.getpid()),
+                 [(job, _worker_job, (job, budget, device)) for job in jobs], on_done)
+
+
+def _run_in_pool(workers: int, initializer: Callable, initargs: tuple,
+                 tasks: Sequence[tuple[Any, Callable, tuple]], on_done: Callable[[Any, Any], None]) -> None:
+    """Run `fn(*args)` for every (key, fn, args) in spawned processes; `on_done(key, result)` as each ends.
+
+    An exception from a task or from `on_done` (or an interrupt) cancels the tasks not yet started.
+    """
     ctx = multiprocessing.get_context("spawn")  # fork after torch's thread pools start is unsafe
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(dataset, data_root, str(cache.root), threads, os.getpid()))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=initializer, initargs=initargs)
     try:
-        pending: dict[Future, Job] = {pool.submit(_worker_job, job, budget, device): job for job in jobs}
+        pending: dict[Future, Any] = {pool.submit(fn, *args): key for key, fn, args in tasks}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
@@ -129,14 +139,5 @@ def condense_runs(
     once (condense() resumes from the checkpoint). The caller then reads them back with condense() too."""
     order = sorted(runs, key=lambda r: -r[1].ipc)
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-    ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_condense_worker,
-                               initargs=(threads, os.getpid()))
-    try:
-        pending = {pool.submit(_condense_run, dataset, data_root, cfg, run_dir): run_dir for run_dir, cfg in order}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                on_done(pending.pop(fut), fut.result())
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    _run_in_pool(workers, _init_condense_worker, (threads, os.getpid()),
+                 [(run_dir, _condense_run, (dataset, data_root, cfg, run_dir)) for run_dir, cfg in order], on_done)
