@@ -111,15 +111,15 @@ def baseline_b(cfg: CondenseConfig, train_set: ImageDataset, run_dir: str | Path
 def baseline_c(cfg: CondenseConfig, train_set: ImageDataset, run_dir: str | Path | None = None,
                progress: bool = True) -> SizedSets:
     """C: one condensation to N without the subset loss; size n is its prefix (subset degradation)."""
-    result = condense(replace(cfg, multisize=False), train_set, _subdir(run_dir, "C"), progress=progress)
-    return prefix_sets(result, "C")
+    [(name, run_cfg)] = planned_runs("C", cfg)
+    return prefix_sets(condense(run_cfg, train_set, _subdir(run_dir, name), progress=progress), "C")
 
 
 def multisize_sets(cfg: CondenseConfig, train_set: ImageDataset, run_dir: str | Path | None = None,
                    progress: bool = True) -> SizedSets:
     """MDC: one condensation to N with the subset loss; size n is its prefix."""
-    result = condense(replace(cfg, multisize=True), train_set, _subdir(run_dir, "mdc"), progress=progress)
-    return prefix_sets(result, "mdc")
+    [(name, run_cfg)] = planned_runs("mdc", cfg)
+    return prefix_sets(condense(run_cfg, train_set, _subdir(run_dir, name), progress=progress), "mdc")
 
 
 Builder = Callable[..., SizedSets]
