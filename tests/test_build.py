@@ -1,6 +1,7 @@
 """End-to-end build on the smoke profile: a valid nested .mdc, resumable, evaluable per size."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,8 +125,17 @@ def test_trainer_bundle_cache_is_keyed_by_the_exporter_source(tmp_path, monkeypa
     assert len(exports) == 2
 
 
-def test_exporter_digest_is_stable_and_covers_the_traced_model_builders():
+def test_exporter_digest_is_stable_and_covers_the_traced_model_builders(tmp_path, monkeypatch):
+    import shutil
+
+    import condenser.models
     from condenser.build import exporter_digest
 
     digest = exporter_digest()
-    assert digest == exporter_digest() and len(digest) == 16 and int(digest, 16) >= 0
+    assert digest == exporter_digest() and len(digest) == 16
+    models = tmp_path / "models"  # a copy of the model package's sources stands in for an edited checkout
+    shutil.copytree(Path(condenser.models.__file__).parent, models)
+    monkeypatch.setattr(condenser.models, "__file__", str(models / "__init__.py"))
+    assert exporter_digest() == digest
+    (models / "convnet.py").write_text((models / "convnet.py").read_text() + "\n# an edit\n")
+    assert exporter_digest() != digest

@@ -36,7 +36,7 @@ class BenchConfig:
     data_root: str | None = None
     teacher_path: str | None = None
     views: int | None = None  # soft-label views per image; None: the bench budget's
-    workers: int | None = None  # evaluation processes; None: one per CPU core (at most 8), one on CUDA
+    workers: int | None = None  # processes for cells and (CPU) A/B runs; None: one per core (<= 8), one on CUDA
     condense_overrides: dict = field(default_factory=dict)  # CondenseConfig fields, all methods alike
     eval_overrides: dict = field(default_factory=dict)  # EvalBudget fields
 
