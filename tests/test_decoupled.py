@@ -52,21 +52,18 @@ def small_train(fmnist_train):
 
 @pytest.fixture(scope="module")
 def pools(small_train, tmp_path_factory):
-    import os
-
-    saved = os.environ.get("MULTISIZE_CACHE")
-    os.environ["MULTISIZE_CACHE"] = str(tmp_path_factory.mktemp("pools-cache"))
     out = {}
-    for method, extra in METHOD_SETTINGS.items():
-        s = settings_for(method, **extra)
-        ctx = PoolContext("fashion-mnist", "smoke", small_train, device="cpu", log=lambda _: None)
-        pool = build_pool(ctx, s)
-        stats = None
-        if s.conv_weight > 0:
-            stats = [cached_conv_stats(m.model, small_train, m.arch, s.patch, s.stat_images)[0] for m in pool.members]
-        out[method] = (s, pool, stats)
-    if saved is not None:
-        os.environ["MULTISIZE_CACHE"] = saved
+    with pytest.MonkeyPatch.context() as mp:  # restored on exit, also when a pool fails to build
+        mp.setenv("MULTISIZE_CACHE", str(tmp_path_factory.mktemp("pools-cache")))
+        for method, extra in METHOD_SETTINGS.items():
+            s = settings_for(method, **extra)
+            ctx = PoolContext("fashion-mnist", "smoke", small_train, device="cpu", log=lambda _: None)
+            pool = build_pool(ctx, s)
+            stats = None
+            if s.conv_weight > 0:
+                stats = [cached_conv_stats(m.model, small_train, m.arch, s.patch, s.stat_images)[0]
+                         for m in pool.members]
+            out[method] = (s, pool, stats)
     return out
 
 

@@ -302,11 +302,11 @@ def test_fused_first_block_matches_conv_norm_relu_pool(pool):
 def test_first_layer_of_convnet_is_fused():
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from condenser.export.decompositions import decomposition_table
+    from condenser.export.decompositions import first_pass_table
     from condenser.export.fusions import fuse_narrow_conv_instance_norm, narrow_conv_block, narrow_conv_block_backward
 
     model = initial_model(ExportSettings(arch="convnet", in_shape=SHAPE, num_classes=K, model_kwargs={"width": 8}))
-    table = {op: fn for op, fn in decomposition_table().items() if op is not aten.convolution_backward.default}
+    table = first_pass_table()
 
     def step(x, *params):
         names = [n for n, _ in model.named_parameters()]

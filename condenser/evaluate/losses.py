@@ -45,9 +45,10 @@ def view_probabilities(views: Views, label_kind: str, temperature: float) -> tor
 
 def teacher_logits(views: Views, label_kind: str, temperature: float) -> torch.Tensor:
     """Centred teacher logits per view: stored logits, or T·log p for stored probabilities."""
-    t = torch.from_numpy(views.targets).float()
-    z = t if label_kind == "logits" else temperature * view_probabilities(views, label_kind, 1.0).clamp_min(
-        PROB_FLOOR).log()
+    if label_kind == "logits":
+        z = torch.from_numpy(views.targets).float()
+    else:
+        z = temperature * view_probabilities(views, label_kind, 1.0).clamp_min(PROB_FLOOR).log()
     return z - z.mean(-1, keepdim=True)
 
 

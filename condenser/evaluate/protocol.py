@@ -17,7 +17,7 @@ import torch
 from condenser.augment import DSA, DSAConfig, cutmix
 from condenser.data import ImageDataset
 from condenser.device import resolve_device
-from condenser.evaluate.losses import STUDENT_LOSSES, view_probabilities  # noqa: F401  (re-exported)
+from condenser.evaluate.losses import STUDENT_LOSSES
 from condenser.models import build_model
 from condenser.profiles import EvalBudget
 from condenser.training import BatchSource, TensorSource, accuracy, one_hot, sgd, soft_cross_entropy, train_epoch

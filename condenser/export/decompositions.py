@@ -15,7 +15,7 @@ import torch
 from torch._decomp import core_aten_decompositions
 
 from condenser.export.errors import UnsupportedOpError
-from condenser.export.translations import matmul_pool_applies
+from condenser.export.translations import matmul_pool_applies, pool_params
 
 aten = torch.ops.aten
 
@@ -110,9 +110,7 @@ def avg_pool2d_backward(grad_out, inp, kernel_size, stride, padding, ceil_mode, 
     """
     if matmul_pool_applies(kernel_size, stride, padding, ceil_mode, divisor_override):
         return NotImplemented
-    kernel = list(kernel_size) if len(kernel_size) == 2 else [kernel_size[0]] * 2
-    stride = list(stride) if len(stride) == 2 else (kernel if not stride else [stride[0]] * 2)
-    padding = list(padding) if len(padding) == 2 else [padding[0]] * 2
+    kernel, stride, padding = pool_params(kernel_size, stride, padding)
     if any(padding) or ceil_mode or divisor_override is not None:
         raise UnsupportedOpError("train-step export supports avg_pool2d only without padding or ceil_mode")
     c = inp.shape[1]
@@ -131,3 +129,8 @@ def decomposition_table() -> dict[torch._ops.OperatorBase, Callable]:
     table[aten.convolution_backward.default] = convolution_backward
     table[aten.avg_pool2d_backward.default] = avg_pool2d_backward
     return table
+
+
+def first_pass_table() -> dict[torch._ops.OperatorBase, Callable]:
+    """The table of the first trace: convolution_backward stays whole so fusions.py can match it."""
+    return {op: fn for op, fn in decomposition_table().items() if op is not aten.convolution_backward.default}

@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from condenser.export.decompositions import decomposition_table
+from condenser.export.decompositions import decomposition_table, first_pass_table
 from condenser.export.errors import ExportError
 from condenser.export.fusions import fuse_narrow_conv_instance_norm
 from condenser.export.translations import translation_table
@@ -124,12 +124,10 @@ def _to_onnx(gm: torch.fx.GraphModule, args: tuple[torch.Tensor, ...], names_in:
 def _trace(fn, args: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:
     """make_fx with convolution_backward kept, the graph rewrites of fusions.py, then make_fx again with
     the whole decomposition table (it decomposes what is left and inlines the fused functions)."""
-    table = decomposition_table()
-    first = {op: fn for op, fn in table.items() if op is not torch.ops.aten.convolution_backward.default}
     try:
-        gm = make_fx(fn, decomposition_table=first, tracing_mode="fake")(*args)
+        gm = make_fx(fn, decomposition_table=first_pass_table(), tracing_mode="fake")(*args)
         fuse_narrow_conv_instance_norm(gm)
-        return make_fx(gm, decomposition_table=table, tracing_mode="fake")(*args)
+        return make_fx(gm, decomposition_table=decomposition_table(), tracing_mode="fake")(*args)
     except ExportError:
         raise
     except Exception as exc:  # tracing failures come in many types; name the stage

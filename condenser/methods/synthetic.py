@@ -48,10 +48,6 @@ class SyntheticSet:
         dec = dec.transpose(0, 1)  # [K, N, f*f, ...]
         return dec.reshape(dec.shape[0], -1, *dec.shape[3:])
 
-    def records(self) -> torch.Tensor:
-        """Detached CPU copy in record order [N*C, ch, H, W] (stored, not decoded, images)."""
-        return self.data.detach().reshape(-1, *self.data.shape[2:]).cpu().clone()
-
     @torch.no_grad()
     def clamp_(self) -> None:
         """Keep pixels inside [0, 1] (through mean/std). Idempotent: frozen images stay bit-identical."""
