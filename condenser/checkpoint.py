@@ -4,40 +4,34 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
+from safetensors.torch import save as safetensors_save
 
 from condenser.errors import CheckpointError
-
-
-def _atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through a temp file in the same directory, fsync, rename; never a partial file at `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from formats import atomic
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic_write(path, lambda f: f.write(data))
+    """formats.atomic.atomic_write_bytes, creating the parent directory first (caches, run dirs)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.atomic_write_bytes(path, data)
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save, atomically."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    """torch.save straight into formats.atomic's temp file (parent directory created first)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
+                            metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file written through formats.atomic (safetensors' own save_file opens the path itself)."""
+    atomic_write_bytes(path, safetensors_save(tensors, metadata=metadata))
 
 
 def safe_torch_load(path: str | Path) -> Any:

@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from condenser.augment import DSA, DSAConfig
 from condenser.checkpoint import (
+    atomic_save_safetensors,
     atomic_torch_save,
     atomic_write_bytes,
     config_hash,
@@ -35,6 +36,7 @@ from condenser.paths import teacher_dir
 from condenser.profiles import TeacherBudget, get_profile
 from condenser.progress import progress_bar
 from condenser.training import TensorSource, accuracy, one_hot, sgd, train_epoch
+from formats.atomic import remove_stale_temps
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ def train_teacher(
     resumable checkpoint: it is how tests simulate an interrupt.
     """
     weights_path, meta_path, ckpt_path = teacher_paths(config, root)
+    for target in (weights_path, meta_path, ckpt_path):  # what a run killed mid-write left behind
+        remove_stale_temps(target)
     if weights_path.exists() and meta_path.exists():
         return load_teacher(weights_path)
 
@@ -198,10 +202,7 @@ def train_teacher(
         "train_seconds_this_call": time.time() - started,
         "device": str(dev),
     }
-    weights_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = weights_path.with_suffix(".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(weights_path)
+    atomic_save_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, weights_path)
     atomic_write_bytes(meta_path, json.dumps(meta, indent=2).encode())
     ckpt_path.unlink(missing_ok=True)
     log(f"teacher {config.name}: test accuracy {test_acc:.2f}% -> {weights_path}")

@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from condenser.checkpoint import atomic_save_safetensors
 from condenser.data import ImageDataset
 from condenser.errors import CheckpointError
 from condenser.paths import cache_root
@@ -87,10 +88,7 @@ def stats_path(key: ConvStatsKey, root: Path | None = None) -> Path:
 
 
 def save_conv_stats(path: Path, stats: dict[str, torch.Tensor], key: ConvStatsKey) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(stats, str(tmp), metadata={"key": json.dumps(asdict(key))})
-    tmp.replace(path)
+    atomic_save_safetensors(stats, path, metadata={"key": json.dumps(asdict(key))})
 
 
 def load_conv_stats(path: Path, key: ConvStatsKey | None = None) -> dict[str, torch.Tensor]:

@@ -21,11 +21,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import prune
 
-from condenser.checkpoint import atomic_write_bytes, config_hash, safe_torch_load
+from condenser.checkpoint import atomic_save_safetensors, atomic_write_bytes, config_hash, safe_torch_load
 from condenser.data import ImageDataset, load_dataset
 from condenser.device import resolve_device
 from condenser.errors import CheckpointError
@@ -70,13 +69,14 @@ def trained_member(ctx: PoolContext, cfg: TeacherConfig, **extra: object) -> Poo
 
 
 def save_member(directory: Path, model: nn.Module, meta: dict) -> Path:
-    """Write a pool member in the teacher format (safetensors + JSON sidecar), atomically."""
+    """Write a pool member in the teacher format (safetensors + JSON sidecar), each file atomically.
+
+    The sidecar goes first: the builders test for the weights file, so a run killed between the two
+    writes redoes the member instead of finding weights without their sidecar.
+    """
     weights = directory / "teacher.safetensors"
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / ".teacher.safetensors.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(weights)
     atomic_write_bytes(directory / "teacher.json", json.dumps(meta, indent=2).encode())
+    atomic_save_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, weights)
     return weights
 
 
