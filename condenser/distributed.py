@@ -5,8 +5,9 @@ them into one process group from torchrun's environment (RANK, WORLD_SIZE, LOCAL
 MASTER_PORT): NCCL when the build runs on CUDA, gloo on CPU. Work is split in contiguous shards
 (`shard_range`): classes in the condense loop, chunks of IPC indices in the decoupled recover, batches of
 views in the relabelling. Every collective goes through `DistContext`, so a rank that failed or hangs
-ends the others with a `DistributedError` that names the collective and the timeout instead of a silent
-hang (torchrun's agent also stops the surviving ranks as soon as one exits with an error).
+ends the others with a `DistributedError` that names the collective, how long it ran and what happened
+(a peer that closed its connection, or the timeout) instead of a silent hang (torchrun's agent also stops
+the surviving ranks as soon as one exits with an error).
 
 Without a process group (plain `python -m condenser build`, the tests) `current()` is the single-process
 context, whose helpers are identities, so callers need no special case.
@@ -15,6 +16,7 @@ context, whose helpers are identities, so callers need no special case.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,6 +47,32 @@ def shard_range(n: int, rank: int, world_size: int) -> range:
     base, extra = divmod(n, world_size)
     start = rank * base + min(rank, extra)
     return range(start, start + base + (1 if rank < extra else 0))
+
+
+# How the backends word "the process at the other end is gone" (gloo pairs, NCCL, the TCP store).
+_PEER_GONE = ("connection closed by peer", "connection reset by peer", "broken pipe", "remote process exited",
+              "remote worker crashing", "got 0 bytes")
+_TIMED_OUT = ("timed out", "timeout")
+
+
+def failure_message(what: str, rank: int, world_size: int, elapsed_s: float, timeout_s: float,
+                    exc: BaseException) -> str:
+    """What happened to a collective, as a rank saw it: a peer that exited, a timeout, or another failure.
+
+    A peer that exits makes the others fail at once on a closed connection; only a rank that is alive but
+    never arrives makes them wait for the timeout, so the two get different advice.
+    """
+    detail = f"{type(exc).__name__}: {exc}"
+    text = str(exc).lower()
+    head = f"rank {rank} of {world_size}: {what} failed after {elapsed_s:.1f}s"
+    if any(m in text for m in _PEER_GONE):
+        peer = f"rank {1 - rank}" if world_size == 2 else "another rank"
+        return (f"{head}: {peer} closed its connection (it exited or crashed; its own output says why), "
+                f"{detail}")
+    if any(m in text for m in _TIMED_OUT) or elapsed_s >= 0.95 * timeout_s:
+        return (f"{head}: another rank did not reach it within the {timeout_s:.0f}s timeout (it is stuck or "
+                f"slower; set ${ENV_TIMEOUT} or --dist-timeout to wait longer), {detail}")
+    return f"{head} (timeout {timeout_s:.0f}s), {detail}"
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -90,15 +118,14 @@ class DistContext:
         return torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
 
     def _run(self, what: str, fn: Callable[[], T]) -> T:
+        started = time.monotonic()
         try:
             return fn()
         except DistributedError:
             raise
         except Exception as exc:  # torch raises DistBackendError/RuntimeError/DistStoreError, by backend
-            raise DistributedError(
-                f"rank {self.rank} of {self.world_size}: {what} failed; another rank probably failed or did not "
-                f"reach it within {self.timeout_s:.0f}s (set ${ENV_TIMEOUT} or --dist-timeout to wait longer): "
-                f"{type(exc).__name__}: {exc}") from exc
+            raise DistributedError(failure_message(what, self.rank, self.world_size, time.monotonic() - started,
+                                                   self.timeout_s, exc)) from exc
 
     def all_reduce_sum(self, x: torch.Tensor, what: str = "all_reduce") -> torch.Tensor:
         """The elementwise sum over ranks (a new tensor on x's device)."""
@@ -234,13 +261,14 @@ def session(device: str = "auto", timeout_s: float | None = None) -> Iterator[Di
         torch.cuda.set_device(local_rank)
         kwargs["device_id"] = torch.device("cuda", local_rank)
     where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    started = time.monotonic()
     try:
         dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
                                 timeout=timedelta(seconds=timeout), **kwargs)
         wait_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=wait))
     except Exception as exc:
-        raise DistributedError(f"rank {rank} of {world}: could not join the {backend} process group at {where} "
-                               f"within {timeout:.0f}s: {type(exc).__name__}: {exc}") from exc
+        raise DistributedError(failure_message(f"joining the {backend} process group at {where}", rank, world,
+                                               time.monotonic() - started, timeout, exc)) from exc
     _CURRENT = DistContext(rank=rank, world_size=world, local_rank=local_rank, backend=backend, timeout_s=timeout,
                            wait_group=wait_group)
     if rank != 0:  # one set of progress bars (rank 0's), not N fighting over the terminal

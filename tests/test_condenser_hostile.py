@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import numpy as np
 import pytest
 import torch
 from rich.console import Console
@@ -288,14 +290,26 @@ def test_info_escapes_markup_in_class_names_and_dataset(tmp_path: Path) -> None:
 
 
 def test_info_json_caps_nesting_and_text_survives_it(tmp_path: Path) -> None:
-    path = _deep(_write(tmp_path / "x.mdc"))
+    path = _deep(_write(tmp_path / "x.mdc"), levels=MAX_DEPTH + 20)  # deeper than shown, within what a reader takes
     report = json.loads(_info(path, "--json"))
     node = report["header"]["provenance"]["deep"]
     depth = 2  # header -> provenance -> deep
     while isinstance(node, list):
         node, depth = node[0], depth + 1
-    assert depth == MAX_DEPTH and "nested deeper than 32 levels" in node
+    assert depth == MAX_DEPTH and f"nested deeper than {MAX_DEPTH} levels" in node
     assert "provenance.deep" in _info(path)
+
+
+def test_info_on_1000_levels_prints_json_or_one_format_error(tmp_path: Path) -> None:
+    """A reader may refuse such a header (a FormatError, one line); info itself never fails on the depth."""
+    path = _deep(_write(tmp_path / "x.mdc"), levels=1000)
+    for args in ([], ["--json"]):
+        result = CliRunner().invoke(app, ["info", str(path), *args], terminal_width=200)
+        if result.exit_code == 0:
+            assert not args or json.loads(result.output)["ipc_max"] == 2
+        else:
+            assert isinstance(result.exception, SystemExit) and result.output.startswith("error: ")
+            assert result.output.count("\n") == 1
 
 
 def test_info_json_marks_bytes_keys_and_values(tmp_path: Path) -> None:
@@ -321,3 +335,193 @@ def test_info_json_marks_bytes_keys_and_values(tmp_path: Path) -> None:
 def test_clean_text_escapes_controls_and_keeps_printable_text() -> None:
     assert clean_text("plain ümlaut [b]") == "plain ümlaut [b]"
     assert clean_text("a\x1b[0m\nb\u2028c\u200bd") == "a\\x1b[0m\\x0ab\\u2028c\\u200bd"
+
+
+# --- a header never picks the data (item 10) ----------------------------------------------------------
+
+def _named(path: Path, dataset: str) -> Path:
+    data = make_data(num_classes=3, ipc_max=2, views=2)
+    data.dataset = dataset
+    formats.write_mdc(path, data)
+    return path
+
+
+class _Stop(Exception):
+    """Raised where a command would start reading a dataset."""
+
+
+@pytest.fixture()
+def data_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every dataset name a command asks for; the command is stopped there with _Stop (nothing is read)."""
+    import condenser.data.loader
+    import condenser.evaluate.sizes
+
+    asked: list[str] = []
+
+    def record(name: str, *args: Any, **kwargs: Any) -> Any:
+        asked.append(name)
+        raise _Stop(name)
+
+    monkeypatch.setattr(condenser.evaluate.sizes, "load_dataset", record)
+    monkeypatch.setattr(condenser.data.loader, "get_source", record)
+    return asked
+
+
+@pytest.mark.parametrize("name", ["imagefolder:{tmp}/x", "imagefolder:{tmp}/x:64", "synthetic:1000:3x512x512",
+                                  "../../etc", "not-registered"])
+def test_eval_refuses_a_dataset_path_from_the_header(tmp_path: Path, data_loads: list[str], name: str) -> None:
+    from condenser.data.trusted import UntrustedDatasetError
+    from condenser.evaluate.sizes import evaluate_file
+    from condenser.profiles import get_profile
+
+    (tmp_path / "x" / "cls").mkdir(parents=True)  # a real folder: refused, not "not found"
+    path = _named(tmp_path / "f.mdc", name.format(tmp=tmp_path))
+    with pytest.raises(UntrustedDatasetError, match="pass --dataset"):
+        evaluate_file(path, [1], get_profile("smoke").evaluate, ["hard"], [0], "cpu")
+    result = CliRunner().invoke(app, ["eval", str(path), "--profile", "smoke", "--no-write"])
+    assert result.exit_code != 0
+    text = result.output + str(result.exception)
+    assert "not a registered dataset" in text and "--dataset" in text
+    assert data_loads == []  # nothing was loaded, not even the header's path
+
+
+def test_eval_loads_only_the_users_dataset(tmp_path: Path, data_loads: list[str]) -> None:
+    from condenser.evaluate.sizes import evaluate_file
+    from condenser.profiles import get_profile
+
+    path = _named(tmp_path / "f.mdc", f"imagefolder:{tmp_path}")
+    budget = get_profile("smoke").evaluate
+    with pytest.raises(_Stop):
+        evaluate_file(path, [1], budget, ["hard"], [0], "cpu", dataset=f"imagefolder:{tmp_path}/mine")
+    with pytest.raises(_Stop):
+        evaluate_file(_named(tmp_path / "g.mdc", "synthetic"), [1], budget, ["hard"], [0], "cpu")
+    assert data_loads == [f"imagefolder:{tmp_path}/mine", "synthetic"]
+
+
+def test_header_dataset_accepts_registered_names_only() -> None:
+    from condenser.data.trusted import UntrustedDatasetError, header_dataset
+
+    assert header_dataset("fashion-mnist", "h") == "fashion-mnist"
+    for bad in (None, 3, ["cifar10"], b"cifar10", "cifar10 ", "imagefolder:/", "\x1b[2J" * 50):
+        with pytest.raises(UntrustedDatasetError) as info:
+            header_dataset(bad, "the header of f.mdc")
+        assert "\x1b" not in str(info.value) and len(str(info.value)) < 400
+
+
+# --- CIFAR batches without arbitrary unpickling (item 10) ---------------------------------------------
+
+class _RunsShell:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _cifar_dir(root: Path, batches: dict[str, bytes]) -> Path:
+    directory = root / "cifar-10-batches-py"
+    directory.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        default = pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]})
+        (directory / name).write_bytes(batches.get(name, default))
+    return directory
+
+
+@pytest.mark.parametrize("payload", ["os.system", "builtins.eval", "codecs"])
+def test_a_malicious_cifar_pickle_raises_and_runs_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          payload: str) -> None:
+    from condenser.data import clear_cache, load_dataset
+    from condenser.data.cifar import UnsafePickleError
+
+    marker = tmp_path / "pwned"
+    evil = {
+        "os.system": pickle.dumps({"data": _RunsShell(marker), "labels": [0]}, protocol=2),
+        "builtins.eval": b"cbuiltins\neval\n(V__import__('os').system('touch " + str(marker).encode() + b"')\ntR.",
+        "codecs": b"c_codecs\nencode\n(Vx\nVrot13\ntR.",  # _codecs.encode beyond latin-1 is refused too
+    }[payload]
+    monkeypatch.delenv("MULTISIZE_DATA", raising=False)
+    monkeypatch.setenv("MULTISIZE_CACHE", str(tmp_path / "cache"))
+    _cifar_dir(tmp_path / "root", {"test_batch": evil})
+    clear_cache()
+    with pytest.raises(UnsafePickleError, match="test_batch") as info:
+        load_dataset("cifar10", "test", root=tmp_path / "root")
+    assert not marker.exists()
+    assert "\n" not in str(info.value)
+
+
+def test_cifar_batches_of_every_pickle_protocol_and_numpy_1_names_load(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from condenser.data import clear_cache, load_dataset
+
+    data = np.random.default_rng(0).integers(0, 256, (2, 3072), dtype=np.uint8)
+    batch = {"data": data, "labels": [3, 7], "batch_label": "testing batch 1 of 1", "filenames": [b"a.png", "b"]}
+    legacy = pickle.dumps(batch, protocol=2).replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    assert b"cnumpy.core.multiarray\n" in legacy  # what the official (numpy 1, Python 2) files name
+    monkeypatch.delenv("MULTISIZE_DATA", raising=False)
+    monkeypatch.setenv("MULTISIZE_CACHE", str(tmp_path / "cache"))
+    for i, blob in enumerate([legacy, pickle.dumps(batch, protocol=4), pickle.dumps(batch, protocol=5)]):
+        root = tmp_path / f"root{i}"
+        _cifar_dir(root, {"test_batch": blob})
+        clear_cache()
+        ds = load_dataset("cifar10", "test", root=root)
+        assert torch.equal(ds.images.reshape(2, -1), torch.from_numpy(data)) and ds.labels.tolist() == [3, 7]
+
+
+def test_a_cifar_batch_that_is_not_a_dict_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from condenser.data import clear_cache, load_dataset
+    from condenser.errors import CondenserError
+
+    monkeypatch.delenv("MULTISIZE_DATA", raising=False)
+    _cifar_dir(tmp_path / "root", {"test_batch": pickle.dumps([1, 2, 3])})
+    clear_cache()
+    with pytest.raises(CondenserError, match="test_batch: a list, not a dict"):
+        load_dataset("cifar10", "test", root=tmp_path / "root")
+
+
+# --- a dead rank is reported as what happened (item 11) -----------------------------------------------
+
+GLOO_CLOSED = RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:36273. This is "
+                           "typically caused by a remote worker crashing.")
+GLOO_TIMEOUT = RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 4000ms for recv operation")
+
+
+def test_failure_message_says_the_peer_closed_its_connection_and_when() -> None:
+    from condenser.distributed import failure_message
+
+    msg = failure_message("all-reduce of the loss", 0, 2, 0.7, 1800.0, GLOO_CLOSED)
+    assert msg.startswith("rank 0 of 2: all-reduce of the loss failed after 0.7s: rank 1 closed its connection")
+    assert "1800" not in msg and "within" not in msg and "Connection closed by peer" in msg
+    assert "another rank closed its connection" in failure_message("x", 2, 4, 0.1, 60.0, GLOO_CLOSED)
+
+
+def test_failure_message_reports_a_timeout_only_when_there_was_one() -> None:
+    from condenser.distributed import ENV_TIMEOUT, failure_message
+
+    msg = failure_message("barrier", 1, 2, 4.0, 4.0, GLOO_TIMEOUT)
+    assert msg.startswith("rank 1 of 2: barrier failed after 4.0s: another rank did not reach it within the 4s timeout")
+    assert ENV_TIMEOUT in msg
+    other = failure_message("broadcast", 0, 3, 0.2, 1800.0, ValueError("tensor shapes differ"))
+    assert other == "rank 0 of 3: broadcast failed after 0.2s (timeout 1800s), ValueError: tensor shapes differ"
+
+
+DEAD_RANK = """
+import os, sys, time, torch
+from condenser.distributed import session
+with session("cpu", timeout_s=600) as dist:
+    if dist.rank == 1:
+        time.sleep(0.3)
+        os._exit(3)  # dies without a word, like kill -9
+    dist.all_reduce_sum(torch.ones(1), "the dead-rank test's all-reduce")
+"""
+
+
+def test_a_dead_rank_is_named_with_the_elapsed_time_not_the_timeout(tmp_path: Path) -> None:
+    from test_distributed import _ranks  # tests/ is on sys.path under pytest
+
+    rank0, rank1 = _ranks(["-c", DEAD_RANK], world=2)
+    assert rank1.returncode == 3 and rank0.returncode != 0
+    err = rank0.stderr
+    assert "DistributedError: rank 0 of 2: the dead-rank test's all-reduce failed after" in err, err[-2000:]
+    assert "rank 1 closed its connection" in err and "within the 600s" not in err
+    seconds = float(err.split("failed after ")[1].split("s:")[0])
+    assert seconds < 60

@@ -44,11 +44,15 @@ def eval_file(
                                         help="Store the table in the file's header.")] = True,
     json_out: Annotated[Path | None, typer.Option("--json", help="JSON path (default: FILE.results.json).")] = None,
     profile: Profile = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Test data (fashion-mnist, cifar10, "
+                                                "imagefolder:PATH ...; default: the file's dataset if it is a "
+                                                "registered name: a file never chooses a path).")] = None,
     data_root: DataRoot = None,
     device: Device = "auto",
 ) -> None:
     """Train the evaluation network on each prefix (last-epoch accuracy, mean ± std over seeds)."""
     import formats
+    from condenser.data.trusted import header_dataset
     from condenser.evaluate.sizes import evaluate_file, parse_sizes, write_results
     from condenser.profiles import get_profile
     from condenser.progress import progress_bar
@@ -61,6 +65,8 @@ def eval_file(
         budget = replace(budget, loss=loss or budget.loss, loss_gamma=budget.loss_gamma if gamma is None else gamma)
     with formats.open_mdc(file) as reader:
         wanted = parse_sizes(sizes, reader.blocks_present)
+        if dataset is None:  # refused before any work if the header names a path
+            dataset = header_dataset(reader.header.get("dataset"), f"the header of {file}")
     modes = [m.strip() for m in labels.split(",") if m.strip()]
     seed_list = list(range(seeds if seeds is not None else budget.seeds))
     console = Console()
@@ -72,7 +78,7 @@ def eval_file(
             progress.console.print(f"IPC {k:>3} {mode:>4}: {result}")
 
         results = evaluate_file(file, wanted, budget, modes, seed_list, device, str(data_root) if data_root else None,
-                                on_result=done)
+                                on_result=done, dataset=dataset)
     results["profile"] = prof.name
     console.print(results_table(results, f"{file.name} — {prof.name} profile, {len(seed_list)} seeds"))
     if write:

@@ -13,6 +13,7 @@ import torch
 import formats
 from condenser.checkpoint import atomic_write_bytes
 from condenser.data import ImageDataset, load_dataset
+from condenser.data.trusted import header_dataset
 from condenser.errors import CondenserError
 from condenser.evaluate.protocol import EvalResult, evaluate_images, evaluate_views
 from condenser.profiles import EvalBudget
@@ -66,14 +67,20 @@ def evaluate_file(
     device: str = "auto",
     data_root: str | None = None,
     on_result: Callable[[int, str, EvalResult], None] | None = None,
+    dataset: str | None = None,
 ) -> dict:
-    """Evaluate each prefix; returns the per-size table {ipc: {label_mode: summary}} plus the protocol."""
+    """Evaluate each prefix; returns the per-size table {ipc: {label_mode: summary}} plus the protocol.
+
+    The test split is the user's `dataset`; without one, the header's name only if it is a registered
+    dataset (condenser.data.trusted: a file never picks a data path).
+    """
     for mode in labels:
         if mode not in LABEL_MODES:
             raise CondenserError(f"unknown label mode {mode!r}; use hard and/or soft")
     seeds = list(seeds) if seeds is not None else list(range(budget.seeds))
     with formats.open_mdc(path) as reader:
-        dataset = reader.header["dataset"]
+        if dataset is None:
+            dataset = header_dataset(reader.header.get("dataset"), f"the header of {path}")
         test_set = load_dataset(dataset, "test", root=data_root)
         if reader.num_classes != test_set.spec.num_classes:
             raise CondenserError(f"{path} has {reader.num_classes} classes but {dataset} has "
