@@ -33,6 +33,7 @@ from condenser.errors import CondenserError
 from condenser.methods import METHODS
 from condenser.paths import cache_root, runs_dir
 from condenser.profiles import Profile, get_profile
+from condenser.progress import stage
 from condenser.relabel import RelabelConfig, relabel
 from condenser.stages import STAGES, StageInterrupted, StageResult
 from condenser.teacher import Teacher, TeacherConfig, load_teacher, train_teacher
@@ -139,7 +140,8 @@ def trainer_bundle_bytes(spec, batch_size: int, width: int = 128) -> bytes:
     cached = cache_root() / "trainers" / f"{key}.bundle"
     if cached.exists():
         return cached.read_bytes()
-    blob = export_trainer(settings).to_bytes()
+    with stage(f"export the device trainer (ONNX train step, batch {batch_size})"):
+        blob = export_trainer(settings).to_bytes()
     atomic_write_bytes(cached, blob)
     return blob
 
@@ -222,7 +224,9 @@ def relabel_and_pack(
     if not dist.is_main:  # rank 0 writes the one file
         return Path(out)
     t0 = time.time()
-    trainer = trainer_bundle_bytes(spec, cfg.trainer_batch_size) if cfg.embed_trainer else None
+    # the device trains the same network the server evaluates, so their per-size numbers compare
+    trainer = (trainer_bundle_bytes(spec, cfg.trainer_batch_size, width=profile.evaluate.width)
+               if cfg.embed_trainer else None)
     seconds["export_trainer"] = time.time() - t0
     provenance["seconds"] = seconds
     topk = cfg.topk or min(spec.num_classes, 10)

@@ -103,6 +103,7 @@ def train_epoch(
 
 
 @torch.no_grad()
+@torch.no_grad()
 def accuracy(
     model: nn.Module,
     images: torch.Tensor,

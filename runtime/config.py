@@ -75,10 +75,19 @@ def steps_per_epoch(n_samples: int, batch_size: int) -> int:
     return -(-int(n_samples) // int(batch_size))
 
 
+def multistep_milestones(epochs: int, fractions: tuple[float, ...] = MULTISTEP_MILESTONES) -> tuple[int, ...]:
+    """The epochs at which a multistep schedule decays: round(f * E), at least 1, each once.
+
+    The one milestone rule of server evaluation (condenser/evaluate/protocol.py) and the device runtime,
+    so both train a prefix on the same schedule (E = 100: decays at epochs 67 and 83).
+    """
+    return tuple(sorted({max(1, round(f * epochs)) for f in fractions}))
+
+
 def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch_: int) -> float:
     """The learning rate of global step `step` (0-based).
 
-    multistep: lr * 0.2 ** (number of milestones 2/3*E, 5/6*E reached by the current epoch);
+    multistep: lr * 0.2 ** (number of `multistep_milestones(E)` reached by the current epoch);
     cosine: lr * (1 + cos(pi * step / total_steps)) / 2, per step; constant: lr.
     """
     if cfg.schedule == "constant":
@@ -87,9 +96,9 @@ def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch_: int) -> float:
         total = cfg.epochs * steps_per_epoch_
         return float(cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / total)))
     epoch = step // steps_per_epoch_
-    passed = sum(epoch >= int(m * cfg.epochs) for m in MULTISTEP_MILESTONES)
+    passed = sum(epoch >= m for m in multistep_milestones(cfg.epochs))
     return float(cfg.lr * MULTISTEP_GAMMA**passed)
 
 
 __all__ = ["BACKENDS", "DEFAULT_BATCH_SIZE", "LABEL_MODES", "SCHEDULES", "Backend", "LabelMode", "Schedule",
-           "TrainConfig", "learning_rate", "steps_per_epoch"]
+           "TrainConfig", "learning_rate", "multistep_milestones", "steps_per_epoch"]

@@ -139,3 +139,23 @@ def test_exporter_digest_is_stable_and_covers_the_traced_model_builders(tmp_path
     assert exporter_digest() == digest
     (models / "convnet.py").write_text((models / "convnet.py").read_text() + "\n# an edit\n")
     assert exporter_digest() != digest
+
+
+def test_the_embedded_trainer_has_the_profiles_evaluation_width(tmp_path, monkeypatch):
+    import condenser.build as build_module
+    from condenser.profiles import get_profile
+
+    exported: list[dict] = []
+
+    class Exported(Exception):
+        pass
+
+    def fake_bundle(spec, batch_size, width=128):
+        exported.append({"batch_size": batch_size, "width": width})
+        raise Exported
+
+    monkeypatch.setattr(build_module, "trainer_bundle_bytes", fake_bundle)
+    with pytest.raises(Exported):
+        build(_config(embed_trainer=True), tmp_path / "f.mdc", log=lambda _: None)
+    assert exported == [{"batch_size": 64, "width": get_profile("smoke").evaluate.width}]
+    assert get_profile("smoke").evaluate.width == 16

@@ -13,9 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
+from torch import nn
 
 from condenser.augment import DSA, DSAConfig, cutmix
-from condenser.data import ImageDataset
+from condenser.data import DatasetSpec, ImageDataset
 from condenser.device import resolve_device
 from condenser.evaluate.losses import STUDENT_LOSSES
 from condenser.models import build_model
@@ -23,6 +24,7 @@ from condenser.profiles import EvalBudget
 from condenser.training import BatchSource, TensorSource, accuracy, one_hot, sgd, soft_cross_entropy, train_epoch
 from formats import Views
 from runtime._torch_views import replay
+from runtime.config import multistep_milestones
 
 
 @dataclass
@@ -92,6 +94,46 @@ class ViewSource:
         return x, self.targets[idx, which]
 
 
+def train_student(
+    source: BatchSource,
+    spec: DatasetSpec,
+    budget: EvalBudget,
+    seed: int,
+    arch: str = "convnet",
+    device: str = "auto",
+    model_kwargs: dict | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> nn.Module:
+    """Train a fresh `arch` on `source` with `budget` (seeded init, order and augmentation); return it."""
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    kwargs = {"width": budget.width} if arch == "convnet" else {}
+    kwargs.update(model_kwargs or {})
+    model = build_model(arch, spec.image_shape, spec.num_classes, **kwargs).to(dev)
+    optimizer = sgd(model, budget.lr, budget.momentum, budget.weight_decay)
+    scheduler = multistep_scheduler(optimizer, budget)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(budget.epochs):
+        train_epoch(model, source, optimizer, budget.batch_size, generator, dev,
+                    loss_fn=loss_fn or soft_cross_entropy)
+        scheduler.step()
+    return model
+
+
+def multistep_scheduler(optimizer: torch.optim.Optimizer, budget: EvalBudget) -> torch.optim.lr_scheduler.MultiStepLR:
+    """Per-epoch decay by `gamma` at the runtime's milestones (runtime/config.py), so both sides agree."""
+    milestones = list(multistep_milestones(budget.epochs, budget.milestones))
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=budget.gamma)
+
+
+def accuracy_on(model: nn.Module, test: ImageDataset, device: str = "auto") -> float:
+    """Accuracy (percent) of `model` on every image of `test`."""
+    dev = resolve_device(device)
+    mean = torch.tensor(test.spec.mean, device=dev).view(1, -1, 1, 1)
+    std = torch.tensor(test.spec.std, device=dev).view(1, -1, 1, 1)
+    return accuracy(model, test.images, test.labels, dev, mean, std)
+
+
 def train_and_test(
     source: BatchSource,
     test_set: ImageDataset,
@@ -103,32 +145,40 @@ def train_and_test(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
     """Train a fresh `arch` on `source` with `budget`; return last-epoch test accuracy (percent)."""
-    dev = resolve_device(device)
-    spec = test_set.spec
-    torch.manual_seed(seed)
-    kwargs = {"width": budget.width} if arch == "convnet" else {}
-    kwargs.update(model_kwargs or {})
-    model = build_model(arch, spec.image_shape, spec.num_classes, **kwargs).to(dev)
-    optimizer = sgd(model, budget.lr, budget.momentum, budget.weight_decay)
-    milestones = sorted({max(1, round(f * budget.epochs)) for f in budget.milestones})
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=budget.gamma)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(budget.epochs):
-        train_epoch(model, source, optimizer, budget.batch_size, generator, dev,
-                    loss_fn=loss_fn or soft_cross_entropy)
-        scheduler.step()
-    test = test_set if budget.max_test is None else _first(test_set, budget.max_test)
-    mean = torch.tensor(spec.mean, device=dev).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std, device=dev).view(1, -1, 1, 1)
-    return accuracy(model, test.images, test.labels, dev, mean, std)
+    model = train_student(source, test_set.spec, budget, seed, arch, device, model_kwargs, loss_fn)
+    test = test_set if budget.max_test is None else stratified_test_sample(test_set, budget.max_test)
+    return accuracy_on(model, test, device)
 
 
-def _first(ds: ImageDataset, n: int) -> ImageDataset:
-    """A deterministic, class-balanced head of a test split (the smoke profile, the bench, `eval --max-test`)."""
+TEST_SAMPLE_SEED = 0  # fixed: every bench row and `eval --max-test` score on the same images
+
+
+def stratified_test_sample(ds: ImageDataset, n: int, seed: int = TEST_SAMPLE_SEED) -> ImageDataset:
+    """A seeded, class-balanced random sample of a test split (the smoke profile, the bench, `eval --max-test`).
+
+    Random within each class, not the split's head: test files are not in random order, and the head of
+    Fashion-MNIST's scores differently from the whole split (docs/RESULTS.md, "Calibration").
+    """
+    return ds.subset(stratified_indices(ds, n, seed))
+
+
+def stratified_indices(ds: ImageDataset, n: int, seed: int = TEST_SAMPLE_SEED) -> torch.Tensor:
+    """Ascending indices of `n // num_classes` random images of every class (all of a smaller class)."""
     per_class = max(1, n // ds.spec.num_classes)
-    idx = torch.cat([ds.first_of_class(c, min(per_class, len(ds.class_indices(c))))
-                     for c in range(ds.spec.num_classes)])
-    return ds.subset(idx)
+    generator = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in range(ds.spec.num_classes):
+        idx = ds.class_indices(c)
+        order = torch.randperm(idx.numel(), generator=generator)[: min(per_class, idx.numel())]
+        picks.append(idx[order])
+    return torch.cat(picks).sort().values
+
+
+def head_indices(ds: ImageDataset, n: int) -> torch.Tensor:
+    """The class-balanced head of a test split: the bench's test set before the calibration (kept to compare)."""
+    per_class = max(1, n // ds.spec.num_classes)
+    return torch.cat([ds.first_of_class(c, min(per_class, len(ds.class_indices(c))))
+                      for c in range(ds.spec.num_classes)])
 
 
 def evaluate_source(
