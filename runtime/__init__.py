@@ -17,6 +17,7 @@ from runtime.dataset import Batch, Dataset
 from runtime.errors import (
     BackendError,
     BudgetError,
+    BundleError,
     ConfigError,
     DataError,
     DivergedError,
@@ -28,7 +29,7 @@ from runtime.loader import load
 from runtime.train import Model, evaluate, train
 
 __all__ = [
-    "BackendError", "Batch", "Budget", "BudgetError", "ConfigError", "DataError", "Dataset",
+    "BackendError", "Batch", "Budget", "BudgetError", "BundleError", "ConfigError", "DataError", "Dataset",
     "DivergedError", "Model", "RuntimeError_", "TrainConfig", "TrainerBundle", "TrainerError", "ViewError",
     "errors", "evaluate", "load", "load_test_data", "train",
 ]

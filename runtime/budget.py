@@ -22,6 +22,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from runtime.calibrate import Calibration
 from runtime.config import steps_per_epoch
 from runtime.errors import BudgetError
@@ -89,12 +91,19 @@ class FileFacts:
         return k * self.num_classes * self.record_bytes + 2 * k * self.block_bytes
 
 
-def check_int_budget(budget: Any) -> int:
-    """An integer budget is a prefix size; range checks against the file are the reader's (formats)."""
-    if isinstance(budget, bool) or not isinstance(budget, int):
+def check_int_budget(budget: Any, ipc_max: int | None = None) -> int:
+    """An integer budget is a prefix size 1..ipc_max; numpy integers count as integers, bools do not.
+
+    Raises runtime.BudgetError, which is also a formats.BudgetError: either package's except clause
+    catches every bad budget (a cut file's missing blocks stay the reader's TruncatedError).
+    """
+    if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, (int, np.integer)):
         raise BudgetError(f"budget must be an int (IPC), runtime.Budget(seconds=...|memory_mb=...) or None, "
                           f"got {budget!r}")
-    return int(budget)
+    k = int(budget)
+    if ipc_max is not None and not 1 <= k <= ipc_max:
+        raise BudgetError(f"IPC budget {k} is outside 1..{ipc_max} (the file's ipc_max)")
+    return k
 
 
 def choose_ipc(budget: Budget, facts: FileFacts, epochs: int, batch_size: int,

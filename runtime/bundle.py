@@ -9,12 +9,16 @@ Layout (msgpack map, all arrays little-endian float32 in C order):
      "train_step": <ONNX model bytes>, "inference": <ONNX model bytes>,
      "params": [<raw bytes of parameter i>, ...]   # order and shapes = meta.param_names/param_shapes
     }
+A bundle read from a file is untrusted: every meta field is type- and range-checked and both graphs
+pass runtime/onnx_check.py before anything runs them (docs/trainer.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,15 +26,16 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from runtime.errors import TrainerError
+from formats.atomic import atomic_write
+from runtime.errors import BundleError
+from runtime.onnx_check import check_model
 
 FORMAT = "multisize-trainer"
 VERSION = 1
 _DTYPE = np.dtype("<f4")
-
-
-class BundleError(TrainerError, ValueError):
-    """A trainer bundle blob is malformed, truncated, of another format or an unknown version."""
+MAX_DIM = 1 << 31  # any one size in a shape; the parameter bytes must match the shapes exactly anyway
+MAX_NDIM = 8
+_SCALARS = (str, int, float, bool, type(None))
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,81 @@ class SGDConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     name: str = "sgd"
+
+
+# ------------------------------------------------------------------------ typed meta fields
+# A bundle comes from a downloaded file: each reader checks one field's type and range and names it.
+
+
+def _bad(name: str, want: str, got: Any) -> BundleError:
+    shown = repr(got) if len(repr(got)) <= 60 else f"a {type(got).__name__}"
+    return BundleError(f"trainer bundle: meta.{name} must be {want}, got {shown}")
+
+
+def _int(v: Any, name: str, lo: int, hi: int = 1 << 63) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise _bad(name, f"an int in {lo}..{hi}", v)
+    return v
+
+
+def _finite(v: Any, name: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise _bad(name, "a finite number", v)
+    return float(v)
+
+
+def _str(v: Any, name: str) -> str:
+    if not isinstance(v, str):
+        raise _bad(name, "a string", v)
+    return v
+
+
+def _str_list(v: Any, name: str) -> list[str]:
+    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+        raise _bad(name, "a list of strings", v)
+    if len(set(v)) != len(v):
+        raise BundleError(f"trainer bundle: meta.{name} repeats a name")
+    return list(v)
+
+
+def _shape(v: Any, name: str, lo: int = 0) -> tuple[int, ...]:
+    if not isinstance(v, list) or len(v) > MAX_NDIM:
+        raise _bad(name, f"a list of at most {MAX_NDIM} sizes", v)
+    return tuple(_int(s, name, lo, MAX_DIM) for s in v)
+
+
+def _floats(v: Any, name: str) -> tuple[float, ...] | None:
+    if v is None:
+        return None
+    if not isinstance(v, list):
+        raise _bad(name, "a list of numbers or nil", v)
+    return tuple(_finite(x, name) for x in v)
+
+
+def _scalar_map(v: Any, name: str) -> dict[str, Any]:
+    if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, _SCALARS) for k, x in v.items()):
+        raise _bad(name, "a map of string keys to scalars", v)
+    return dict(v)
+
+
+def _optional(v: Any, read: Any, name: str, *args: Any) -> Any:
+    return None if v is None else read(v, name, *args)
+
+
+def _optimizer(v: Any) -> SGDConfig:
+    if not isinstance(v, dict):
+        raise _bad("optimizer", "a map", v)
+    if v.get("name", "sgd") != "sgd":
+        raise BundleError(f"trainer bundle: unsupported optimizer {v.get('name')!r}")
+    for key in ("momentum", "weight_decay"):
+        if key not in v:
+            raise BundleError(f"trainer bundle: meta.optimizer lacks key {key!r}")
+    return SGDConfig(momentum=_finite(v["momentum"], "optimizer.momentum"),
+                     weight_decay=_finite(v["weight_decay"], "optimizer.weight_decay"))
+
+
+_REQUIRED = ("arch", "in_shape", "num_classes", "batch_size", "param_names", "param_shapes", "optimizer",
+             "train_inputs", "train_outputs", "inference_inputs", "inference_outputs")
 
 
 @dataclass(frozen=True)
@@ -82,34 +162,36 @@ class TrainerMeta:
 
     @classmethod
     def from_dict(cls, d: Any) -> TrainerMeta:
+        """Type- and range-check every field (unknown keys are ignored: forward compatible)."""
         if not isinstance(d, dict):
             raise BundleError("trainer bundle: 'meta' is not a map")
-        known = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}  # unknown keys: forward compatible
-        try:
-            opt = kw["optimizer"]
-            if not isinstance(opt, dict):
-                raise BundleError("trainer bundle: meta.optimizer is not a map")
-            if opt.get("name", "sgd") != "sgd":
-                raise BundleError(f"trainer bundle: unsupported optimizer {opt.get('name')!r}")
-            kw["optimizer"] = SGDConfig(momentum=float(opt["momentum"]),
-                                        weight_decay=float(opt["weight_decay"]))
-            kw["in_shape"] = tuple(int(s) for s in kw["in_shape"])
-            kw["param_shapes"] = [tuple(int(s) for s in shape) for shape in kw["param_shapes"]]
-            for key in ("mean", "std"):
-                if kw.get(key) is not None:
-                    kw[key] = tuple(float(v) for v in kw[key])
-            meta = cls(**kw)
-        except KeyError as exc:
-            raise BundleError(f"trainer bundle: meta lacks key {exc.args[0]!r}") from None
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, BundleError):
-                raise
-            raise BundleError(f"trainer bundle: malformed meta: {exc}") from None
+        for key in _REQUIRED:
+            if key not in d:
+                raise BundleError(f"trainer bundle: meta lacks key {key!r}")
+        shapes = d["param_shapes"]
+        if not isinstance(shapes, list):
+            raise _bad("param_shapes", "a list of shapes", shapes)
+        in_shape = _shape(d["in_shape"], "in_shape", lo=1)
+        meta = cls(
+            arch=_str(d["arch"], "arch"), in_shape=in_shape,  # type: ignore[arg-type]
+            num_classes=_int(d["num_classes"], "num_classes", 1, MAX_DIM),
+            batch_size=_int(d["batch_size"], "batch_size", 1, MAX_DIM),
+            param_names=_str_list(d["param_names"], "param_names"),
+            param_shapes=[_shape(s, f"param_shapes[{i}]") for i, s in enumerate(shapes)],
+            optimizer=_optimizer(d["optimizer"]),
+            **{key: _str_list(d[key], key) for key in _REQUIRED[7:]},
+            arch_kwargs=_scalar_map(d.get("arch_kwargs", {}), "arch_kwargs"),
+            loss=_str(d.get("loss", "soft_cross_entropy"), "loss"),
+            seed=_optional(d.get("seed"), _int, "seed", -(1 << 63)),
+            dataset=_optional(d.get("dataset"), _str, "dataset"),
+            mean=_floats(d.get("mean"), "mean"), std=_floats(d.get("std"), "std"),
+            opset=_optional(d.get("opset"), _int, "opset", 1, 1 << 16),
+            producer=_scalar_map(d.get("producer", {}), "producer"))
         meta.validate()
         return meta
 
     def validate(self) -> None:
+        """Cross-field rules: shapes and graph input/output names must fit the parameter list."""
         n = len(self.param_names)
         if len(self.in_shape) != 3 or self.num_classes < 1 or self.batch_size < 1:
             raise BundleError(f"trainer bundle: bad in_shape/num_classes/batch_size "
@@ -125,14 +207,38 @@ class TrainerMeta:
             raise BundleError(f"trainer bundle: inference names do not fit {n} parameters")
 
 
+def _param_nbytes(shape: tuple[int, ...]) -> int:
+    """Exact byte size in Python integers (np.prod would wrap around on a crafted shape)."""
+    return math.prod(shape) * _DTYPE.itemsize
+
+
+def _read_param(name: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
+    expect = _param_nbytes(shape)
+    if not isinstance(data, bytes) or len(data) != expect:
+        got = len(data) if isinstance(data, bytes) else type(data).__name__
+        raise BundleError(f"trainer bundle: parameter {name!r} has {got} bytes, shape {shape} needs {expect}")
+    array = np.frombuffer(data, dtype=_DTYPE).reshape(shape).astype(np.float32)
+    if not np.isfinite(array).all():
+        raise BundleError(f"trainer bundle: parameter {name!r} holds NaN or inf")
+    return array
+
+
 @dataclass
 class TrainerBundle:
-    """Everything a device needs to train and evaluate one architecture with onnxruntime alone."""
+    """Everything a device needs to train and evaluate one architecture with onnxruntime alone.
+
+    Both graphs are checked on construction (runtime/onnx_check.py), so no bundle that exists can hand
+    onnxruntime an op, external file reference or subgraph that the exporter does not write.
+    """
 
     meta: TrainerMeta
     train_step: bytes
     inference: bytes
     params: list[np.ndarray]
+
+    def __post_init__(self) -> None:
+        check_model(self.train_step, "train-step")
+        check_model(self.inference, "inference")
 
     def initial_params(self) -> list[np.ndarray]:
         """Fresh float32 copies of the initial parameters (a run mutates its own state)."""
@@ -158,16 +264,8 @@ class TrainerBundle:
 
     @classmethod
     def from_bytes(cls, blob: bytes | bytearray | memoryview) -> TrainerBundle:
-        try:
-            d = msgpack.unpackb(bytes(blob), raw=False, use_list=True)
-        except Exception as exc:  # msgpack raises several unrelated types on garbage or truncation
-            raise BundleError(
-                f"trainer bundle: not a valid msgpack blob ({type(exc).__name__}: {exc})") from None
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise BundleError(f"trainer bundle: not a {FORMAT!r} blob")
-        version = d.get("version")
-        if not isinstance(version, int) or version > VERSION or version < 1:
-            raise BundleError(f"trainer bundle: unsupported version {version!r} (this reader: {VERSION})")
+        """Parse an untrusted blob; every malformed field is a BundleError that names it."""
+        d = _unpack(blob)
         meta = TrainerMeta.from_dict(d.get("meta"))
         for key in ("train_step", "inference"):
             if not isinstance(d.get(key), bytes) or not d[key]:
@@ -175,29 +273,21 @@ class TrainerBundle:
         raw = d.get("params")
         if not isinstance(raw, list) or len(raw) != len(meta.param_names):
             raise BundleError(f"trainer bundle: 'params' must list {len(meta.param_names)} arrays")
-        params = []
-        for name, shape, data in zip(meta.param_names, meta.param_shapes, raw, strict=True):
-            expect = int(np.prod(shape, dtype=np.int64)) * _DTYPE.itemsize
-            if not isinstance(data, bytes) or len(data) != expect:
-                got = len(data) if isinstance(data, bytes) else type(data).__name__
-                raise BundleError(f"trainer bundle: parameter {name!r} has {got} bytes, shape {shape} "
-                                  f"needs {expect}")
-            params.append(np.frombuffer(data, dtype=_DTYPE).reshape(shape).astype(np.float32))
+        params = [_read_param(name, shape, data)
+                  for name, shape, data in zip(meta.param_names, meta.param_shapes, raw, strict=True)]
         return cls(meta=meta, train_step=d["train_step"], inference=d["inference"], params=params)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write atomically (temp file in the same directory, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
-            f.write(self.to_bytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        """Write atomically with the project's one helper (formats/atomic.py: mkstemp, fsync, rename)."""
+        blob = self.to_bytes()
+        atomic_write(path, lambda f: f.write(blob))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> TrainerBundle:
+        """Read a bundle file; only a regular file is opened (a FIFO or device would block or never end)."""
         try:
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                raise BundleError(f"trainer bundle: {path} is not a regular file")
             blob = Path(path).read_bytes()
         except OSError as exc:
             raise BundleError(f"trainer bundle: cannot read {path}: {exc}") from None
@@ -205,6 +295,22 @@ class TrainerBundle:
             return cls.from_bytes(blob)
         except BundleError as exc:
             raise BundleError(f"{path}: {exc}") from None
+
+
+def _unpack(blob: Any) -> dict[str, Any]:
+    """The outer map of a bundle blob, with its format and version checked."""
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise BundleError(f"trainer bundle: expected bytes, got {type(blob).__name__}")
+    try:
+        d = msgpack.unpackb(bytes(blob), raw=False, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage or truncation
+        raise BundleError(f"trainer bundle: not a valid msgpack blob ({type(exc).__name__}: {exc})") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise BundleError(f"trainer bundle: not a {FORMAT!r} blob")
+    version = d.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= VERSION:
+        raise BundleError(f"trainer bundle: unsupported version {version!r} (this reader: {VERSION})")
+    return d
 
 
 __all__ = ["FORMAT", "VERSION", "BundleError", "SGDConfig", "TrainerBundle", "TrainerMeta"]

@@ -6,6 +6,7 @@ import argparse
 import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from formats import FormatError, open_mdc
 from runtime.budget import Budget
@@ -76,14 +77,45 @@ def _train(a: argparse.Namespace) -> int:
     return 0
 
 
+def _escaped(text: str) -> str:
+    """Non-printable characters (terminal escapes, newlines, bidi overrides) as Python escapes: a header
+    string can never move the cursor, recolour the terminal or fake a line of output."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_KINDS = {"str": lambda v: isinstance(v, str), "int": _is_int,
+          "num": lambda v: _is_int(v) or isinstance(v, float),
+          "shape": lambda v: isinstance(v, (tuple, list)) and all(_is_int(d) for d in v)}
+
+
+def _shown(value: Any, kind: str = "str") -> str:
+    """One header value as text, after checking it has the type the format promises (else `<invalid T>`).
+
+    kind: "str", "int", "num" (int or float) or "shape" (a sequence of ints).
+    """
+    if not _KINDS[kind](value):
+        return f"<invalid {_escaped(type(value).__name__)}>"
+    if kind == "shape":
+        return "(" + ", ".join(str(d) for d in value) + ")"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return _escaped(str(value))
+
+
 def _info(a: argparse.Namespace) -> int:
     with open_mdc(a.file) as r:
         s = r.spec
-        print(f"{a.file}: {s.dataset}, {r.num_classes} classes, image {s.image_shape} ({s.encoding}), "
-              f"ipc_max {r.ipc_max}, blocks present {r.blocks_present}")
+        print(f"{_escaped(str(a.file))}: {_shown(s.dataset)}, {_shown(r.num_classes, 'int')} classes, "
+              f"image {_shown(s.image_shape, 'shape')} ({_shown(s.encoding)}), ipc_max {_shown(r.ipc_max, 'int')}, "
+              f"blocks present {_shown(r.blocks_present, 'int')}")
         if s.views is not None:
-            print(f"views: {s.views.count} per image, codec {s.views.codec}, {s.views.label_kind} "
-                  f"at T={s.views.temperature}")
+            v = s.views
+            print(f"views: {_shown(v.count, 'int')} per image, codec {_shown(v.codec)}, {_shown(v.label_kind)} "
+                  f"at T={_shown(v.temperature, 'num')}")
         tb = r.trainer_bundle()
         print(f"trainer bundle: {'none' if tb is None else f'{len(tb)} bytes'}")
         for k in range(1, r.blocks_present + 1):
@@ -96,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _train(a) if a.command == "train" else _info(a)
     except (RuntimeError_, FormatError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_escaped(str(exc))}", file=sys.stderr)
         return 2
 
 

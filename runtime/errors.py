@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import formats
+
 
 class RuntimeError_(Exception):  # noqa: N801 - trailing underscore: do not shadow the builtin RuntimeError
     """Base class of every error the runtime raises on bad input, files or settings."""
 
 
-class BudgetError(RuntimeError_, ValueError):
-    """A budget is invalid (wrong type, non-positive) or no prefix of the file fits it."""
+class BudgetError(RuntimeError_, formats.BudgetError):
+    """A budget is invalid (wrong type, non-positive, outside 1..ipc_max) or no prefix of the file fits it.
+
+    A subclass of formats.BudgetError (itself a FormatError and a ValueError), so one `except` clause of
+    either package catches every bad budget that reaches `runtime.load`.
+    """
 
 
 class ConfigError(RuntimeError_, ValueError):
@@ -17,6 +23,11 @@ class ConfigError(RuntimeError_, ValueError):
 
 class TrainerError(RuntimeError_):
     """No usable trainer: the file has no trainer bundle, or the bundle does not match the data."""
+
+
+class BundleError(TrainerError, formats.FormatError, ValueError):
+    """A trainer bundle is malformed, of another format or version, or its ONNX graphs hold what the
+    exporter never writes (an op outside the allow-list, external data, a subgraph, a size over a cap)."""
 
 
 class BackendError(RuntimeError_):
@@ -35,5 +46,5 @@ class DataError(RuntimeError_, ValueError):
     """Test data cannot be read or has the wrong shape for the model."""
 
 
-__all__ = ["BackendError", "BudgetError", "ConfigError", "DataError", "DivergedError", "RuntimeError_",
+__all__ = ["BackendError", "BudgetError", "BundleError", "ConfigError", "DataError", "DivergedError", "RuntimeError_",
            "TrainerError", "ViewError"]

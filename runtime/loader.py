@@ -44,7 +44,7 @@ def load(path: str | os.PathLike[str], budget: BudgetLike = None, *, config: Tra
          calibration_steps: int = 3, **settings: Any) -> Dataset:
     """The IPC-k prefix of an .mdc file as a Dataset, reading only that prefix's bytes.
 
-    budget: an int k (1..ipc_max; formats.BudgetError outside, formats.TruncatedError past a cut file),
+    budget: an int k (1..ipc_max; runtime.BudgetError outside, formats.TruncatedError past a cut file),
     None (every block present), or Budget(seconds=..., memory_mb=...): the largest prefix whose training
     with `backend`/`trainer` and the training settings (config or TrainConfig fields as keywords)
     fits, after a short calibration on this device (formulas in runtime/budget.py).
@@ -58,7 +58,7 @@ def load(path: str | os.PathLike[str], budget: BudgetLike = None, *, config: Tra
             cal, batch = _calibrate(reader, budget, cfg, backend, trainer, arch, calibration_steps)
             k, report = choose_ipc(budget, file_facts(reader), cfg.epochs, batch, cal)
         else:
-            k = check_int_budget(budget)
+            k = check_int_budget(budget, reader.ipc_max)
         prefix = reader.read(k)
         s = reader.spec
         return Dataset(images=prefix.images, labels=prefix.labels, ipc=prefix.ipc,

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from runtime.backends.base import ModelSpec
 from runtime.bundle import TrainerBundle
 from runtime.errors import BackendError, TrainerError
+from runtime.onnx_check import check_model
 
 
-def _session(model: bytes, threads: int | None, what: str):
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:  # pragma: no cover - onnxruntime is a hard dependency of the runtime extra
-        raise BackendError("the onnx backend needs onnxruntime: pip install onnxruntime") from exc
+def _options(ort: Any, threads: int | None, empty_dir: str) -> Any:
     so = ort.SessionOptions()
     so.log_severity_level = 3
     # The static memory pattern preallocates every intermediate of the train step at once; without it
@@ -24,10 +23,27 @@ def _session(model: bytes, threads: int | None, what: str):
     if threads is not None:
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
+    # Second line of defence behind runtime/onnx_check.py: parse the bytes as an ONNX protobuf only (never
+    # as an ORT-format flatbuffer), and resolve any external tensor data inside an empty directory, not the
+    # working directory, so a graph that slipped past the check still cannot read a local file.
+    so.add_session_config_entry("session.load_model_format", "ONNX")
+    so.add_session_config_entry("session.model_external_initializers_file_folder_path", empty_dir)
+    return so
+
+
+def _session(model: bytes, threads: int | None, what: str) -> Any:
+    """An onnxruntime session for a graph that has passed the exporter allow-list (BundleError if not)."""
+    check_model(model, what)
     try:
-        return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
-        raise TrainerError(f"onnxruntime cannot load the trainer's {what} graph: {exc}") from exc
+        import onnxruntime as ort
+    except ImportError as exc:  # pragma: no cover - onnxruntime is a hard dependency of the runtime extra
+        raise BackendError("the onnx backend needs onnxruntime: pip install onnxruntime") from exc
+    with tempfile.TemporaryDirectory(prefix="multisize-ort-") as empty_dir:
+        try:
+            return ort.InferenceSession(model, _options(ort, threads, empty_dir),
+                                        providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
+            raise TrainerError(f"onnxruntime cannot load the trainer's {what} graph: {exc}") from exc
 
 
 def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
