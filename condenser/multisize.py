@@ -3,7 +3,8 @@
 loss = base(S, B) + weight * base(S_[n*], B), where S_[n*] is the Most Learnable Subset: the
 prefix whose feature distance to the real batch changed the most since the previous selection
 (Eq. 8-9). The subset term reuses the real batch, the real-side statistics and the augmented
-tensors of the base term (mdc.md §2.3). Distances are squared L2 between batch-mean features of
+tensors of the base term (mdc.md §2.3), and runs on the MLS prefix alone where the base method can
+(`match_prefix`). Distances are squared L2 between batch-mean features of
 the last feature layer (`model.features`), for every prefix 1..N-1 from ONE forward pass of the
 synthetic batch (prefix means by cumulative sums). Following the official code (mdc.md §2.5, A6),
 they are measured during the outer loops t == 1 and t % period == 0 only, averaged over that loop's
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -240,27 +242,54 @@ class Multisize:
             self._weights_cache = (key, mask)
         return self._weights_cache[1].index_select(0, labels)
 
+    def batch_prefix_sizes(self, labels: torch.Tensor) -> list[int] | None:
+        """The MLS of each class of the batch in decoded samples, from host-side state only.
+
+        None when class-wise sizes differ and `labels` live on an accelerator: reading them would sync
+        the host every step, so the caller falls back to the prefix masks.
+        """
+        sizes = [n * self.per_image for n in self.selector.subset_sizes()]
+        if len(set(sizes)) == 1:
+            return sizes[:1] * labels.shape[0]
+        if labels.device.type != "cpu":
+            return None
+        return [sizes[c] for c in labels.tolist()]
+
     def loss(self, model: nn.Module, syn: torch.Tensor, real: torch.Tensor, labels: torch.Tensor,
              measure: bool = False) -> torch.Tensor:
         """Augmented class batches syn [K, M, ...], real [K, B, ...] -> base + weight * subset loss.
 
-        `measure=True` also accumulates this step's prefix distances (see `observe`).
+        `measure=True` also accumulates this step's prefix distances (see `observe`), reusing the real
+        features of the target when the base method keeps them (`real_feature_mean`).
         """
         target = self.base.target(model, real, labels)
         if measure:
             hook = getattr(self.base, "real_feature_mean", None)
             real_mean = hook(model, target) if hook is not None else None
             self.observe(model, syn, real, labels, real_mean)
-        weights = self.subset_weights(labels, syn.shape[1])
-        if weights is None or self.config.weight == 0:
+        if not self.selector.active or self.config.weight == 0:
             return self.base.match(model, syn, target, labels)
-        terms = getattr(self.base, "match_terms", None)
-        if terms is not None:  # one shared forward of the synthetic batch
-            full, subset = terms(model, syn, target, labels, [None, weights])
-        else:
-            full = self.base.match(model, syn, target, labels)
-            subset = self.base.match(model, syn, target, labels, weights)
+        full, subset = self._terms(model, syn, target, labels)
         return full + self.config.weight * subset
+
+    def _terms(self, model: nn.Module, syn: torch.Tensor, target: Any, labels: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The base and subset terms, in the cheapest way the base method offers.
+
+        `match_terms`: both from one forward of the synthetic batch (dm); `match_prefix`: the subset term
+        on the MLS prefix alone (gm, whose per-sample gradients make masked samples pure overhead);
+        otherwise the base loss with 0/1 prefix weights.
+        """
+        terms = getattr(self.base, "match_terms", None)
+        if terms is not None:
+            full, subset = terms(model, syn, target, labels, [None, self.subset_weights(labels, syn.shape[1])])
+            return full, subset
+        full = self.base.match(model, syn, target, labels)
+        prefix = getattr(self.base, "match_prefix", None)
+        sizes = self.batch_prefix_sizes(labels) if prefix is not None else None
+        if sizes is not None:
+            return full, prefix(model, syn, target, labels, sizes)
+        return full, self.base.match(model, syn, target, labels, self.subset_weights(labels, syn.shape[1]))
 
     @torch.no_grad()
     def observe(self, model: nn.Module, syn: torch.Tensor, real: torch.Tensor, labels: torch.Tensor,

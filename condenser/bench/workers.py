@@ -26,6 +26,7 @@ from condenser.bench.cells import Cell, CellCache, read_prefix, run_cell
 from condenser.condense import CondenseConfig, condense
 from condenser.data import ImageDataset, load_dataset
 from condenser.profiles import EvalBudget
+from formats._alloc import configure_allocator
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
 
 def _init_worker(dataset: str, data_root: str | None, cache_root: str, threads: int, parent: int) -> None:
     _exit_with_parent(parent)
+    configure_allocator()  # spawned: a fresh interpreter, no settings from the parent's entry point
     torch.set_num_threads(threads)
     os.environ.setdefault("MULTISIZE_QUIET", "1")
     _WORKER.update(test=load_dataset(dataset, "test", root=data_root), cache=CellCache(cache_root))
@@ -124,6 +126,7 @@ def _condense_run(dataset: str, data_root: str | None, cfg: CondenseConfig, run_
 
 def _init_condense_worker(threads: int, parent: int) -> None:
     _exit_with_parent(parent)
+    configure_allocator()
     torch.set_num_threads(threads)
     os.environ.setdefault("MULTISIZE_QUIET", "1")
 

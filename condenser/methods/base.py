@@ -107,6 +107,8 @@ class BaseMethod(Protocol):
     #     from one forward pass of the synthetic batch;
     # `real_feature_mean(model, target) -> Tensor | None`: the class-mean `model.features` of the real
     #     batch if `target` already holds it, so measuring loops skip a second real forward.
+    # `match_prefix(model, syn, target, labels, sizes: list[int]) -> Tensor`: `match` on the first sizes[c]
+    #     samples of class c, equal to 0/1 prefix weights, without the masked samples' work.
 
     def loss(self, model: nn.Module, syn: torch.Tensor, real: torch.Tensor,
              label: int | torch.Tensor) -> torch.Tensor:

@@ -9,10 +9,15 @@ Classes can be batched with `torch.func.vmap` (one fused forward/backward for al
 friendly) or looped (less memory; faster on CPU, where vmap's grouped convolutions are slow).
 Both give the same loss; `class_batched=None` picks vmap on CUDA only. Matching runs in float32
 even under AMP: the double backward of a squared gradient difference is precision sensitive.
+
+For the multisize wrapper, `match_prefix` computes the subset term on the MLS prefix alone (the masked
+samples of a 0/1-weighted batch cost a forward and a double backward and add nothing), and the real-side
+target keeps the class-mean real features, so measuring steps need no second real forward.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -23,6 +28,7 @@ from torch.func import functional_call, grad, vmap
 
 from condenser.augment import DSA, DSAConfig, cutmix
 from condenser.methods.base import Generators, MethodConfigError, StepContext, as_class_batch, siamese_per_class
+from condenser.models import Classifier
 from condenser.training import soft_cross_entropy
 
 
@@ -58,6 +64,35 @@ def _weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tens
 
 def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _head_reads_flat_features(model: nn.Module) -> bool:
+    """Whether forward(x) is classifier(flatten(features(x))), so one forward also yields the features."""
+    cls = type(model)
+    return isinstance(model, Classifier) and cls.forward is Classifier.forward and cls.embed is Classifier.embed
+
+
+def _logits_and_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """model(x) (the same operations, so the same bits) and, where the head reads them, its flat features."""
+    if not _head_reads_flat_features(model):
+        return model(x), None
+    feats = torch.flatten(model.features(x), 1)
+    return model.classifier(feats), feats
+
+
+@dataclass(frozen=True)
+class GMTarget:
+    """The real side of one step: per-class conv-weight gradients (list over layers of [K, *W.shape]) and
+    the class-mean flat real features [K, D] (None when the forward does not expose them: the vmap path,
+    or a model whose head does not read flatten(features))."""
+
+    grads: list[torch.Tensor]
+    feature_mean: torch.Tensor | None = None
+
+    def classes(self, index: torch.Tensor) -> GMTarget:
+        """The target of the classes at positions `index` of the batch."""
+        means = None if self.feature_mean is None else self.feature_mean.index_select(0, index)
+        return GMTarget([g.index_select(0, index) for g in self.grads], means)
 
 
 class GradientMatching:
@@ -123,8 +158,10 @@ class GradientMatching:
         return bool(flag) and not _has_batchnorm(model)
 
     def _class_grads(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
-                     weights: torch.Tensor | None, create_graph: bool) -> list[torch.Tensor]:
-        """Per-class CE gradients w.r.t. the conv weights: list over layers of [K, *W.shape]."""
+                     weights: torch.Tensor | None, create_graph: bool
+                     ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Per-class CE gradients w.r.t. the conv weights (list over layers of [K, *W.shape]) and, on the
+        class loop, the class-mean flat features of `x` [K, D] (None on the vmap path)."""
         named = dict(model.named_parameters())
         conv_names = [n for n, p in named.items() if p.dim() == 4]
         if not conv_names:
@@ -143,21 +180,48 @@ class GradientMatching:
             w_dim = None if weights is None else 0
             g = vmap(grad(ce), in_dims=(None, 0, 0, w_dim))(conv, x, y, weights)
             out = [g[n] for n in conv_names]
-            return out if create_graph else [t.detach() for t in out]
+            return (out if create_graph else [t.detach() for t in out]), None
         params = [named[n] for n in conv_names]
-        per_class = []
+        per_class, means = [], []
         for c in range(k):
-            loss = _weighted_ce(model(x[c]), y[c], None if weights is None else weights[c])
+            logits, feats = _logits_and_features(model, x[c])
+            loss = _weighted_ce(logits, y[c], None if weights is None else weights[c])
             per_class.append(torch.autograd.grad(loss, params, create_graph=create_graph))
-        return [torch.stack([pc[i] for pc in per_class]) for i in range(len(params))]
+            if feats is not None:
+                means.append(feats.detach().mean(0))
+        grads = [torch.stack([pc[i] for pc in per_class]) for i in range(len(params))]
+        return grads, torch.stack(means) if means else None
 
-    def target(self, model: nn.Module, real: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
-        return self._class_grads(model, real, labels, None, create_graph=False)
+    def target(self, model: nn.Module, real: torch.Tensor, labels: torch.Tensor) -> GMTarget:
+        return GMTarget(*self._class_grads(model, real, labels, None, create_graph=False))
 
-    def match(self, model: nn.Module, syn: torch.Tensor, target: list[torch.Tensor], labels: torch.Tensor,
+    def real_feature_mean(self, model: nn.Module, target: GMTarget) -> torch.Tensor | None:
+        """The class-mean `model.features` of the real batch, kept from the target's forward."""
+        return target.feature_mean
+
+    def match(self, model: nn.Module, syn: torch.Tensor, target: GMTarget, labels: torch.Tensor,
               weights: torch.Tensor | None = None) -> torch.Tensor:
-        g_syn = self._class_grads(model, syn, labels, weights, create_graph=True)
-        return sum(((gr - gs) ** 2).sum() for gr, gs in zip(target, g_syn, strict=True))
+        g_syn, _ = self._class_grads(model, syn, labels, weights, create_graph=True)
+        return sum(((gr - gs) ** 2).sum() for gr, gs in zip(target.grads, g_syn, strict=True))
+
+    def match_prefix(self, model: nn.Module, syn: torch.Tensor, target: GMTarget, labels: torch.Tensor,
+                     sizes: Sequence[int]) -> torch.Tensor:
+        """`match` on the first sizes[c] samples of class c: equal to match with 0/1 prefix weights.
+
+        Per-sample CE and instance norm couple no samples, so the masked ones change no gradient; they
+        are left out instead. Classes with the same prefix share one call (the loss is a sum over classes);
+        a class with size 0 adds nothing.
+        """
+        if len(sizes) != syn.shape[0]:
+            raise MethodConfigError(f"gm: {len(sizes)} prefix sizes for a batch of {syn.shape[0]} classes")
+        if len(set(sizes)) == 1 and sizes[0] > 0:
+            return self.match(model, syn[:, : sizes[0]], target, labels)
+        total = syn.new_zeros(())
+        for n in sorted(set(sizes) - {0}):
+            index = torch.tensor([c for c, s in enumerate(sizes) if s == n], device=syn.device)
+            total = total + self.match(model, syn.index_select(0, index)[:, :n], target.classes(index),
+                                       labels.index_select(0, index))
+        return total
 
     def loss(self, model: nn.Module, syn: torch.Tensor, real: torch.Tensor,
              label: int | torch.Tensor) -> torch.Tensor:
