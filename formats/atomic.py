@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -54,26 +55,45 @@ def _temp_name_pattern(target: Path) -> re.Pattern[str]:
     return re.compile(rf"\.{re.escape(target.name)}\.[^./]+\.tmp")
 
 
-def _is_stale(path: Path) -> bool:
-    """True when no live writer holds the temp file: its lock can be taken (or, without locks, it is old)."""
-    if fcntl is not None:
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except OSError:
-            return False  # vanished, or a symlink: not a temp file this helper made
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
-        except OSError:
-            pass  # the file system has no flock: judge by age
-        finally:
-            os.close(fd)  # also releases the lock taken above
+def _old_enough(path: Path) -> bool:
     try:
         return time.time() - path.lstat().st_mtime > UNLOCKED_STALE_AGE_S
     except OSError:
         return False
+
+
+def _remove_if_stale(path: Path) -> bool:
+    """Unlink `path` if no live writer holds it (its lock can be taken; without locks: it is old).
+
+    The unlink happens while this process holds the lock, so a writer that has just created the file and
+    is waiting for its own lock finds it unlinked (st_nlink 0) and starts over instead of losing its data.
+    Only regular files are touched: a planted FIFO, socket, directory or symlink is left alone (and a FIFO
+    is opened non-blocking, so it cannot hang the cleaner).
+    """
+    try:
+        if not stat.S_ISREG(path.lstat().st_mode):
+            return False
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return False  # vanished meanwhile, or not ours to open
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # a live writer
+            except OSError:
+                if not _old_enough(path):  # the file system has no flock: judge by age
+                    return False
+        elif not _old_enough(path):
+            return False
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+    finally:
+        os.close(fd)  # releases the lock, after the unlink
 
 
 def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
@@ -89,14 +109,7 @@ def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
         names = [n for n in os.listdir(directory) if pattern.fullmatch(n)]
     except OSError:
         return []
-    removed = []
-    for name in names:
-        candidate = directory / name
-        if _is_stale(candidate):
-            with contextlib.suppress(FileNotFoundError):
-                candidate.unlink()
-                removed.append(candidate)
-    return removed
+    return [directory / name for name in names if _remove_if_stale(directory / name)]
 
 
 def _open_locked_temp(target: Path, directory: Path) -> tuple[int, str]:

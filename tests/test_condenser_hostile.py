@@ -105,6 +105,38 @@ def test_a_cleaner_running_during_a_write_keeps_the_writers_temp(tmp_path: Path)
     assert target.read_bytes() == b"abc"
 
 
+def test_planted_fifos_symlinks_and_directories_are_left_alone_without_hanging(tmp_path: Path) -> None:
+    target = tmp_path / "out.mdc"
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    os.mkfifo(tmp_path / ".out.mdc.fifo0001.tmp")  # opening it for reading would block without O_NONBLOCK
+    (tmp_path / ".out.mdc.link0001.tmp").symlink_to(victim)
+    (tmp_path / ".out.mdc.dir00001.tmp").mkdir()
+    atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"new" and victim.read_bytes() == b"precious"
+    assert len(list(tmp_path.glob(".out.mdc.*.tmp"))) == 3
+
+
+def test_a_temp_unlinked_by_a_cleaner_before_it_is_locked_is_recreated(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    real = tempfile.mkstemp
+    created: list[str] = []
+
+    def raced(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        fd, name = real(*args, **kwargs)
+        created.append(name)
+        if len(created) == 1:
+            os.unlink(name)  # what a concurrent remove_stale_temps does in the window before flock
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", raced)
+    atomic_write_bytes(tmp_path / "x.bin", b"kept")
+    assert len(created) == 2 and (tmp_path / "x.bin").read_bytes() == b"kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]
+
+
 @pytest.mark.parametrize("writer", ["bytes", "torch", "safetensors"])
 def test_condenser_writers_remove_stale_temps_and_leave_0644(tmp_path: Path, writer: str) -> None:
     target = tmp_path / "sub" / f"out.{writer}"
