@@ -10,22 +10,25 @@ from formats.errors import (
     BadMagicError,
     BudgetError,
     ChecksumError,
+    DecodeLimitError,
     FormatError,
     InconsistentHeaderError,
     InvalidDataError,
+    SourceError,
     TruncatedError,
     UnknownCodecError,
     UnsupportedVersionError,
 )
-from formats.layout import FORMAT_MAJOR, FORMAT_MINOR, MAGIC
+from formats.layout import DEFAULT_MAX_DECODE_BYTES, FORMAT_MAJOR, FORMAT_MINOR, MAGIC
 from formats.reader import MDCReader, open_mdc
+from formats.targets import CompactTargets
 from formats.writer import encode, set_results, update_header, write_mdc
 
 __all__ = [
     "CODECS", "Codec", "CodecParams", "get_codec",
-    "MDCData", "Prefix", "RawPrefix", "Views",
-    "FormatError", "BadMagicError", "BudgetError", "ChecksumError", "InconsistentHeaderError",
-    "InvalidDataError", "TruncatedError", "UnknownCodecError", "UnsupportedVersionError",
-    "FORMAT_MAJOR", "FORMAT_MINOR", "MAGIC",
+    "CompactTargets", "MDCData", "Prefix", "RawPrefix", "Views",
+    "FormatError", "BadMagicError", "BudgetError", "ChecksumError", "DecodeLimitError", "InconsistentHeaderError",
+    "InvalidDataError", "SourceError", "TruncatedError", "UnknownCodecError", "UnsupportedVersionError",
+    "DEFAULT_MAX_DECODE_BYTES", "FORMAT_MAJOR", "FORMAT_MINOR", "MAGIC",
     "MDCReader", "open_mdc", "encode", "set_results", "update_header", "write_mdc",
 ]

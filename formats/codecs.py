@@ -54,6 +54,10 @@ class Codec:
     def decode(self, arrays: dict[str, np.ndarray], p: CodecParams) -> np.ndarray:
         raise NotImplementedError
 
+    def check_stored(self, arrays: dict[str, np.ndarray], p: CodecParams) -> None:
+        """Raise InvalidDataError when stored rows break a rule of docs/format.md, section 7."""
+        raise NotImplementedError
+
     def check_params(self, p: CodecParams) -> None:
         """Raise InvalidDataError when the parameters cannot be used with this codec."""
         if p.label_kind not in ("logits", "probs"):
@@ -99,6 +103,39 @@ class DenseCodec(Codec):
 
     def decode(self, arrays: dict[str, np.ndarray], p: CodecParams) -> np.ndarray:
         return arrays["targets"].astype(np.float32)
+
+    def check_stored(self, arrays: dict[str, np.ndarray], p: CodecParams) -> None:
+        t = arrays["targets"]
+        _check_finite("targets", t)
+        if p.label_kind == "probs":
+            _check_nonnegative("targets", t)
+            _check_row_sums("targets", t)
+
+
+def _first_row(bad: np.ndarray) -> int:
+    """Row (= record * V + view) of the first True entry of a [m, ...] mask."""
+    return int(np.nonzero(bad.reshape(bad.shape[0], -1).any(axis=1))[0][0])
+
+
+def _check_finite(name: str, a: np.ndarray) -> None:
+    bad = ~np.isfinite(a)
+    if bad.any():
+        raise InvalidDataError(f"views.{name} row {_first_row(bad)} holds NaN or infinity")
+
+
+def _check_nonnegative(name: str, a: np.ndarray) -> None:
+    bad = a < 0
+    if bad.any():
+        raise InvalidDataError(f"views.{name} row {_first_row(bad)} holds a negative probability")
+
+
+def _check_row_sums(name: str, rows: np.ndarray) -> None:
+    """Probability rows must sum to a finite number (runtime normalises them, docs/format.md section 7)."""
+    with np.errstate(over="ignore"):
+        sums = np.sum(rows, axis=1, dtype=np.float32)  # buffered casts: no float32 copy of the rows
+    bad = ~np.isfinite(sums)
+    if bad.any():
+        raise InvalidDataError(f"views.{name} row {_first_row(bad)} sums to infinity")
 
 
 def index_dtype(num_classes: int) -> str:
@@ -183,6 +220,44 @@ class TopKCodec(Codec):
         out["topk_scale"] = scale_st
         return out
 
+    def _values(self, arrays: dict[str, np.ndarray], p: CodecParams) -> tuple[np.ndarray, np.ndarray]:
+        """(kept values [m, k], fill offset [m]) as float32, by the decoding rule of docs/format.md section 7."""
+        m = arrays["topk_index"].shape[0]
+        offset = arrays["topk_fill"].astype(np.float32) if p.label_kind == "logits" else np.zeros(m, np.float32)
+        if self.quantized:
+            scale = arrays["topk_scale"].astype(np.float32)
+            return offset[:, None] + arrays["topk_value"].astype(np.float32) * scale[:, None], offset
+        return arrays["topk_value"].astype(np.float32), offset
+
+    def check_stored(self, arrays: dict[str, np.ndarray], p: CodecParams) -> None:
+        idx = arrays["topk_index"]
+        if idx.size and int(idx.max()) >= p.num_classes:
+            row = _first_row(idx >= p.num_classes)
+            raise InvalidDataError(f"views.topk_index row {row} holds class {int(idx[row].max())} >= num_classes "
+                                   f"{p.num_classes}")
+        if idx.shape[1] > 1:
+            ordered = np.sort(idx, axis=1)
+            same = ordered[:, 1:] == ordered[:, :-1]
+            if same.any():
+                row = _first_row(same)
+                c = int(ordered[row, 1:][same[row]][0])
+                raise InvalidDataError(f"views.topk_index row {row} lists class {c} twice; top-k indices are "
+                                       f"distinct")
+        if self.quantized:
+            scale = arrays["topk_scale"]
+            _check_finite("topk_scale", scale)
+            if (scale < 0).any():
+                raise InvalidDataError(f"views.topk_scale row {_first_row(scale < 0)} is negative")
+        if p.label_kind == "logits":
+            _check_finite("topk_fill", arrays["topk_fill"])
+        else:
+            _check_nonnegative("topk_value", arrays["topk_value"])
+        with np.errstate(over="ignore", invalid="ignore"):
+            vals, _ = self._values(arrays, p)
+        _check_finite("topk_value" if not self.quantized else "topk_value * topk_scale", vals)
+        if p.label_kind == "probs":
+            _check_row_sums("topk_value", vals)
+
     def decode(self, arrays: dict[str, np.ndarray], p: CodecParams) -> np.ndarray:
         idx = arrays["topk_index"].astype(np.intp)
         m, k = idx.shape
@@ -190,12 +265,7 @@ class TopKCodec(Codec):
         if idx.size and int(idx.max()) >= n:
             raise InvalidDataError(f"topk_index holds class {int(idx.max())} >= num_classes {n}")
         logits = p.label_kind == "logits"
-        offset = arrays["topk_fill"].astype(np.float32) if logits else np.zeros(m, np.float32)
-        if self.quantized:
-            scale = arrays["topk_scale"].astype(np.float32)
-            vals = offset[:, None] + arrays["topk_value"].astype(np.float32) * scale[:, None]
-        else:
-            vals = arrays["topk_value"].astype(np.float32)
+        vals, offset = self._values(arrays, p)
         if logits:
             fill = offset
         elif k < n:

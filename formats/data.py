@@ -25,7 +25,9 @@ class Views:
     mix_partner: np.ndarray  # int32 [n, V]; -1 = no mix; partner's block <= own block
     mix_box: np.ndarray  # float32 [n, V, 4]
     mix_lam: np.ndarray  # float32 [n, V]; weight of the record's own image
-    targets: np.ndarray  # float32 [n, V, K] decoded teacher outputs (logits or probs, see header)
+    # float32 [n, V, K] decoded teacher outputs (logits or probs, see header), or, from
+    # read(k, targets="compact"), a formats.targets.CompactTargets that decodes rows when indexed
+    targets: Any
 
     @property
     def num_views(self) -> int:

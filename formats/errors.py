@@ -36,7 +36,18 @@ class InvalidDataError(FormatError, ValueError):
 
 
 class BudgetError(FormatError, ValueError):
-    """A requested IPC budget is outside 1..ipc_max."""
+    """A requested IPC budget is not an integer, or is outside 1..ipc_max."""
+
+
+class DecodeLimitError(FormatError):
+    """Decoding a prefix would allocate more than the caller's limit; raised before anything is allocated."""
+
+
+class SourceError(FormatError, OSError):
+    """The source cannot be read as an .mdc file: missing, not a regular file, unreadable, or an unusable object.
+
+    Also an OSError, so code that handled the operating system's errors before keeps working.
+    """
 
 
 class UnknownCodecError(FormatError, KeyError):

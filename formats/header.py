@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from formats.bounded import unpack as bounded_unpack
 from formats.codecs import REGISTRY, CodecParams
 from formats.errors import (
     BadMagicError,
@@ -30,8 +31,9 @@ from formats.layout import (
     DTYPES,
     FORMAT_MAJOR,
     MAGIC,
+    MAX_ARRAY_DIMS,
+    MAX_BODY_BYTES,
     MAX_HEADER_BYTES,
-    MAX_HEADER_CONTAINERS,
     PREAMBLE,
     PREAMBLE_SIZE,
     ArraySpec,
@@ -164,33 +166,12 @@ def pack_header(header: dict[str, Any]) -> bytes:
 
 
 def unpack_header(data: bytes, crc32: int) -> dict[str, Any]:
-    """Verify the header checksum, then unpack with limits on sizes and container count."""
+    """Verify the header checksum, then unpack it within a memory bound proportional to its size."""
     actual = zlib.crc32(data)
     if actual != crc32:
         raise ChecksumError(f"header checksum mismatch: stored crc32 {crc32:#010x} at offset 16, "
-                        f"computed {actual:#010x} over bytes {PREAMBLE_SIZE}..{PREAMBLE_SIZE + len(data)}")
-    count = 0
-
-    def hook(obj: Any) -> Any:
-        nonlocal count
-        count += 1
-        if count > MAX_HEADER_CONTAINERS:
-            raise InconsistentHeaderError(f"header holds more than {MAX_HEADER_CONTAINERS} maps and arrays")
-        return obj
-
-    n = len(data)
-    try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, object_hook=hook, list_hook=hook,
-                              max_str_len=n, max_bin_len=n, max_array_len=n, max_map_len=n, max_ext_len=n)
-    except InconsistentHeaderError:
-        raise
-    except Exception as exc:  # msgpack raises several unrelated types on bad input
-        raise InconsistentHeaderError(
-            f"header at offset {PREAMBLE_SIZE} is not valid msgpack: {type(exc).__name__}: {exc}") from None
-    if not isinstance(obj, dict):
-        raise InconsistentHeaderError(
-            f"header at offset {PREAMBLE_SIZE} is a {type(obj).__name__}, not a map")
-    return obj
+                            f"computed {actual:#010x} over bytes {PREAMBLE_SIZE}..{PREAMBLE_SIZE + len(data)}")
+    return bounded_unpack(data)
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -283,6 +264,19 @@ def expected_arrays(num_classes: int, image_shape: tuple[int, ...], encoding: st
     return out
 
 
+def _shape(a: dict, key: str, itemsize: int) -> list[int]:
+    """An array's per-block shape, bounded so that numpy can always build it (zero dimensions included)."""
+    shape = _list(a, "shape", key)
+    if len(shape) > MAX_ARRAY_DIMS:
+        raise _bad(f"{key}shape", f"has {len(shape)} dimensions; at most {MAX_ARRAY_DIMS}")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+        raise _bad(f"{key}shape", f"expected non-negative integers, got {shape!r}")
+    if math.prod(max(1, s) for s in shape) * itemsize > MAX_BODY_BYTES:
+        raise _bad(f"{key}shape", f"{shape!r} spans more than {MAX_BODY_BYTES} bytes, even ignoring zero "
+                                  f"dimensions")
+    return shape
+
+
 def _arrays(layout: dict, expected: dict, block_length: int, alignment: int) -> dict[str, ArraySpec]:
     specs: dict[str, ArraySpec] = {}
     for j, a in enumerate(_list(layout, "arrays", "layout.")):
@@ -292,9 +286,7 @@ def _arrays(layout: dict, expected: dict, block_length: int, alignment: int) -> 
         name, dt = _str(a, "name", key), _str(a, "dtype", key)
         if dt not in DTYPES:
             raise _bad(f"{key}dtype", f"unknown dtype {dt!r}; known: {', '.join(DTYPES)}")
-        shape = _list(a, "shape", key)
-        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
-            raise _bad(f"{key}shape", f"expected non-negative integers, got {shape!r}")
+        shape = _shape(a, key, DTYPES[dt].itemsize)
         offset = _int(a, "offset", key)
         length = _int(a, "length", key)
         if offset % alignment:
@@ -341,6 +333,37 @@ def _sections(layout: dict, alignment: int) -> tuple[Section, ...]:
     return tuple(out)
 
 
+def _formation_factor(nesting: dict, image_shape: list[int]) -> int:
+    """f (docs/format.md, section 4): each stored image is an f x f grid, so f divides H and W."""
+    if "formation_factor" not in nesting:
+        return 1
+    f = _int(nesting, "formation_factor", "nesting.", lo=1, hi=min(image_shape[1:]))
+    if image_shape[1] % f or image_shape[2] % f:
+        raise _bad("nesting.formation_factor", f"{f} does not divide the image size "
+                                               f"{image_shape[1]}x{image_shape[2]}")
+    return f
+
+
+def _blocks(layout: dict, ipc_max: int, alignment: int) -> tuple[int, int, int]:
+    """(offset, stride, length) of the IPC blocks, all inside MAX_BODY_BYTES together."""
+    blocks = _map(layout, "blocks", "layout.")
+    key = "layout.blocks."
+    b_off = _int(blocks, "offset", key, hi=MAX_BODY_BYTES)
+    stride = _int(blocks, "stride", key, lo=1, hi=MAX_BODY_BYTES)
+    length = _int(blocks, "length", key, lo=1, hi=MAX_BODY_BYTES)
+    count = _int(blocks, "count", key)
+    if count != ipc_max:
+        raise _bad(f"{key}count", f"{count} but ipc_max is {ipc_max}")
+    if b_off % alignment or stride % alignment:
+        raise _bad("layout.blocks", f"offset {b_off} and stride {stride} must be multiples of {alignment}")
+    if stride < length:
+        raise _bad(f"{key}stride", f"{stride} is smaller than the block length {length}")
+    if b_off + (ipc_max - 1) * stride + length > MAX_BODY_BYTES:
+        raise _bad(f"{key}stride", f"{ipc_max} blocks of stride {stride} from offset {b_off} end past "
+                                   f"{MAX_BODY_BYTES} bytes")
+    return b_off, stride, length
+
+
 def parse_header(raw: dict[str, Any]) -> Header:
     """Validate an unpacked header map; every error names the offending key."""
     names = _list(raw, "class_names", "")
@@ -364,7 +387,7 @@ def parse_header(raw: dict[str, Any]) -> Header:
     nesting = raw.get("nesting", {})
     if not isinstance(nesting, dict):
         raise _bad("nesting", "expected a map")
-    factor = _int(nesting, "formation_factor", "nesting.", lo=1) if "formation_factor" in nesting else 1
+    factor = _formation_factor(nesting, shape)
     views = _views_info(raw, c)
 
     layout = _map(raw, "layout", "")
@@ -374,21 +397,11 @@ def parse_header(raw: dict[str, Any]) -> Header:
     if layout.get("checksum", "crc32") != "crc32":
         raise _bad("layout.checksum", f"unknown checksum {layout.get('checksum')!r}; known: crc32")
     sections = _sections(layout, alignment)
-    blocks = _map(layout, "blocks", "layout.")
-    b_off = _int(blocks, "offset", "layout.blocks.")
-    stride = _int(blocks, "stride", "layout.blocks.", lo=1)
-    length = _int(blocks, "length", "layout.blocks.", lo=1)
-    count = _int(blocks, "count", "layout.blocks.")
-    if count != ipc_max:
-        raise _bad("layout.blocks.count", f"{count} but ipc_max is {ipc_max}")
-    if b_off % alignment or stride % alignment:
-        raise _bad("layout.blocks", f"offset {b_off} and stride {stride} must be multiples of {alignment}")
-    if stride < length:
-        raise _bad("layout.blocks.stride", f"{stride} is smaller than the block length {length}")
+    b_off, stride, length = _blocks(layout, ipc_max, alignment)
     for s in sections:
         if s.offset + s.length > b_off:
             raise _bad("layout.sections", f"section {s.name!r} runs past the first block at {b_off}")
-    crcs = _list(blocks, "crc32", "layout.blocks.")
+    crcs = _list(layout["blocks"], "crc32", "layout.blocks.")
     if len(crcs) != ipc_max or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 0xFFFFFFFF
                                        for x in crcs):
         raise _bad("layout.blocks.crc32", f"expected {ipc_max} unsigned 32-bit integers")

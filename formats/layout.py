@@ -19,6 +19,15 @@ PREAMBLE_SIZE = PREAMBLE.size  # 24
 ALIGNMENT = 64
 MAX_HEADER_BYTES = 16 << 20  # a header beyond this is refused before reading it
 MAX_HEADER_CONTAINERS = 200_000  # msgpack maps + arrays: bounds memory for a crafted header
+MAX_HEADER_DEPTH = 64  # nesting of maps and arrays; real headers need about 6
+# Python objects an unpacked header may cost (estimated before unpacking, formats/bounded.py):
+# HEADER_MEMORY_PER_BYTE per header byte plus HEADER_MEMORY_FLOOR, never more than MAX_HEADER_MEMORY.
+HEADER_MEMORY_PER_BYTE = 64
+HEADER_MEMORY_FLOOR = 1 << 20
+MAX_HEADER_MEMORY = 32 << 20
+MAX_BODY_BYTES = 1 << 62  # every layout offset, length and the body's extent: far past any file, inside int64
+MAX_ARRAY_DIMS = 32  # dimensions of one block array (numpy's own limit is 32 or 64)
+DEFAULT_MAX_DECODE_BYTES = 1 << 30  # what read(k) may allocate for its decoded arrays unless told otherwise
 
 # Dtype names used in the header -> little-endian numpy dtypes. Names, not numpy codes, so that a
 # reader in another language needs no numpy knowledge.

@@ -45,7 +45,15 @@ def encode_pixels(x: np.ndarray, encoding: str, mean: Stats, std: Stats) -> np.n
 
 
 def decode_pixels(a: np.ndarray, encoding: str, mean: Stats, std: Stats) -> np.ndarray:
-    """Stored array [..., C, H, W] -> normalized float32 images of the same shape."""
+    """Stored array [..., C, H, W] -> normalized float32 images of the same shape.
+
+    Float encodings can hold NaN or infinity, which no image has: InvalidDataError naming the record.
+    """
+    if encoding != "uint8":
+        bad = ~np.isfinite(a)
+        if bad.any():
+            record = int(np.nonzero(bad.reshape(-1, int(np.prod(a.shape[-3:])) or 1).any(axis=1))[0][0])
+            raise InvalidDataError(f"images: record {record} holds NaN or infinity")
     if encoding == "uint8":
         m, s = _stats(mean, std, a.shape[-3])
         x = a.astype(np.float32)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
-import os
 import zlib
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -14,30 +12,55 @@ from formats.codecs import get_codec
 from formats.data import Prefix, RawPrefix
 from formats.errors import BudgetError, ChecksumError, InvalidDataError, TruncatedError
 from formats.header import Header, Preamble, parse_header, parse_preamble, unpack_header
-from formats.layout import PREAMBLE_SIZE
+from formats.layout import DEFAULT_MAX_DECODE_BYTES, PREAMBLE_SIZE
 from formats.pixels import decode_pixels
+from formats.source import MDCSource, open_source
+from formats.targets import CompactTargets, check_decode
 from formats.views import VIEW_ARRAYS, decode_views
 
 _COPY_CHUNK = 16 << 20
 _READ_CHUNK = 4 << 20
+VIEW_PARAM_BYTES = 16 + 1 + 4 + 16 + 4  # decoded crop, flip, partner, mix box, mix lam per view
+TargetsMode = Literal["dense", "compact"]
+
+
+def budget_int(ipc: Any) -> int:
+    """An IPC budget as a Python int: ints and numpy integers pass, anything else (bools included) is a
+    BudgetError. Converting first keeps numpy's fixed-width arithmetic out of offsets and sizes."""
+    if isinstance(ipc, (bool, np.bool_)) or not isinstance(ipc, (int, np.integer)):
+        raise BudgetError(f"IPC budget must be an integer, got {type(ipc).__name__} {ipc!r}")
+    return int(ipc)
+
+
+def _max_bytes(max_bytes: Any) -> int | None:
+    if max_bytes is None:
+        return None
+    if isinstance(max_bytes, (bool, np.bool_)) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 0:
+        raise ValueError(f"max_bytes must be a non-negative integer or None, got {max_bytes!r}")
+    return int(max_bytes)
 
 
 class MDCReader:
-    """An open .mdc file. Opening reads and validates only the preamble and the header."""
+    """An open .mdc file. Opening reads and validates only the preamble and the header.
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
-        self._f: io.FileIO = open(self.path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+    `source` is a path, the file's bytes (bytes, bytearray, memoryview: read in place), or a seekable
+    binary file object (io.BytesIO, open(path, "rb"); offsets count from its position 0, and the caller
+    keeps ownership: close() does not close it).
+    """
+
+    def __init__(self, source: MDCSource) -> None:
+        self._src = open_source(source)
+        self.path = self._src.name  # for messages; the path itself when opened from one
         self.bytes_read = 0
         try:
-            self.file_size = os.fstat(self._f.fileno()).st_size
+            self.file_size = self._src.size
             self.preamble: Preamble = parse_preamble(self._pread(0, min(PREAMBLE_SIZE, self.file_size)),
                                                      self.file_size)
             raw = unpack_header(self._pread(PREAMBLE_SIZE, self.preamble.header_length),
                                 self.preamble.header_crc32)
             self.spec: Header = parse_header(raw)
         except BaseException:
-            self._f.close()
+            self._src.close()
             raise
 
     # ------------------------------------------------------------------------------ properties
@@ -73,6 +96,7 @@ class MDCReader:
 
     def block_range(self, i: int) -> tuple[int, int]:
         """Absolute (offset, end) of IPC block i (0-based)."""
+        i = budget_int(i)
         if not 0 <= i < self.spec.ipc_max:
             raise BudgetError(f"block index {i} is outside 0..{self.spec.ipc_max - 1}")
         start, end = self.spec.block_range(i)
@@ -80,22 +104,44 @@ class MDCReader:
 
     def prefix_nbytes(self, ipc: int) -> int:
         """Bytes from offset 0 that hold the IPC-`ipc` prefix (what a range request must fetch)."""
-        self._check_budget(ipc)
+        ipc = self._check_budget(ipc)
         return self.block_range(ipc - 1)[1]
 
-    def decoded_nbytes(self, ipc: int) -> int:
-        """Memory that read(ipc) returns: float32 images, int64 labels, dense float32 targets."""
-        self._check_budget(ipc)
+    def decoded_nbytes(self, ipc: int, *, targets: TargetsMode = "dense") -> int:
+        """Memory that read(ipc, targets=...) returns: float32 images, int64 labels, the decoded view
+        parameters, and dense float32 targets [n, V, K] or (compact) the codec's stored arrays.
+
+        Known from the header alone; read() compares it with max_bytes before allocating anything.
+        """
+        ipc = self._check_budget(ipc)
+        _check_mode(targets)
+        s = self.spec
         n = ipc * self.num_classes
-        c, h, w = self.spec.image_shape
+        c, h, w = s.image_shape
         total = n * (c * h * w * 4 + 8)
-        if self.spec.views is not None:
-            total += n * self.spec.views.count * (self.num_classes * 4 + 4 * 4 * 2 + 4 + 4 + 1)
+        if s.views is not None:
+            total += n * s.views.count * VIEW_PARAM_BYTES
+            if targets == "dense":
+                total += n * s.views.count * self.num_classes * 4
+            else:
+                codec = get_codec(s.views.codec)
+                total += ipc * sum(s.arrays[a.name].length for a in codec.stored(s.views.codec_params(c)))
         return total
 
     # ---------------------------------------------------------------------------------- reading
-    def read(self, ipc: int, *, verify: bool = True) -> Prefix:
-        """The IPC-`ipc` prefix (records 0 .. ipc*C-1), decoded to float32 normalized images."""
+    def read(self, ipc: int, *, verify: bool = True, targets: TargetsMode = "dense",
+             max_bytes: int | None = DEFAULT_MAX_DECODE_BYTES) -> Prefix:
+        """The IPC-`ipc` prefix (records 0 .. ipc*C-1), decoded to float32 normalized images.
+
+        targets="dense" decodes the soft labels to float32 [n, V, K]; "compact" keeps them as stored
+        (formats.targets.CompactTargets: rows decode when indexed). DecodeLimitError, before anything is
+        read, when decoded_nbytes(ipc, targets=...) exceeds max_bytes (default 1 GiB; None: no limit).
+        """
+        ipc = self._check_budget(ipc)
+        _check_mode(targets)
+        limit = _max_bytes(max_bytes)
+        self._check_present(ipc)
+        check_decode(self.decoded_nbytes(ipc, targets=targets), limit, f"IPC-{ipc} of {self.path}")
         raw = self.read_raw(ipc, verify=verify)
         s = self.spec
         c = s.num_classes
@@ -110,16 +156,26 @@ class MDCReader:
         images = decode_pixels(a["images"], s.encoding, s.mean, s.std).reshape(n, *s.image_shape)
         views = None
         if s.views is not None:
-            v = s.views.count
-            params = s.views.codec_params(c)
-            codec = get_codec(s.views.codec)
-            stored = {sa.name: a[sa.name].reshape(n * v, *sa.shape) for sa in codec.stored(params)}
-            targets = codec.decode(stored, params).reshape(n, v, c)
+            compact = self._targets(a, n, limit)
             flat = {k: a[k].reshape(n, *a[k].shape[2:]) for k in VIEW_ARRAYS}
-            views = decode_views(flat, targets, c, s.image_shape[1:])
+            views = decode_views(flat, compact if targets == "compact" else np.asarray(compact), c,
+                                 s.image_shape[1:])
         return Prefix(ipc=ipc, images=images, labels=labels, views=views, num_classes=c,
                       label_kind=s.views.label_kind if s.views else None,
                       temperature=s.views.temperature if s.views else None)
+
+    def _targets(self, a: dict[str, np.ndarray], n: int, limit: int | None) -> CompactTargets:
+        """The codec's stored arrays of n records, copied out of the read buffer and checked (section 7)."""
+        views = self.spec.views
+        v = views.count
+        params = views.codec_params(self.num_classes)
+        codec = get_codec(views.codec)
+        stored = {}
+        for sa in codec.stored(params):
+            arr = a[sa.name].reshape(n * v, *sa.shape)
+            stored[sa.name] = arr.copy() if np.may_share_memory(arr, a[sa.name]) else arr
+        codec.check_stored(stored, params)
+        return CompactTargets(codec, params, stored, v, limit)
 
     def read_raw(self, ipc: int, *, verify: bool = True) -> RawPrefix:
         """The stored arrays of blocks 0..ipc-1, undecoded, checksums verified.
@@ -127,13 +183,9 @@ class MDCReader:
         Each array has shape [ipc, *per-block shape] and is a read-only view of one read buffer (no
         copy); `.reshape(ipc * C, ...)` indexes it by record (that copies).
         """
-        self._check_budget(ipc)
+        ipc = self._check_budget(ipc)
+        self._check_present(ipc)
         s = self.spec
-        present = self.blocks_present
-        if ipc > present:
-            raise TruncatedError(
-                f"{self.path}: file holds {present} of {s.ipc_max} IPC blocks ({self.file_size} bytes); "
-                f"IPC-{ipc} needs {self.prefix_nbytes(ipc)} bytes")
         stride, length = s.block_stride, s.block_length
         start = self.body_offset + s.blocks_offset
         nbytes = (ipc - 1) * stride + length
@@ -210,30 +262,28 @@ class MDCReader:
             pos = end
 
     # ---------------------------------------------------------------------------------- plumbing
-    def _check_budget(self, ipc: int) -> None:
-        if isinstance(ipc, bool) or not isinstance(ipc, (int, np.integer)):
-            raise BudgetError(f"IPC budget must be an integer, got {type(ipc).__name__}")
+    def _check_budget(self, ipc: Any) -> int:
+        ipc = budget_int(ipc)
         if not 1 <= ipc <= self.spec.ipc_max:
             raise BudgetError(f"IPC budget {ipc} is outside 1..{self.spec.ipc_max} (ipc_max of {self.path})")
+        return ipc
+
+    def _check_present(self, ipc: int) -> None:
+        present = self.blocks_present
+        if ipc > present:
+            raise TruncatedError(
+                f"{self.path}: file holds {present} of {self.spec.ipc_max} IPC blocks ({self.file_size} bytes); "
+                f"IPC-{ipc} needs {self.prefix_nbytes(ipc)} bytes")
 
     def _advise(self, offset: int, length: int) -> None:
-        """Tell the kernel which range comes next, so it reads ahead while blocks are checked."""
-        if length >= _READ_CHUNK and hasattr(os, "posix_fadvise"):
-            try:
-                os.posix_fadvise(self._f.fileno(), offset, length, os.POSIX_FADV_WILLNEED)
-            except OSError:
-                pass
+        if length >= _READ_CHUNK:
+            self._src.advise(offset, length)
 
     def _readinto(self, offset: int, view: memoryview) -> None:
-        """Fill view from the file at offset (positional reads where the OS has them: thread-safe)."""
+        """Fill view from the source at offset."""
         got = 0
-        fd = self._f.fileno()
         while got < len(view):
-            if hasattr(os, "preadv"):
-                n = os.preadv(fd, [view[got:]], offset + got)
-            else:
-                self._f.seek(offset + got)
-                n = self._f.readinto(view[got:])
+            n = self._src.readinto(offset + got, view[got:])
             if not n:
                 raise TruncatedError(f"{self.path}: unexpected end of file at byte {offset + got}")
             got += n
@@ -245,7 +295,7 @@ class MDCReader:
         return buf
 
     def close(self) -> None:
-        self._f.close()
+        self._src.close()
 
     def __enter__(self) -> MDCReader:
         return self
@@ -254,15 +304,21 @@ class MDCReader:
         self.close()
 
     def __del__(self) -> None:
-        f = getattr(self, "_f", None)
-        if f is not None:
-            f.close()
+        src = getattr(self, "_src", None)
+        if src is not None:
+            src.close()
 
     def __repr__(self) -> str:
         return (f"MDCReader({self.path!r}, dataset={self.spec.dataset!r}, ipc_max={self.ipc_max}, "
                 f"blocks_present={self.blocks_present})")
 
 
-def open_mdc(path: str | os.PathLike[str]) -> MDCReader:
-    """Open an .mdc file and validate its header; block bytes are read only by read()."""
-    return MDCReader(path)
+def _check_mode(targets: Any) -> None:
+    if targets not in ("dense", "compact"):
+        raise ValueError(f"targets must be 'dense' or 'compact', got {targets!r}")
+
+
+def open_mdc(source: MDCSource) -> MDCReader:
+    """Open an .mdc file (a path, its bytes, or a binary file object) and validate its header; block bytes
+    are read only by read()."""
+    return MDCReader(source)

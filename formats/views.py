@@ -7,6 +7,8 @@ costs readers nothing and roughly halves the bytes per view.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from formats.data import Views
@@ -98,11 +100,18 @@ def encode_views(views: Views, n: int, num_classes: int, image_hw: tuple[int, in
     }
 
 
-def decode_views(arrays: dict[str, np.ndarray], targets: np.ndarray, num_classes: int,
+def _first(bad: np.ndarray) -> tuple[int, int]:
+    """(record, view) of the first True entry of an [n, V, ...] mask (for messages)."""
+    r, j = (int(t[0]) for t in np.nonzero(bad.reshape(*bad.shape[:2], -1).any(axis=2)))
+    return r, j
+
+
+def decode_views(arrays: dict[str, np.ndarray], targets: Any, num_classes: int,
                  image_hw: tuple[int, int]) -> Views:
     """Stored view arrays [n, V, ...] -> a Views with the API dtypes, after the same checks as the writer's.
 
-    Blocks pass their checksum first, so this only fires on a file written wrong, not on damage.
+    Blocks pass their checksum first, so this only fires on a file written wrong (or crafted), not on
+    damage. `targets` is passed through: dense [n, V, K] or formats.targets.CompactTargets.
     """
     flip = arrays["flip"]
     if flip.size and int(flip.max()) > 1:
@@ -111,9 +120,14 @@ def decode_views(arrays: dict[str, np.ndarray], targets: np.ndarray, num_classes
     crop = arrays["crop"].astype(np.float32)
     box = arrays["mix_box"].astype(np.float32)
     lam = arrays["mix_lam"].astype(np.float32)
+    for name, a in (("crop", crop), ("mix_box", box), ("mix_lam", lam)):
+        if not np.isfinite(a).all():
+            r, j = _first(~np.isfinite(a))
+            raise InvalidDataError(f"views.{name}[{r}, {j}] holds NaN or infinity")
+    if ((lam < 0) | (lam > 1)).any():
+        r, j = _first((lam < 0) | (lam > 1))
+        raise InvalidDataError(f"views.mix_lam[{r}, {j}] = {float(lam[r, j])} is outside [0, 1]")
     check_partners(partner, num_classes)
     check_boxes(crop, partner, box, image_hw)
-    if not np.isfinite(lam).all():
-        raise InvalidDataError("views.mix_lam contains NaN or infinity")
     return Views(crop=crop, flip=flip.astype(bool), mix_partner=partner, mix_box=box, mix_lam=lam,
                  targets=targets)

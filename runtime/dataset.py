@@ -55,7 +55,9 @@ class Dataset:
     ipc: int
     num_classes: int
     class_names: list[str]
-    views: Any = None  # formats.Views (targets as stored: see label_kind) or None
+    # formats.Views or None; views.targets are the teacher outputs (see label_kind), dense [n, V, K] or, from
+    # runtime.load, a formats.targets.CompactTargets that decodes only the rows a batch indexes
+    views: Any = None
     label_kind: str = "probs"
     temperature: float = 1.0
     mean: tuple[float, ...] | None = None
@@ -92,7 +94,9 @@ class Dataset:
 
     @property
     def soft_labels(self) -> np.ndarray | None:
-        """Teacher probabilities per record and view, float32 [n, V, K] (decoded on each access)."""
+        """Teacher probabilities per record and view, float32 [n, V, K], decoded whole on each access
+        (formats.DecodeLimitError when that exceeds the max_bytes of runtime.load); batches decode only
+        their own rows."""
         if not self.has_soft_labels:
             return None
         return decode_targets(self.views.targets, self.label_kind, self.temperature)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from formats import open_mdc
+from formats.layout import DEFAULT_MAX_DECODE_BYTES
+from formats.source import MDCSource
 from runtime.backends import make_trainer
 from runtime.budget import Budget, FileFacts, check_int_budget, choose_ipc
 from runtime.calibrate import Calibration, calibrate
@@ -39,10 +40,16 @@ def _calibrate(reader: Any, budget: Budget, cfg: TrainConfig, backend: str, trai
     return cal, batch
 
 
-def load(path: str | os.PathLike[str], budget: BudgetLike = None, *, config: TrainConfig | None = None,
+def load(path: MDCSource, budget: BudgetLike = None, *, config: TrainConfig | None = None,
          backend: str = "onnx", trainer: TrainerSource = None, arch: str | None = None,
-         calibration_steps: int = 3, **settings: Any) -> Dataset:
+         calibration_steps: int = 3, max_bytes: int | None = DEFAULT_MAX_DECODE_BYTES,
+         **settings: Any) -> Dataset:
     """The IPC-k prefix of an .mdc file as a Dataset, reading only that prefix's bytes.
+
+    path: a file path, the file's bytes (bytes, bytearray, memoryview), or a seekable binary file object
+    (io.BytesIO, open(path, "rb")). Soft labels stay as the file stores them and decode per batch;
+    max_bytes caps what the decoded prefix may take (formats.DecodeLimitError before anything is
+    allocated; default 1 GiB, None for no limit).
 
     budget: an int k (1..ipc_max; runtime.BudgetError outside, formats.TruncatedError past a cut file),
     None (every block present), or Budget(seconds=..., memory_mb=...): the largest prefix whose training
@@ -59,13 +66,13 @@ def load(path: str | os.PathLike[str], budget: BudgetLike = None, *, config: Tra
             k, report = choose_ipc(budget, file_facts(reader), cfg.epochs, batch, cal)
         else:
             k = check_int_budget(budget, reader.ipc_max)
-        prefix = reader.read(k)
+        prefix = reader.read(k, targets="compact", max_bytes=max_bytes)
         s = reader.spec
         return Dataset(images=prefix.images, labels=prefix.labels, ipc=prefix.ipc,
                        num_classes=prefix.num_classes, class_names=list(s.class_names), views=prefix.views,
                        label_kind=prefix.label_kind or "probs", temperature=prefix.temperature or 1.0,
                        mean=tuple(s.mean), std=tuple(s.std), dataset=s.dataset,
-                       trainer_bundle=reader.trainer_bundle(), path=os.fspath(path), budget=report)
+                       trainer_bundle=reader.trainer_bundle(), path=reader.path, budget=report)
 
 
 __all__ = ["BudgetLike", "file_facts", "load"]

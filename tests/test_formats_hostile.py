@@ -275,13 +275,13 @@ def test_bad_msgpack_headers(small, tmp_path: Path, raw: bytes, error: type) -> 
 def test_many_small_containers_are_bounded(small, tmp_path: Path) -> None:
     data, good, _ = small
     path = tmp_path / "m.mdc"
-    path.write_bytes(rebuild(data, None, raw=b"\xdc\xff\xff" + b"\x90" * 0xFFFF))  # 65535 empty arrays: fine
-    with pytest.raises(formats.InconsistentHeaderError, match="is a list"):
-        formats.open_mdc(path)
-    many = b"\xdd" + struct.pack(">I", 300_000) + b"\x90" * 300_000
+    path.write_bytes(rebuild(data, None, raw=b"\xdc\xff\xff" + b"\x90" * 0xFFFF))  # 65535 empty arrays, no map
+    with bounded_memory(), pytest.raises(formats.InconsistentHeaderError, match="is a list, not a map"):
+        formats.open_mdc(path)  # the first byte says so: nothing is unpacked
+    many = b"\x81\xa1a\xdd" + struct.pack(">I", 300_000) + b"\x90" * 300_000
     path.write_bytes(rebuild(data, None, raw=many))
-    # 200k empty lists before the limit trips: tens of MB, not the GBs an unbounded count could reach
-    with bounded_memory(64 << 20), pytest.raises(formats.InconsistentHeaderError, match="maps and arrays"):
+    # counted while scanning, before msgpack builds a single list
+    with bounded_memory(), pytest.raises(formats.InconsistentHeaderError, match="more than 200000 maps and arrays"):
         formats.open_mdc(path)
 
 
