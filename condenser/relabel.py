@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from condenser.distributed import DistContext, current
+from condenser.progress import track
 from formats import Views
 from runtime._torch_views import apply_views
 
@@ -134,7 +135,7 @@ def relabel(
     batches = ctx.shard((total + cfg.batch_size - 1) // cfg.batch_size)  # this rank's contiguous batches
     lo, hi = batches.start * cfg.batch_size, min(batches.stop * cfg.batch_size, total)
     targets = torch.empty(max(hi - lo, 0), num_classes)
-    for start in range(lo, hi, cfg.batch_size):
+    for start in track(range(lo, hi, cfg.batch_size), f"relabel {total} views"):
         sl = slice(start, min(start + cfg.batch_size, hi))
         x = apply_views(src, records[sl], flat["crop"][sl], flat["flip"][sl], flat["mix_partner"][sl],
                         flat["mix_box"][sl])

@@ -141,13 +141,15 @@ def train(ds: Dataset, arch: str | None = None, backend: str = "onnx", *, epochs
           momentum: float | None = None, weight_decay: float | None = None, threads: int | None = None,
           trainer: TrainerSource = None, config: TrainConfig | None = None,
           arch_kwargs: dict[str, Any] | None = None,
-          callback: Callable[[int, float], None] | None = None, **settings: Any) -> Model:
+          callback: Callable[[int, float], None] | None = None,
+          progress: Callable[[int, int], None] | None = None, **settings: Any) -> Model:
     """Train a fresh network on `ds` and return it.
 
     The keyword settings are TrainConfig fields (see runtime/config.py for defaults and meaning); those
     given override `config`. arch None = the trainer bundle's, else "convnet". trainer: a TrainerBundle,
     its bytes or a bundle file; None = the bundle embedded in the file. callback(epoch, mean_loss) runs
-    after every epoch. Unknown keywords raise ConfigError.
+    after every epoch, progress(steps_done, steps_total) after every step (runtime.progress.step_reporter
+    turns it into log lines). Unknown keywords raise ConfigError.
     """
     given = dict(epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule, seed=seed, labels=labels,
                  init=init, momentum=momentum, weight_decay=weight_decay, threads=threads)
@@ -163,6 +165,8 @@ def train(ds: Dataset, arch: str | None = None, backend: str = "onnx", *, epochs
     spe = steps_per_epoch(len(ds), batch_size)
     t0 = time.perf_counter()
     step = 0
+    if progress is not None:
+        progress(0, cfg.epochs * spe)
     for epoch in range(cfg.epochs):
         total = 0.0
         for batch in ds.batches(batch_size, labels=mode, rng=rng):
@@ -172,6 +176,8 @@ def train(ds: Dataset, arch: str | None = None, backend: str = "onnx", *, epochs
                                     f"{learning_rate(cfg, step, spe):.3g}); lower lr")
             total += loss
             step += 1
+            if progress is not None:
+                progress(step, cfg.epochs * spe)
         model.losses.append(total / spe)
         if callback is not None:
             callback(epoch, model.losses[-1])

@@ -157,7 +157,7 @@ def test_show_writes_the_grid_of_denormalised_images(tmp_path, fmnist_train):
     sets = random_sets(fmnist_train, 3, seed=1)
     files = write_sized_sets(sets, tmp_path / "rand.mdc", cfg, get_profile("smoke"), fmnist_train, None)
     result = CliRunner().invoke(app, ["show", str(files.paths[3]), "--out", str(tmp_path / "g.png"),
-                                      "--scale", "2", "--pad", "1"])
+                                      "--scale", "2", "--pad", "1", "--no-labels"])
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "g.png") as img:
         grid = np.asarray(img)
@@ -186,7 +186,7 @@ def test_baseline_c_cli_writes_a_valid_nested_file_that_eval_reads(tmp_path):
     result = CliRunner().invoke(app, ["eval", str(out), "--profile", "smoke", "--epochs", "1", "--seeds", "2",
                                       "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    data = json.loads((tmp_path / "c.mdc.results.json").read_text())
+    data = json.loads((tmp_path / "c.mdc.eval.json").read_text())
     assert set(data["sizes"]) == {"1", "2"}
     for row in data["sizes"].values():
         for mode in ("hard", "soft"):

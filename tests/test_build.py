@@ -58,9 +58,9 @@ def test_hard_label_build_and_eval_cli(tmp_path):
     with formats.open_mdc(out.path) as reader:
         assert reader.read(2).views is None
     result = CliRunner().invoke(app, ["eval", str(out.path), "--sizes", "1-2", "--profile", "smoke",
-                                      "--epochs", "1", "--seeds", "2", "--device", "cpu"])
+                                      "--epochs", "1", "--seeds", "2", "--device", "cpu", "--write"])
     assert result.exit_code == 0, result.output
-    data = json.loads((tmp_path / "h.mdc.results.json").read_text())
+    data = json.loads((tmp_path / "h.mdc.eval.json").read_text())
     assert set(data["sizes"]) == {"1", "2"}
     row = data["sizes"]["1"]
     assert len(row["hard"]["accuracies"]) == 2 and "soft" not in row

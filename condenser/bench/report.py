@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import textwrap
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -81,6 +82,45 @@ def markdown_table(results: dict) -> str:
                                             "–" if avg is None else f"{avg:.2f}",
                                             "–" if diff is None else f"{diff:+.2f}"]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _short_cell(s: dict | None) -> str:
+    return "-" if s is None else f"{s['mean']:.1f}±{s['std']:.1f}"
+
+
+def _console_rows(results: dict) -> list[tuple[str, list[str]]]:
+    """(row name, cells: one per size, then Avg. and Diff.) for every (label mode, method)."""
+    rows = []
+    for lab in results["labels"]:
+        for m in results["methods"]:
+            row = results["table"].get(m, {}).get(lab, {})
+            summ = results["summary"].get(m, {}).get(lab, {})
+            avg, diff = summ.get("avg"), summ.get("diff")
+            cells = [_short_cell(row.get(str(n))) for n in results["sizes"]]
+            cells += ["-" if avg is None else f"{avg:.1f}", "-" if diff is None else f"{diff:+.1f}"]
+            rows.append((f"{lab} {m}", cells))
+    return rows
+
+
+def console_table(results: dict, width: int = 80) -> str:
+    """The per-size table as plain fixed-width text for a terminal or a log: no line longer than `width`
+    (columns that do not fit continue in a block below, each block repeating the row names), no cell cut."""
+    rows = _console_rows(results)
+    heads = [f"IPC {n}" for n in results["sizes"]] + ["Avg.", f"vs {REFERENCE}"]
+    name_w = max(len("labels method"), *(len(name) for name, _ in rows))
+    col_w = max(len(h) for h in heads)
+    col_w = max(col_w, *(len(c) for _, cells in rows for c in cells))
+    per_block = max(1, (width - name_w) // (col_w + 1))
+    lines = []
+    for lo in range(0, len(heads), per_block):
+        cols = range(lo, min(lo + per_block, len(heads)))
+        lines.append(f"{'labels method':<{name_w}}" + "".join(f" {heads[i]:>{col_w}}" for i in cols))
+        lines += [f"{name:<{name_w}}" + "".join(f" {cells[i]:>{col_w}}" for i in cols) for name, cells in rows]
+        lines.append("")
+    legend = (f"Test accuracy (%), mean±std over {len(results['seeds'])} seeds, last epoch. Avg. = mean over sizes; "
+              f"vs {REFERENCE} = Avg. minus Baseline {REFERENCE}'s with the same labels. "
+              + "; ".join(f"{m} = {DISPLAY_NAMES.get(m, m)}" for m in results["methods"]) + ".")
+    return "\n".join(lines + textwrap.wrap(legend, width)) + "\n"
 
 
 def markdown_report(results: dict) -> str:

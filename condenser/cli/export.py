@@ -8,15 +8,15 @@ from typing import Annotated
 
 import typer
 
-from condenser.cli.app import app
-from condenser.cli.options import DataRoot, Dataset, Seed
+from condenser.cli.app import Debug, Quiet, app
+from condenser.cli.options import DataRoot, Dataset, Seed, check_writable_file
 
 
 @app.command("export-trainer")
 def export_trainer_cmd(
     arch: Annotated[str, typer.Option("--arch", "-a", help="Model (convnet, resnet-ap10).")] = "convnet",
     dataset: Dataset = "fashion-mnist",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Graph batch size.")] = 64,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Graph batch size.")] = 64,
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle file to write.")] = Path("trainer.msgpack"),
     width: Annotated[int | None, typer.Option(help="Model width (default: the model's).")] = None,
     depth: Annotated[int | None, typer.Option(help="Model depth (default: the model's).")] = None,
@@ -25,13 +25,17 @@ def export_trainer_cmd(
     weight_decay: Annotated[float, typer.Option(help="SGD weight decay, baked into the graph.")] = 5e-4,
     data_root: DataRoot = None,
     seed: Seed = 0,
+    quiet: Quiet = False,
+    debug: Debug = False,
 ) -> None:
     """Export an SGD train step and the inference pass as ONNX graphs that onnxruntime alone can run."""
     from condenser.data import get_spec
     from condenser.errors import CondenserError
     from condenser.export import ExportSettings, export_trainer
+    from condenser.progress import stage
     from runtime.bundle import SGDConfig
 
+    check_writable_file(out)
     model_kwargs = {k: v for k, v in {"width": width, "depth": depth, "norm": norm}.items() if v is not None}
     try:
         spec = get_spec(dataset, data_root)
@@ -40,7 +44,8 @@ def export_trainer_cmd(
                                   sgd=SGDConfig(momentum=momentum, weight_decay=weight_decay),
                                   dataset=spec.name, mean=spec.mean, std=spec.std)
         start = time.perf_counter()
-        bundle = export_trainer(settings)
+        with stage(f"export {arch} train step (batch {batch_size})"):
+            bundle = export_trainer(settings)
         seconds = time.perf_counter() - start
         bundle.save(out)
     except (CondenserError, OSError) as exc:

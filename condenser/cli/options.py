@@ -1,23 +1,138 @@
-"""Options shared by several commands, defined once."""
+"""Options shared by several commands, defined once, each checked when the command line is parsed.
+
+A bad value fails before any long work starts (a teacher that trains for an hour, then a typo in
+`--codec` at the final pack, is what these checks exist to prevent); the message names the option and
+the accepted values, and the app prints it as one line (condenser/cli/app.py).
+"""
 
 from __future__ import annotations
 
+import re
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-Dataset = Annotated[str, typer.Option("--dataset", "-d", help="Dataset name (fashion-mnist, mnist, cifar10, "
-                                      "cifar100, svhn, tiny-imagenet, imagefolder:PATH).")]
+from condenser.errors import CondenserError
+from condenser.progress import is_quiet
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _profile(name: str | None) -> str | None:
+    from condenser.profiles import PROFILES
+
+    if name is not None and name not in PROFILES:
+        raise typer.BadParameter(f"unknown profile {name!r}; use one of {', '.join(PROFILES.names())}")
+    return name
+
+
+def _dataset(name: str) -> str:
+    from condenser.data import get_source
+
+    try:
+        get_source(name)
+    except CondenserError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return name
+
+
+def _device(name: str) -> str:
+    if not _DEVICE.fullmatch(name):
+        raise typer.BadParameter(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    return name
+
+
+def _codec(name: str) -> str:
+    from formats import CODECS
+
+    if name not in CODECS:
+        raise typer.BadParameter(f"unknown soft-label codec {name!r}; use one of {', '.join(CODECS.names())}")
+    return name
+
+
+def _pixels(name: str) -> str:
+    from formats.pixels import PIXEL_DTYPES
+
+    if name not in PIXEL_DTYPES:
+        raise typer.BadParameter(f"unknown pixel encoding {name!r}; use one of {', '.join(PIXEL_DTYPES)}")
+    return name
+
+
+def _soft_labels(value: str) -> str:
+    if value not in ("teacher", "none"):
+        raise typer.BadParameter(f"{value!r}: use teacher (soft-label views) or none (hard labels only)")
+    return value
+
+
+Dataset = Annotated[str, typer.Option("--dataset", "-d", callback=_dataset, help="Dataset name (fashion-mnist, "
+                                      "mnist, cifar10, cifar100, svhn, tiny-imagenet, imagefolder:PATH, "
+                                      "synthetic:K:CxHxW).")]
 DataRoot = Annotated[Path | None, typer.Option("--data-root", help="Directory holding the dataset files "
                                                "(default: $MULTISIZE_DATA, cache, system paths).")]
-Profile = Annotated[str | None, typer.Option("--profile", "-p", help="Budget profile: smoke, cpu or paper "
-                                             "(default: paper with a GPU, cpu without).")]
-Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")]
+Download = Annotated[bool, typer.Option("--download", help="Let torchvision download a missing dataset (needs "
+                                        "network) into --data-root, $MULTISIZE_DATA or the user cache.")]
+Profile = Annotated[str | None, typer.Option("--profile", "-p", callback=_profile, help="Budget profile: smoke, "
+                                             "cpu or paper (default: paper with a GPU, cpu without).")]
+Device = Annotated[str, typer.Option("--device", callback=_device,
+                                     help="auto (CUDA when present), cpu, cuda, cuda:1 ...")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
+Codec = Annotated[str, typer.Option("--codec", callback=_codec,
+                                    help="Soft-label codec: dense-f16, dense-f32, topk-f16, topk-u8.")]
+SoftLabels = Annotated[str, typer.Option(callback=_soft_labels, help="teacher (soft-label views) or none.")]
+Pixels = Annotated[str, typer.Option("--pixels", callback=_pixels, help="Pixel encoding: uint8, float16, float32.")]
 
 
 def resolve_profile(name: str | None) -> str:
     from condenser.profiles import default_profile_name
 
     return name or default_profile_name()
+
+
+def log(message: str) -> None:
+    """A command's progress message (stdout), silenced by --quiet."""
+    if not is_quiet():
+        typer.echo(message)
+
+
+def check_writable_file(path: Path, option: str = "--out") -> Path:
+    """Fail now, not after hours of work, if `path` cannot be written (directory missing or read-only)."""
+    if path.is_dir():
+        raise CondenserError(f"{option} {path} is a directory; give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise CondenserError(f"{option} {path}: directory {parent} does not exist; create it or choose another path")
+    _probe_write(parent, option, path)
+    return path
+
+
+def check_writable_dir(path: Path, option: str = "--out") -> Path:
+    """A directory that exists and is writable, or whose nearest existing ancestor is (it is created later)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CondenserError(f"{option} {path}: {existing} is not a directory; choose another path")
+    _probe_write(existing, option, path)
+    return path
+
+
+def _probe_write(directory: Path, option: str, path: Path) -> None:
+    """Create and delete a temp file: the only test that also holds for root and read-only mounts."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise CondenserError(f"{option} {path}: cannot write in {directory} ({exc.strerror}); "
+                             "choose another path") from None
+
+
+def require_data(dataset: str, data_root: Path | None, download: bool, splits: Sequence[str]) -> None:
+    """Every split the command will load is present (downloaded first with --download), checked up front."""
+    from condenser.data import get_source
+
+    source = get_source(dataset)
+    for split in splits:
+        source.require(split, data_root, download)

@@ -1,4 +1,7 @@
-"""`condenser show FILE --out grid.png`: look at what was condensed (classes as rows, IPC order as columns)."""
+"""`condenser show FILE --out grid.png`: look at what was condensed (classes as rows, IPC order as columns).
+
+Needs numpy, Pillow and formats only (condenser/grid.py): no torch import, so it answers in about a second.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +10,25 @@ from typing import Annotated
 
 import typer
 
-from condenser.cli.app import app
+from condenser.cli.app import Debug, app
+from condenser.cli.options import check_writable_file
 
 
 @app.command()
 def show(
     file: Annotated[Path, typer.Argument(help="A .mdc file.", exists=True, dir_okay=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("grid.png"),
-    ipc: Annotated[int | None, typer.Option(help="Show the IPC-k prefix (default: every stored block).")] = None,
-    scale: Annotated[int, typer.Option(help="Integer upscaling of every image (nearest).")] = 1,
-    pad: Annotated[int, typer.Option(help="Pixels between images.")] = 2,
+    ipc: Annotated[int | None, typer.Option(min=1, help="Show the IPC-k prefix (default: every stored "
+                                            "block).")] = None,
+    scale: Annotated[int, typer.Option(min=1, help="Integer upscaling of every image (nearest).")] = 1,
+    pad: Annotated[int, typer.Option(min=0, help="Pixels between images.")] = 2,
+    labels: Annotated[bool, typer.Option("--labels/--no-labels", help="Class names left of the rows, IPC "
+                                         "indices above the columns.")] = True,
+    debug: Debug = False,
 ) -> None:
     """Write the synthetic images as a grid, denormalised with the file's mean/std."""
-    from condenser.bench.grid import show_file
+    from condenser.grid import show_file
 
-    grid = show_file(file, out, ipc=ipc, pad=pad, scale=scale)
+    check_writable_file(out)
+    grid = show_file(file, out, ipc=ipc, pad=pad, scale=scale, labels=labels)
     typer.echo(f"wrote {out} ({grid.shape[1]}x{grid.shape[0]} pixels)")

@@ -35,6 +35,14 @@ class DatasetSource(ABC):
     def load(self, split: str, root: str | Path | None = None, download: bool = False) -> ImageDataset:
         """The split ("train" or "test") in memory."""
 
+    def require(self, split: str, root: str | Path | None = None, download: bool = False) -> None:
+        """Raise DatasetNotFoundError now if `split` cannot be loaded (commands check before long work).
+
+        The default loads it (decoded once per process, so the later load is free); file sources only
+        look for their files.
+        """
+        self.load(split, root, download)
+
 
 class FileSource(DatasetSource):
     """A dataset stored as files under one of the searched roots (see condenser.data.roots)."""
@@ -69,10 +77,11 @@ class FileSource(DatasetSource):
         raise DatasetNotFoundError(f"dataset {self.name!r} has no automatic download; see the hints")
 
     def hints(self, base: Path) -> list[str]:
-        """Ways to get the data, most convenient first."""
+        """Ways to get the data, most convenient first. `--download` exists on every command that loads
+        a dataset (build, teacher, eval, bench, baseline)."""
         return [
-            f"download it (needs network): load_dataset({self.name!r}, download=True), or --download "
-            f"on the command line; files go under {base}",
+            f"rerun with --download (needs network; in Python load_dataset({self.name!r}, download=True)); "
+            f"files go under {base}",
             f"or put {self.files('train')} and {self.files('test')} in <root>/{self.dirnames[0]}/ "
             "(<root> = --data-root, $MULTISIZE_DATA or the user cache)",
             IMAGEFOLDER_HINT,
@@ -84,6 +93,9 @@ class FileSource(DatasetSource):
             if self.present(cand.path, split):
                 return cand.path, tried
         return None, tried
+
+    def require(self, split: str, root: str | Path | None = None, download: bool = False) -> None:
+        self.resolve(split, root, download)
 
     def resolve(self, split: str, root: str | Path | None = None, download: bool = False) -> Path:
         """The directory holding the split, downloading first when allowed; else a clear error."""
@@ -101,14 +113,17 @@ class FileSource(DatasetSource):
             directory, tried = self.find(split, root)
             if directory is not None:
                 return directory
-        lines = [f"dataset {self.name!r} ({split} split) not found: looked for {self.files(split)} in"]
+        hints = self.hints(base)
+        # first line: the problem and the first fix (the CLI prints only this line); then the details
+        failed = f"; the download into {base} failed ({failure})" if failure else ""
+        fix = "check the network or put the files in place" if failure else hints[0]
+        lines = [f"dataset {self.name!r} ({split} split) not found in {len(tried)} places{failed}; fix: {fix}",
+                 f"Looked for {self.files(split)} in"]
         lines += [f"  {c.path}  ({c.origin})" for c in tried]
-        if download:
-            lines.append(
-                f"The download into {base} failed: {failure!r}" if failure else f"(downloaded into {base})"
-            )
+        if download and not failure:
+            lines.append(f"(downloaded into {base}, but the files are still missing)")
         lines.append("How to get it:")
-        lines += [f"  - {h}" for h in self.hints(base)]
+        lines += [f"  - {h}" for h in hints]
         raise DatasetNotFoundError("\n".join(lines)) from failure
 
     def load(self, split: str, root: str | Path | None = None, download: bool = False) -> ImageDataset:
