@@ -59,8 +59,8 @@ _NODE = {1: "input", 2: "output", 3: "name", 4: "op_type", 5: "attribute", 6: "d
          9: "metadata_props"}
 _NODE_REFUSED = {8: "overload (a function call)", 10: "device_configurations"}
 _ATTRIBUTE = {1: "name", 2: "f", 3: "i", 4: "s", 5: "t", 8: "ints", 13: "doc_string", 20: "type"}
-_ATTRIBUTE_REFUSED = {6: "g (a subgraph)", 7: "floats", 9: "strings", 10: "tensors", 11: "graphs (subgraphs)", 14: "tp",
-                      15: "type_protos", 21: "ref_attr_name (only valid in a function)",
+_ATTRIBUTE_REFUSED = {6: "g (a subgraph)", 7: "floats", 9: "strings", 10: "tensors", 11: "graphs (subgraphs)",
+                      14: "tp", 15: "type_protos", 21: "ref_attr_name (only valid in a function)",
                       22: "sparse_tensor", 23: "sparse_tensors"}
 _TENSOR = {1: "dims", 2: "data_type", 4: "float_data", 5: "int32_data", 6: "string_data", 7: "int64_data",
            8: "name", 9: "raw_data", 10: "double_data", 11: "uint64_data", 12: "doc_string",
