@@ -19,6 +19,7 @@ from condenser.cli.options import (
     Profile,
     check_writable_file,
     log,
+    reading,
     require_data,
     resolve_profile,
 )
@@ -118,7 +119,7 @@ def eval_file(
     if loss is not None or gamma is not None:
         budget = replace(budget, loss=loss or budget.loss, loss_gamma=budget.loss_gamma if gamma is None else gamma)
     modes = [m.strip() for m in labels.split(",") if m.strip()]
-    with formats.open_mdc(file) as reader:
+    with reading(file), formats.open_mdc(file) as reader:
         wanted = check_sizes(reader, sizes, modes)
         if dataset is None:  # refused before any work if the header names a path
             dataset = header_dataset(reader.header.get("dataset"), f"the header of {file}")

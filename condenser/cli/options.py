@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -95,6 +96,17 @@ def log(message: str) -> None:
     """A command's progress message (stdout), silenced by --quiet."""
     if not is_quiet():
         typer.echo(message)
+
+
+@contextmanager
+def reading(file: Path) -> Iterator[None]:
+    """A bad .mdc ends as `FILE: what is wrong` (formats' messages name the offset or key, not the file)."""
+    from formats import FormatError
+
+    try:
+        yield
+    except FormatError as exc:
+        raise CondenserError(f"{file}: {exc}") from exc
 
 
 def check_writable_file(path: Path, option: str = "--out") -> Path:

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from condenser.cli.app import Debug, app
-from condenser.cli.options import check_writable_file
+from condenser.cli.options import check_writable_file, reading
 
 
 @app.command()
@@ -30,5 +30,6 @@ def show(
     from condenser.grid import show_file
 
     check_writable_file(out)
-    grid = show_file(file, out, ipc=ipc, pad=pad, scale=scale, labels=labels)
+    with reading(file):
+        grid = show_file(file, out, ipc=ipc, pad=pad, scale=scale, labels=labels)
     typer.echo(f"wrote {out} ({grid.shape[1]}x{grid.shape[0]} pixels)")
