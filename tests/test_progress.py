@@ -167,3 +167,28 @@ def test_runtime_train_into_a_log_writes_progress_lines(smoke_build, loud, capsy
     assert re.fullmatch(STAMP + r"train IPC-2 with torch: done, 4/4 \(100%\) in \d+s", err[-1])
     assert main(["train", str(path), "--backend", "torch", "--epochs", "1", "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def _bench_results(sizes: int) -> dict:
+    methods, labels = ["A", "B", "C", "mdc", "random"], ["hard", "soft"]
+    table = {m: {lab: {str(n): {"mean": 10.0 + n + i, "std": 0.25 * i} for n in range(1, sizes + 1)}
+                 for lab in labels} for i, m in enumerate(methods)}
+    del table["A"]["soft"]["2"]  # a cell still running
+    summary = {m: {lab: {"avg": 50.0 + i, "diff": float(i - 2)} for lab in labels} for i, m in enumerate(methods)}
+    summary["A"]["soft"] = {"avg": None, "diff": None}
+    return {"sizes": list(range(1, sizes + 1)), "methods": methods, "labels": labels, "table": table,
+            "summary": summary, "seeds": [0, 1, 2]}
+
+
+@pytest.mark.parametrize("sizes", [3, 10, 50])
+def test_the_bench_console_table_fits_80_columns_and_cuts_no_number(sizes):
+    from condenser.bench.report import console_table
+
+    text = console_table(_bench_results(sizes))
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text
+    cells = text.split()
+    assert "12.0±0.2" in cells and f"{10 + sizes + 4:.1f}±1.0" in cells  # B at IPC 1, random at the largest size
+    assert "54.0" in cells and "+2.0" in cells and "-2.0" in cells  # Avg. and the difference to Baseline C
+    assert sum(line.startswith("soft A ") for line in text.splitlines()) == -(-(sizes + 2) // 7)  # one per block
+    assert "A = separate per size" in " ".join(cells)

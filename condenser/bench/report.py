@@ -102,6 +102,12 @@ def _console_rows(results: dict) -> list[tuple[str, list[str]]]:
     return rows
 
 
+def _legend(method: str) -> str:
+    """'A (separate per size)' -> 'separate per size'; other display names as they are."""
+    name = DISPLAY_NAMES.get(method, method)
+    return name[len(method) + 2:-1] if name.startswith(f"{method} (") and name.endswith(")") else name
+
+
 def console_table(results: dict, width: int = 80) -> str:
     """The per-size table as plain fixed-width text for a terminal or a log: no line longer than `width`
     (columns that do not fit continue in a block below, each block repeating the row names), no cell cut."""
@@ -119,7 +125,7 @@ def console_table(results: dict, width: int = 80) -> str:
         lines.append("")
     legend = (f"Test accuracy (%), mean±std over {len(results['seeds'])} seeds, last epoch. Avg. = mean over sizes; "
               f"vs {REFERENCE} = Avg. minus Baseline {REFERENCE}'s with the same labels. "
-              + "; ".join(f"{m} = {DISPLAY_NAMES.get(m, m)}" for m in results["methods"]) + ".")
+              + "; ".join(f"{m} = {_legend(m)}" for m in results["methods"]) + ".")
     return "\n".join(lines + textwrap.wrap(legend, width)) + "\n"
 
 
