@@ -68,6 +68,11 @@ class LineTask:
     changed: bool = False
     finished: bool = False
 
+    @property
+    def complete(self) -> bool:
+        """Done/total reached (within float rounding: bench totals are sums of fractional cell costs)."""
+        return self.total is not None and self.completed >= self.total - 1e-9 * max(1.0, abs(self.total))
+
     def record(self, now: float) -> None:
         """Keep the samples of the last SPEED_WINDOW_S, plus the newest older one as the base."""
         self.samples.append((now, self.completed))
@@ -84,8 +89,14 @@ class LineTask:
         return max(0.0, self.total - self.completed) * (t1 - t0) / (c1 - c0)
 
 
-def _count(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:.1f}"
+def _progress_text(task: LineTask) -> str:
+    """'120/400 (30%)' for counts; '30%' alone when the units are fractional (a cost-weighted total)."""
+    if task.total is None:
+        return f"{task.completed:g}"
+    pct = f"{100 * task.completed / task.total:.0f}%" if task.total else "0%"
+    if not (float(task.completed).is_integer() and float(task.total).is_integer()):
+        return pct
+    return f"{int(task.completed)}/{int(task.total)} ({pct})"
 
 
 class LineReporter:
@@ -122,17 +133,18 @@ class LineReporter:
             task.completed = (task.completed if completed is None else completed) + advance
             task.changed = True
             task.record(now)
-        if task.total is not None and task.completed >= task.total:
+        if task.complete:
             self.finish(task_id)
         elif task.changed and now - task.last_line >= self._interval:
             self._emit(task, now)
 
     def finish(self, task_id: int) -> None:
-        """End a task (a stage boundary): its last line, with the time it took."""
+        """End a task (a stage boundary): its last line, with the time it took; 'stopped' if it fell short."""
         task = self._tasks[task_id]
         if not task.finished:
             task.finished = True
-            self._emit(task, self._clock(), "done")
+            short = task.total is not None and not task.complete
+            self._emit(task, self._clock(), "stopped" if short else "done")
 
     def close(self) -> None:
         """Finish every task still open (the work ended or was interrupted)."""
@@ -142,17 +154,17 @@ class LineReporter:
     def line(self, task: LineTask, now: float, event: str | None = None) -> str:
         """'[2025-01-31 12:00:05] teacher: 120/400 (30%), 1m02s elapsed, ETA 2m25s'."""
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._wallclock()))
-        count = _count(task.completed) + ("" if task.total is None else f"/{_count(task.total)}")
-        if task.total:
-            count += f" ({100 * task.completed / task.total:.0f}%)"
-        elapsed = format_duration(now - task.started)
+        head = f"[{stamp}] {task.description.strip()}"
+        count, elapsed = _progress_text(task), format_duration(now - task.started)
         if event == "started":
-            return f"[{stamp}] {task.description}: started, {count}"
+            return f"{head}: started, {count}"
         if event == "done":
-            return f"[{stamp}] {task.description}: done, {count} in {elapsed}"
+            return f"{head}: done, {count} in {elapsed}"
+        if event == "stopped":
+            return f"{head}: stopped at {count} after {elapsed}"
         eta = task.eta()
         left = "?" if eta is None else format_duration(eta)
-        return f"[{stamp}] {task.description}: {count}, {elapsed} elapsed, ETA {left}"
+        return f"{head}: {count}, {elapsed} elapsed, ETA {left}"
 
     def _emit(self, task: LineTask, now: float, event: str | None = None) -> None:
         task.last_line, task.changed = now, False

@@ -68,7 +68,8 @@ def test_a_changed_description_is_shown_with_the_next_line_and_close_finishes_ev
     lines.close()
     got = out.getvalue().splitlines()
     assert got[2].endswith("condense mdc (1 runs): 0, 5s elapsed, ETA ?")
-    assert got[3].endswith("condense mdc (1 runs): done, 0 in 5s") and got[4].endswith("evaluate: done, 0/4 (0%) in 5s")
+    assert got[3].endswith("condense mdc (1 runs): done, 0 in 5s")
+    assert got[4].endswith("evaluate: stopped at 0/4 (0%) after 5s")  # closed before its total
     lines.update(b, advance=1)  # a finished task prints nothing more
     assert len(out.getvalue().splitlines()) == 5
 
@@ -192,3 +193,14 @@ def test_the_bench_console_table_fits_80_columns_and_cuts_no_number(sizes):
     assert "54.0" in cells and "+2.0" in cells and "-2.0" in cells  # Avg. and the difference to Baseline C
     assert sum(line.startswith("soft A ") for line in text.splitlines()) == -(-(sizes + 2) // 7)  # one per block
     assert "A = separate per size" in " ".join(cells)
+
+
+def test_fractional_totals_show_a_percentage_and_finish_despite_rounding(loud):
+    lines, out, clock = _reporter(0.0)
+    task = lines.add("evaluate 24 cells", total=0.3)
+    for _ in range(3):
+        clock.now += 2
+        lines.update(task, advance=0.1)  # 0.1 + 0.1 + 0.1 < 0.3 in floating point
+    got = [line.split("] ", 1)[1] for line in out.getvalue().splitlines()]
+    assert got == ["evaluate 24 cells: started, 0%", "evaluate 24 cells: 33%, 2s elapsed, ETA 4s",
+                   "evaluate 24 cells: 67%, 4s elapsed, ETA 2s", "evaluate 24 cells: done, 100% in 6s"]
