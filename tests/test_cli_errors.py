@@ -225,3 +225,20 @@ def test_every_runtime_train_option_has_help_and_its_default():
     text = train.format_help()
     assert "(default: 300, the pinned protocol)" in text and "(default: 0.01)" in text
 
+
+
+def test_download_reaches_the_dataset_source(tmp_path: Path, monkeypatch):
+    from condenser.data import get_source
+
+    monkeypatch.setattr(roots, "SYSTEM_ROOTS", [])
+    calls = []
+
+    def offline(base, split):
+        calls.append((base, split))
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(type(get_source("cifar10")), "download", lambda self, base, split: offline(base, split))
+    fails(["teacher", "--profile", "smoke", "--dataset", "cifar10", "--data-root", str(tmp_path), "--download"],
+          f"the download into {tmp_path} failed (network is unreachable)")
+    assert calls == [(tmp_path, "train")]
+    assert nothing_trained()

@@ -204,3 +204,24 @@ def test_fractional_totals_show_a_percentage_and_finish_despite_rounding(loud):
     got = [line.split("] ", 1)[1] for line in out.getvalue().splitlines()]
     assert got == ["evaluate 24 cells: started, 0%", "evaluate 24 cells: 33%, 2s elapsed, ETA 4s",
                    "evaluate 24 cells: 67%, 4s elapsed, ETA 2s", "evaluate 24 cells: done, 100% in 6s"]
+
+
+def test_eval_writes_a_sidecar_json_and_leaves_the_file_alone_unless_write(smoke_build, tmp_path):
+    import json
+    import shutil
+
+    import formats
+
+    path = tmp_path / "copy.mdc"
+    shutil.copyfile(smoke_build[0], path)
+    before = path.read_bytes()
+    args = ["eval", str(path), "--profile", "smoke", "--dataset", DATASET, "--epochs", "1", "--seeds", "1",
+            "--device", "cpu", "--labels", "hard", "--quiet"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert path.read_bytes() == before
+    sidecar = json.loads((tmp_path / "copy.mdc.eval.json").read_text())
+    assert set(sidecar["sizes"]) == {"1", "2"} and sidecar["protocol"]["epochs"] == 1
+    assert CliRunner().invoke(app, [*args, "--write", "--json", str(tmp_path / "t.json")]).exit_code == 0
+    with formats.open_mdc(path) as reader:
+        assert set(reader.header["results"]) == {"1", "2"}
+    assert json.loads((tmp_path / "t.json").read_text())["sizes"].keys() == sidecar["sizes"].keys()
