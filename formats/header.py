@@ -299,7 +299,7 @@ def _arrays(layout: dict, expected: dict, block_length: int, alignment: int) -> 
         if name in specs:
             raise _bad(f"{key}name", f"array {name!r} is listed twice")
         specs[name] = ArraySpec(name, dt, tuple(shape), offset, length)
-    ordered = sorted(specs.values(), key=lambda s: s.offset)
+    ordered = sorted((s for s in specs.values() if s.length), key=lambda s: s.offset)  # empty ones hold no bytes
     for prev, nxt in zip(ordered[:-1], ordered[1:], strict=True):
         if nxt.offset < prev.end:
             raise _bad("layout.arrays", f"arrays {prev.name!r} and {nxt.name!r} overlap")

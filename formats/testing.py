@@ -2,15 +2,25 @@
 
 Values are chosen on the storage lattice where that is possible (uint8-exact images, whole-pixel
 boxes), so a round trip can be compared exactly; `expected_prefix` gives what read(k) must return.
+`patch_arrays` and `topk_file` build the CRC-valid hostile files of tests/test_formats_lies.py and
+benchmarks/hostile_inputs.py: stored data that lies, and tiny files whose dense targets are huge.
 """
 
 from __future__ import annotations
 
+import io
+import zlib
+from collections.abc import Callable, Mapping
+
 import numpy as np
 
-from formats.codecs import CodecParams, get_codec
+from formats.codecs import CodecParams, get_codec, index_dtype
 from formats.data import MDCData, Prefix, Views
+from formats.header import pack_header, pack_preamble
+from formats.layout import PREAMBLE_SIZE, align
 from formats.pixels import decode_pixels, encode_pixels
+from formats.reader import open_mdc
+from formats.writer import assemble
 
 
 def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -119,3 +129,60 @@ def assert_prefix_equal(a: Prefix, b: Prefix) -> None:
     if a.views is not None and b.views is not None:
         for name in ("crop", "flip", "mix_partner", "mix_box", "mix_lam", "targets"):
             np.testing.assert_array_equal(getattr(a.views, name), getattr(b.views, name), err_msg=name)
+
+
+def patch_arrays(data: bytes, edits: Mapping[str, Callable[[np.ndarray], None]]) -> bytes:
+    """The file `data` with stored arrays edited in place (name -> fn(array [ipc_max, C, ...], writable))
+    and every block checksum recomputed: what a malicious writer produces."""
+    with open_mdc(data) as r:
+        raw = r.read_raw(r.ipc_max)
+        out = bytearray(data)
+        for name, edit in edits.items():
+            spec = r.spec.arrays[name]
+            a = raw.arrays[name].copy()
+            edit(a)
+            for i in range(r.ipc_max):
+                start = r.block_range(i)[0] + spec.offset
+                out[start:start + spec.length] = np.ascontiguousarray(a[i], dtype=spec.np_dtype).tobytes()
+        header = dict(r.header)
+        layout = dict(header["layout"])
+        blocks = dict(layout["blocks"])
+        blocks["crc32"] = [zlib.crc32(out[slice(*r.block_range(i))]) for i in range(r.ipc_max)]
+        layout["blocks"], header["layout"] = blocks, layout
+        return with_header(bytes(out), header)
+
+
+def with_header(data: bytes, header: dict, raw: bytes | None = None) -> bytes:
+    """The body of `data` behind a new header (or raw msgpack bytes) with a valid checksum."""
+    old = int.from_bytes(data[12:16], "little")
+    body = data[align(PREAMBLE_SIZE + old):]
+    hb = raw if raw is not None else pack_header(header)
+    head = pack_preamble(len(hb), zlib.crc32(hb)) + hb
+    return head + b"\0" * (align(len(head)) - len(head)) + body
+
+
+def topk_file(num_classes: int, ipc_max: int = 1, topk: int = 1, views: int = 1, seed: int = 0) -> bytes:
+    """A valid topk-u8 file of 1x2x2 uint8 images, built from stored arrays: a few bytes per view however
+    many classes, while its dense targets take ipc_max * C * views * C * 4 bytes (a decode bomb)."""
+    rng = np.random.default_rng(seed)
+    c, n = num_classes, num_classes * ipc_max
+    idx = (rng.integers(0, c, size=(n, views, 1)) + np.arange(topk)) % c  # k distinct classes per view
+    stored = {
+        "labels": np.tile(np.arange(c, dtype="<i4"), ipc_max),
+        "images": rng.integers(0, 256, size=(n, 1, 2, 2), dtype=np.uint8),
+        "crop": np.tile(np.array([0, 0, 2, 2], "<f2"), (n, views, 1)),
+        "flip": rng.integers(0, 2, size=(n, views), dtype=np.uint8),
+        "mix_partner": np.full((n, views), -1, "<i2"),
+        "mix_box": np.zeros((n, views, 4), "<f2"),
+        "mix_lam": np.ones((n, views), "<f2"),
+        "topk_index": idx.astype(index_dtype(c)),
+        "topk_value": rng.integers(0, 256, size=(n, views, topk), dtype=np.uint8),
+        "topk_scale": np.full((n, views), 1 / 255 / topk, "<f2"),
+    }
+    meta = MDCData(dataset="decode-bomb", class_names=[f"c{i}" for i in range(c)], image_shape=(1, 2, 2),
+                   images=np.zeros((n, 1, 2, 2), np.float32), labels=stored["labels"].astype(np.int64),
+                   mean=(0.5,), std=(0.25,))
+    views_hdr = {"count": views, "codec": "topk-u8", "topk": topk, "label_kind": "probs", "temperature": 1.0}
+    out = io.BytesIO()
+    assemble(meta, stored, views_hdr, created="2000-01-01T00:00:00+00:00").write_to(out)
+    return out.getvalue()

@@ -105,7 +105,6 @@ def _check_basics(data: MDCData) -> tuple[int, int]:
 def encode(data: MDCData, created: str | None = None) -> Encoded:
     """Validate and encode everything; nothing touches the disk."""
     n, c = _check_basics(data)
-    ipc_max = n // c
     shape = tuple(int(s) for s in data.image_shape)
     stored: dict[str, np.ndarray] = {
         "labels": np.asarray(data.labels).astype("<i4"),
@@ -127,7 +126,19 @@ def encode(data: MDCData, created: str | None = None) -> Encoded:
             stored[name] = a.reshape(n, v, *a.shape[1:])
         views_hdr = {"count": v, "codec": codec.name, "topk": params.topk, "label_kind": params.label_kind,
                      "temperature": params.temperature}
+    return assemble(data, stored, views_hdr, created)
 
+
+def assemble(data: MDCData, stored: dict[str, np.ndarray], views_hdr: dict[str, Any] | None,
+             created: str | None = None) -> Encoded:
+    """Lay stored arrays ([ipc_max * C, ...] each, file dtypes) out in IPC blocks and build the header.
+
+    encode() calls it after validating and encoding `data`; tests call it directly to build files whose
+    dense targets would not fit in memory. The header still passes the reader's checks (parse_header).
+    """
+    c = data.num_classes
+    ipc_max = int(stored["labels"].shape[0]) // c
+    shape = tuple(int(s) for s in data.image_shape)
     items = [(name, dtype_name(a.dtype), (c, *a.shape[1:])) for name, a in stored.items()]
     specs, block_length = pack_arrays(items)
     stride = align(block_length)

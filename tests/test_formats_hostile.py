@@ -334,3 +334,123 @@ def test_fuzzed_header_leaves(small, tmp_path_factory, data) -> None:
     path = tmp_path_factory.mktemp("fz") / "f.mdc"
     with bounded_memory():
         check_file(path, rebuild(raw_file, header), good, BUNDLE, header_may_differ=True)
+
+
+# ------------------------------------------------------------------ header amplification (bounded unpacking)
+
+
+def _keys(n: int) -> bytes:
+    return b"".join(msgpack.packb(f"k{i}") + b"\x00" for i in range(n))
+
+
+def _array32(n: int, items: bytes) -> bytes:
+    return b"\xdd" + struct.pack(">I", n) + items
+
+
+AMPLIFIERS = {  # ~2-4 MiB headers that unpack to 10-40x their size in Python objects
+    "one map of 400k keys": b"\xdf" + struct.pack(">I", 400_000) + _keys(400_000),
+    "maps of 65k keys": b"\x81\xa1a" + _array32(8, (b"\xde\xff\xff" + _keys(65_535)) * 8),
+    "chain of string arrays": b"\x81\xa1a" + b"".join(_array32(40_001, b"\xa2ab" * 40_000) for _ in range(20))
+                              + b"\x90",
+    "4M fixints": b"\x81\xa1a" + _array32(4_000_000, b"\x01" * 4_000_000),
+    "alternating floats and ints": b"\x81\xa1a" + _array32(1_000_000, (b"\xcb" + b"\0" * 8 + b"\xce" + b"\1" * 4)
+                                                           * 500_000),
+    "empty arrays": b"\x81\xa1a" + _array32(190_000, b"\x90" * 190_000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(AMPLIFIERS))
+def test_header_amplification_is_refused_before_unpacking(small, tmp_path: Path, name: str) -> None:
+    import time
+
+    data, _, _ = small
+    raw = AMPLIFIERS[name]
+    path = tmp_path / "a.mdc"
+    path.write_bytes(rebuild(data, None, raw=raw))
+    t0 = time.process_time()
+    with rss_growth_below(2 * len(raw) + (32 << 20)), pytest.raises(
+            formats.InconsistentHeaderError, match="refused before unpacking") as exc:
+        formats.open_mdc(path)
+    assert time.process_time() - t0 < 2.0
+    assert type(exc.value) is formats.InconsistentHeaderError
+
+
+@contextmanager
+def rss_growth_below(limit: int) -> Iterator[None]:
+    """Resident memory sampled every 2 ms stays within `limit` of where it started (psutil; generous).
+
+    tracemalloc would be exact but slows the header scan's Python loop about 50-fold.
+    """
+    import threading
+
+    import psutil
+
+    proc = psutil.Process()
+    start, peak, done = proc.memory_info().rss, [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.002):
+            peak[0] = max(peak[0], proc.memory_info().rss)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+    peak[0] = max(peak[0], proc.memory_info().rss)
+    assert peak[0] - start < limit, f"resident memory grew by {(peak[0] - start) >> 20} MiB"
+
+
+def test_header_memory_bound_is_proportional_and_capped() -> None:
+    from formats.bounded import memory_limit
+
+    assert memory_limit(1000) == (1 << 20) + 64 * 1000
+    assert memory_limit(16 << 20) == 32 << 20
+
+
+_LEAVES = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan=False),
+                    st.text(max_size=12), st.binary(max_size=12))
+_VALUES = st.recursive(_LEAVES, lambda inner: st.lists(inner, max_size=6)
+                       | st.dictionaries(st.text(max_size=6), inner, max_size=6), max_leaves=40)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), _VALUES, max_size=8))
+def test_scan_prices_at_least_what_unpacking_allocates(header: dict) -> None:
+    """The estimate bounds what msgpack really allocates, so refusing by the estimate bounds memory."""
+    from formats.bounded import scan, unpack
+
+    raw = msgpack.packb(header, use_bin_type=True)
+    cost = scan(raw, limit=1 << 40)
+    tracemalloc.start()
+    got = msgpack.unpackb(raw, raw=False)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak <= cost + 256, (peak, cost)
+    assert msgpack.packb(unpack(raw), use_bin_type=True) == msgpack.packb(got, use_bin_type=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64))
+def test_scan_of_arbitrary_bytes_agrees_with_msgpack(raw: bytes) -> None:
+    """Bytes are a header iff msgpack reads one map with string keys from them (within the bounds)."""
+    from formats.bounded import unpack
+
+    def string_keys(v: Any) -> bool:
+        if isinstance(v, dict):
+            return all(isinstance(k, str) and string_keys(x) for k, x in v.items())
+        return all(string_keys(x) for x in v) if isinstance(v, list) else True
+
+    try:
+        want = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        ok = isinstance(want, dict) and string_keys(want)
+    except Exception:
+        ok = False
+    try:
+        got = unpack(raw)
+    except formats.InconsistentHeaderError:
+        assert not ok
+        return
+    assert ok and msgpack.packb(got) == msgpack.packb(want)
