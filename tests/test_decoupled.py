@@ -245,7 +245,7 @@ def test_joint_schedule_applies_the_multisize_subset_loss_and_evaluates_with_mse
     # G-VBSM's student loss (logit MSE + gamma * CE) through `condenser eval`
     evaluated = CliRunner().invoke(app, ["eval", str(out.path), "--sizes", "1-2", "--labels", "soft", "--profile",
                                          "smoke", "--epochs", "1", "--seeds", "1", "--device", "cpu",
-                                         "--loss", "mse_gt", "--gamma", "0.15", "--write"])
+                                         "--loss", "mse_gt", "--gamma", "0.15", "--write", "--dataset", cfg.dataset])
     assert evaluated.exit_code == 0, evaluated.output
     with formats.open_mdc(out.path) as reader:
         assert reader.header["results_protocol"]["loss"] == "mse_gt"
