@@ -26,7 +26,7 @@ from torch import nn
 from condenser.distributed import DistContext, current
 from condenser.progress import track
 from formats import Views
-from runtime._torch_views import apply_views
+from runtime.torch_views import apply_views
 
 
 @dataclass(frozen=True)

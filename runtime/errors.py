@@ -31,7 +31,7 @@ class BundleError(TrainerError, formats.FormatError, ValueError):
 
 
 class BackendError(RuntimeError_):
-    """A backend is unknown or its optional dependency (torch, condenser) is not installed."""
+    """A backend is unknown or its optional dependency (torch) is not installed."""
 
 
 class ViewError(RuntimeError_, ValueError):

@@ -15,7 +15,7 @@ A view of record r (docs/format.md, "Views") is, in this order:
    the pixels of ``mix_box`` ``(top, left, height, width)``, given in output-view pixels (integers,
    height/width may be 0, box inside the image).
 
-``runtime._torch_views.apply_views`` is the torch twin with the same signature; the condenser's
+``runtime.torch_views.apply_views`` is the torch twin with the same signature; the condenser's
 relabeller calls it so teacher and device see identical views (tests/test_runtime.py checks parity).
 """
 

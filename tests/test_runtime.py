@@ -297,7 +297,7 @@ def test_parse_cli_budget():
 
 
 def test_views_numpy_matches_torch_twin():
-    from runtime._torch_views import apply_views as torch_apply
+    from runtime.torch_views import apply_views as torch_apply
 
     rng = np.random.default_rng(0)
     n, hw = 12, (13, 17)

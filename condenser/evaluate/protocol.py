@@ -23,8 +23,8 @@ from condenser.models import build_model
 from condenser.profiles import EvalBudget
 from condenser.training import BatchSource, TensorSource, accuracy, one_hot, sgd, soft_cross_entropy, train_epoch
 from formats import Views
-from runtime._torch_views import replay
 from runtime.config import multistep_milestones
+from runtime.torch_views import replay
 
 
 @dataclass

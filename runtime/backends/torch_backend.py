@@ -1,12 +1,14 @@
-"""Training with PyTorch: the same network (condenser.models), loss and SGD update as the onnx graph.
+"""Training with PyTorch: the same network (runtime/models.py), loss and SGD update as the onnx graph.
 
-Imported only when backend="torch" is asked for; this is the one runtime module that imports torch.
+Imported only when backend="torch" is asked for. It needs torch and nothing of the condenser: the
+network is built from the bundle's spec by runtime/models.py, the definition the condenser exports.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -14,19 +16,20 @@ from runtime.backends.base import ModelSpec
 from runtime.errors import BackendError, TrainerError
 
 
-def _import_torch():
+def _import_torch() -> tuple[Any, Any]:
+    """torch and runtime/models.py's builder, or a BackendError when torch is not installed."""
     try:
         import torch
 
-        from condenser.models import build_model
+        from runtime.models import build_model
     except ImportError as exc:
-        raise BackendError("the torch backend needs torch and the condenser package "
-                           "(pip install multisize); use backend='onnx' on a torch-free device") from exc
+        raise BackendError("the torch backend needs torch (pip install torch); "
+                           "use backend='onnx' on a torch-free device") from exc
     return torch, build_model
 
 
 class TorchTrainer:
-    """torch.optim.SGD on a condenser model; padding rows (weight 0) are dropped before the forward pass,
+    """torch.optim.SGD on a runtime/models.py network; padding rows (weight 0) are dropped before the forward pass,
     which leaves sum(w*ce)/sum(w) unchanged because every supported norm is per sample."""
 
     backend = "torch"

@@ -2,7 +2,8 @@
 
 The condenser's relabeller renders the views it shows the teacher with this function, and the device
 replays them with the numpy version; tests/test_runtime.py checks that the two agree within 1e-5.
-Importing this module imports torch: only the torch backend and the condenser do.
+Public, because the condenser imports it (condenser -> runtime, never a private module). Importing it
+imports torch, so `import runtime` never does: only torch users (the condenser, tests) import it.
 """
 
 from __future__ import annotations
