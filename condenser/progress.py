@@ -36,7 +36,13 @@ def set_quiet(on: bool) -> None:
     _quiet["on"] = bool(on)
 
 
+def quiet_requested() -> bool:
+    """--quiet was given: it also silences the commands' step messages (condenser/cli/options.py `log`)."""
+    return _quiet["on"]
+
+
 def is_quiet() -> bool:
+    """No bars or progress lines: --quiet, or `$MULTISIZE_QUIET` (tests, worker processes, ranks > 0)."""
     return _quiet["on"] or env_quiet()
 
 

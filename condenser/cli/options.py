@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from condenser.errors import CondenserError
-from condenser.progress import is_quiet
+from condenser.progress import quiet_requested
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
@@ -93,8 +93,8 @@ def resolve_profile(name: str | None) -> str:
 
 
 def log(message: str) -> None:
-    """A command's progress message (stdout), silenced by --quiet."""
-    if not is_quiet():
+    """A command's step message (stdout), silenced by --quiet (not by $MULTISIZE_QUIET, which is for bars)."""
+    if not quiet_requested():
         typer.echo(message)
 
 
