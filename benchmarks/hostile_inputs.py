@@ -13,7 +13,6 @@ import io
 import os
 import struct
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -22,11 +21,10 @@ from typing import Any
 
 import msgpack
 import numpy as np
-import psutil
 
 import formats
 import runtime
-from formats.testing import make_data, patch_arrays, topk_file, with_header
+from formats.testing import PeakRSS, make_data, patch_arrays, topk_file, with_header
 
 Case = tuple[str, Callable[[], Any]]  # (label, call): the call reads; returning normally is "read"
 
@@ -39,27 +37,16 @@ def _encode(**kw: Any) -> bytes:
 
 def _peak_rss(call: Callable[[], Any]) -> tuple[Any, float, int]:
     """(outcome, CPU seconds, peak resident growth in bytes) of one call."""
-    proc = psutil.Process()
-    start, peak, done = proc.memory_info().rss, [0], threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.002):
-            peak[0] = max(peak[0], proc.memory_info().rss)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
     t0 = time.process_time()
-    try:
-        call()
-        outcome = "read"
-    except formats.FormatError as exc:
-        outcome = type(exc).__name__
-    except Exception as exc:  # noqa: BLE001 - counted as a failure of the reader, and shown
-        outcome = f"other: {type(exc).__name__}: {exc}"
-    seconds = time.process_time() - t0
-    done.set()
-    thread.join()
-    return outcome, seconds, max(peak[0], proc.memory_info().rss) - start
+    with PeakRSS() as rss:
+        try:
+            call()
+            outcome = "read"
+        except formats.FormatError as exc:
+            outcome = type(exc).__name__
+        except Exception as exc:  # noqa: BLE001 - counted as a failure of the reader, and shown
+            outcome = f"other: {type(exc).__name__}: {exc}"
+    return outcome, time.process_time() - t0, rss.growth
 
 
 # ------------------------------------------------------------------------------------------ categories

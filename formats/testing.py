@@ -186,3 +186,35 @@ def topk_file(num_classes: int, ipc_max: int = 1, topk: int = 1, views: int = 1,
     out = io.BytesIO()
     assemble(meta, stored, views_hdr, created="2000-01-01T00:00:00+00:00").write_to(out)
     return out.getvalue()
+
+
+class PeakRSS:
+    """Peak growth of this process's resident memory inside a `with` block, sampled every 2 ms (psutil).
+
+    For the hostile-input tests and benchmarks/hostile_inputs.py; tracemalloc would be exact but slows the
+    header scan's Python loop about 50-fold. psutil is a dev dependency, imported only here.
+    """
+
+    def __init__(self, interval: float = 0.002) -> None:
+        import psutil
+
+        self._proc, self._interval = psutil.Process(), interval
+        self.growth = 0
+
+    def __enter__(self) -> PeakRSS:
+        import threading
+
+        self._start = self._peak = self._proc.memory_info().rss
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._done.wait(self._interval):
+            self._peak = max(self._peak, self._proc.memory_info().rss)
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+        self.growth = max(self._peak, self._proc.memory_info().rss) - self._start

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import formats
 from formats.layout import PREAMBLE_SIZE, align
-from formats.testing import assert_prefix_equal, make_data
+from formats.testing import PeakRSS, assert_prefix_equal, make_data
 
 pytestmark = pytest.mark.filterwarnings("error")  # a numpy overflow warning on hostile input is a bug too
 BUNDLE = b"trainer-bytes" * 5
@@ -377,30 +377,10 @@ def test_header_amplification_is_refused_before_unpacking(small, tmp_path: Path,
 
 @contextmanager
 def rss_growth_below(limit: int) -> Iterator[None]:
-    """Resident memory sampled every 2 ms stays within `limit` of where it started (psutil; generous).
-
-    tracemalloc would be exact but slows the header scan's Python loop about 50-fold.
-    """
-    import threading
-
-    import psutil
-
-    proc = psutil.Process()
-    start, peak, done = proc.memory_info().rss, [0], threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.002):
-            peak[0] = max(peak[0], proc.memory_info().rss)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
+    """Resident memory stays within `limit` of where it started (sampled; generous)."""
+    with PeakRSS() as rss:
         yield
-    finally:
-        done.set()
-        thread.join()
-    peak[0] = max(peak[0], proc.memory_info().rss)
-    assert peak[0] - start < limit, f"resident memory grew by {(peak[0] - start) >> 20} MiB"
+    assert rss.growth < limit, f"resident memory grew by {rss.growth >> 20} MiB"
 
 
 def test_header_memory_bound_is_proportional_and_capped() -> None:
