@@ -60,7 +60,6 @@ def main() -> None:
     train, test = load_dataset(args.dataset, "train"), load_dataset(args.dataset, "test")
     subsets = {"full": torch.arange(len(test)), "stratified": stratified_indices(test, args.max_test),
                "head": head_indices(test, args.max_test)}
-    done = _done(args.out)
     base = get_profile(args.profile).evaluate
     for ipc in args.ipc:
         images, labels = random_real_subset(train, ipc, seed=args.subset_seed)
@@ -70,7 +69,7 @@ def main() -> None:
                     budget = replace(base, epochs=epochs, cutmix_p=p, batch_size=batch, max_test=None)
                     for seed in range(args.seeds):
                         key = f"ipc{ipc}-e{epochs}-cm{p}-b{batch}-s{seed}"
-                        if key in done:
+                        if key in _done(args.out):  # another process may have run it
                             continue
                         started = time.process_time()
                         source = hard_label_source(images, labels, train.spec.num_classes, budget,
