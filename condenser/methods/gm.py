@@ -158,10 +158,11 @@ class GradientMatching:
         return bool(flag) and not _has_batchnorm(model)
 
     def _class_grads(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
-                     weights: torch.Tensor | None, create_graph: bool
+                     weights: torch.Tensor | None, create_graph: bool, features: bool = False
                      ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """Per-class CE gradients w.r.t. the conv weights (list over layers of [K, *W.shape]) and, on the
-        class loop, the class-mean flat features of `x` [K, D] (None on the vmap path)."""
+        """Per-class CE gradients w.r.t. the conv weights (list over layers of [K, *W.shape]) and, if
+        `features`, the class-mean flat features of `x` [K, D] from the same forward: None on the vmap
+        path and with batch norm (whose batch statistics make a separate forward differ)."""
         named = dict(model.named_parameters())
         conv_names = [n for n, p in named.items() if p.dim() == 4]
         if not conv_names:
@@ -182,9 +183,10 @@ class GradientMatching:
             out = [g[n] for n in conv_names]
             return (out if create_graph else [t.detach() for t in out]), None
         params = [named[n] for n in conv_names]
+        features = features and not _has_batchnorm(model)
         per_class, means = [], []
         for c in range(k):
-            logits, feats = _logits_and_features(model, x[c])
+            logits, feats = _logits_and_features(model, x[c]) if features else (model(x[c]), None)
             loss = _weighted_ce(logits, y[c], None if weights is None else weights[c])
             per_class.append(torch.autograd.grad(loss, params, create_graph=create_graph))
             if feats is not None:
@@ -193,7 +195,7 @@ class GradientMatching:
         return grads, torch.stack(means) if means else None
 
     def target(self, model: nn.Module, real: torch.Tensor, labels: torch.Tensor) -> GMTarget:
-        return GMTarget(*self._class_grads(model, real, labels, None, create_graph=False))
+        return GMTarget(*self._class_grads(model, real, labels, None, create_graph=False, features=True))
 
     def real_feature_mean(self, model: nn.Module, target: GMTarget) -> torch.Tensor | None:
         """The class-mean `model.features` of the real batch, kept from the target's forward."""
@@ -210,10 +212,14 @@ class GradientMatching:
 
         Per-sample CE and instance norm couple no samples, so the masked ones change no gradient; they
         are left out instead. Classes with the same prefix share one call (the loss is a sum over classes);
-        a class with size 0 adds nothing.
+        a class with size 0 adds nothing. Batch norm couples them, so there the masks stay.
         """
         if len(sizes) != syn.shape[0]:
             raise MethodConfigError(f"gm: {len(sizes)} prefix sizes for a batch of {syn.shape[0]} classes")
+        if _has_batchnorm(model):
+            limit = torch.tensor(list(sizes), device=syn.device).unsqueeze(1)
+            mask = (torch.arange(syn.shape[1], device=syn.device).unsqueeze(0) < limit).to(syn.dtype)
+            return self.match(model, syn, target, labels, mask)
         if len(set(sizes)) == 1 and sizes[0] > 0:
             return self.match(model, syn[:, : sizes[0]], target, labels)
         total = syn.new_zeros(())

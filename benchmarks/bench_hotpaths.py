@@ -1,0 +1,367 @@
+"""The hot paths of multisize against this machine's float32 GEMM peak and their peers, in one run (issue 14).
+
+    python benchmarks/bench_hotpaths.py                 # the table (3 repeats of every measurement)
+    python benchmarks/bench_hotpaths.py --quick         # 1 repeat, no measuring-step rows: under a minute
+    python benchmarks/bench_hotpaths.py --json          # one object keyed by hot path
+    python benchmarks/bench_hotpaths.py --only dm,gm --no-alloc-tuning    # dm and gm without formats/_alloc.py
+
+Everything runs single-threaded (OMP_NUM_THREADS=1, torch.set_num_threads(1), onnxruntime 1 thread). The
+unit is CPU time (user + sys of this process, resource.getrusage), the median of --repeats measurements,
+because the cores are shared with other work. FLOPs per unit are counted by torch's own formulas
+(torch.utils.flop_counter) over one execution (convolutions, matmuls, their backward), so share_of_peak =
+FLOP per CPU-second / the GEMM peak measured at the start of the same run (numpy float32 matmul). The
+container paths have no FLOPs: their peer is dd on the same file, and share_of_peak is dd's time / ours
+(CPU time for the page-cache read, wall time for the write, which waits for fdatasync like dd).
+
+The onnx step needs the trainer bundle that `bench_runtime.py make-file` exports (about 1.5 min on 2 busy
+cores); it is made once in --dir and reused, and torch.compile reuses inductor's on-disk cache, so --quick
+takes under a minute of CPU time from the second run on (more wall time when the cores are busy). The
+process configures the allocator as the condenser and runtime entry points do (formats/_alloc.py) unless
+--no-alloc-tuning.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"  # before numpy and torch start their thread pools
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+import bench_format  # noqa: E402
+import bench_runtime  # noqa: E402
+
+HOT_PATHS = ("dm", "gm", "onnx_step", "torch_eager_step", "torch_compile_step", "eval", "read", "write")
+MEASURING = ("dm_measuring", "gm_measuring")
+IPC, MLS, BATCH_REAL, GM_N_DATA = 10, 5, 64, 256  # the cpu profile's condensation (condenser/profiles.py)
+EVAL_IMAGES_PER_CLASS = 10
+
+
+@dataclass
+class Row:
+    """One hot path: CPU-s (or s) per unit, FLOPs per unit, and the share of its peak."""
+
+    path: str
+    unit: str
+    seconds: float  # per unit, median
+    samples: list[float]
+    flops: float | None  # per unit
+    share_of_peak: float
+    peer: str  # what share_of_peak is relative to
+    note: str = ""
+
+
+# --- measuring ------------------------------------------------------------------------------------
+
+def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, clock: Callable[[], float] = cpu_seconds
+                   ) -> tuple[float, list[float]]:
+    """Median of `repeats` timings of fn() on `clock` (CPU time by default), and the samples."""
+    samples = []
+    for _ in range(repeats):
+        t0 = clock()
+        fn()
+        samples.append(clock() - t0)
+    return statistics.median(samples), samples
+
+
+def count_flops(fn: Callable[[], object]) -> float:
+    """FLOPs of one fn() by torch's formulas. A dispatch mode, not FlopCounterMode: the latter's module
+    tracker fails on a no-grad forward of a tensor that requires grad (dm's real batch)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class Count(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                self.total += formula(*args, **kwargs, out_val=out)
+            return out
+
+    with Count() as counter:
+        fn()
+    return float(counter.total)
+
+
+def flop_row(path: str, unit: str, fn: Callable[[], object], repeats: int, peak: float, peer: str = "GEMM peak",
+             note: str = "", per: int = 1) -> Row:
+    """Count FLOPs in a first (warm-up) call, then time `repeats` calls; `per` units per call."""
+    flops = count_flops(fn) / per
+    seconds, samples = median_seconds(fn, repeats)
+    seconds /= per
+    return Row(path, unit, seconds, [s / per for s in samples], flops, flops / seconds / peak, peer, note)
+
+
+# --- the paths ------------------------------------------------------------------------------------
+
+def gemm_rates(n: int, calls: int, repeats: int) -> list[float]:
+    """FLOP/s of numpy float32 matmul, single thread, one per sample of `calls` products."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+    a @ b
+    _, samples = median_seconds(lambda: [a @ b for _ in range(calls)], repeats)
+    return [2.0 * n**3 * calls / s for s in samples]
+
+
+def peak_row(n: int, rates: list[float]) -> Row:
+    """The GEMM peak: the best sample, taken before and after the hot paths (the cores are shared, and a
+    busy moment would otherwise inflate every share)."""
+    flops = 2.0 * n**3
+    best = max(rates)
+    return Row("gemm_peak", f"{n}x{n} matmul", flops / best, [flops / r for r in rates], flops, 1.0, "itself",
+               f"{best / 1e9:.1f} GFLOP/s (best of {len(rates)}; median {statistics.median(rates) / 1e9:.1f})")
+
+
+def condensation_step(method_name: str, measuring: bool) -> Callable[[], None]:
+    """One inner step of condense() (condenser/condense.py) on Fashion-MNIST, all 10 classes at IPC 10,
+    ConvNet-D3 width 128, with the multisize subset term at MLS 5: its loop body, with its helpers."""
+    import torch
+
+    from condenser.condense import CondenseConfig, _make_reinit, _method_settings, _model_factory, class_seed
+    from condenser.data import load_dataset
+    from condenser.methods import METHODS, MaskedSGD, StepContext, init_synthetic
+    from condenser.methods.real import RealPool
+    from condenser.multisize import Multisize, MultisizeConfig
+
+    train = load_dataset("fashion-mnist", "train")
+    cfg = CondenseConfig(method=method_name, ipc=IPC, batch_real=BATCH_REAL, n_data=GM_N_DATA, device="cpu")
+    classes = list(range(train.spec.num_classes))
+    method = METHODS.get(method_name)(allow_flip=train.spec.allow_flip, **_method_settings(cfg))
+    generator = torch.Generator().manual_seed(0)
+    class_gens = [torch.Generator().manual_seed(class_seed(0, c)) for c in classes]
+    syn = init_synthetic(train, IPC, 1, "first", 0, class_gens, "cpu")
+    optimizer = MaskedSGD(syn.data, method.default_lr_img(IPC, 28), cfg.mom_img)
+    objective = Multisize(method, IPC, len(classes), syn.per_image, MultisizeConfig(period=cfg.period), "cpu")
+    objective.selector.current = [MLS]
+    factory = _model_factory(cfg, train)
+    model = factory()
+    pool = RealPool(train, torch.device("cpu"))
+    ctx = StepContext(real=pool, generator=generator, num_classes=len(classes),
+                      reinit=_make_reinit(factory, generator), autocast=contextlib.nullcontext)
+    labels = torch.tensor(classes)
+    method.prepare_model(model, ctx)
+
+    def step() -> None:
+        real = pool.class_batch(classes, BATCH_REAL, class_gens)
+        real_aug, syn_aug = method.siamese(real, syn.decoded(), class_gens)
+        loss = objective.loss(model, syn_aug, real_aug, labels, measure=measuring)
+        optimizer.zero_grad()
+        torch.autograd.backward(loss, inputs=[syn.data])
+        optimizer.step(None)
+        method.train_model_step(model, ctx)
+
+    return step
+
+
+def condensation_rows(names: list[str], repeats: int, peak: float) -> list[Row]:
+    rows = []
+    for name in names:
+        method, measuring = name.split("_")[0], name.endswith("_measuring")
+        note = f"IPC {IPC} x 10 classes, batch_real {BATCH_REAL}, MLS {MLS}" + (
+            f", network trains on {GM_N_DATA} real images" if method == "gm" else "") + (
+            ", measuring distances" if measuring else "")
+        rows.append(flop_row(name, "step", condensation_step(method, measuring), repeats, peak, note=note))
+    return rows
+
+
+def trainer_rows(names: list[str], bundle_dir: Path, steps: int, repeats: int, peak: float) -> list[Row]:
+    """The device train step (batch 64, ConvNet-D3 w128) with onnxruntime, torch eager and torch.compile."""
+    import torch
+
+    import runtime
+    from runtime.backends import ModelSpec, make_trainer
+
+    bundle_path = bundle_dir / "convnet_w128_b64.trainer"
+    if not bundle_path.exists():
+        bench_runtime.make_file(bundle_dir)
+    bundle = runtime.TrainerBundle.load(bundle_path)
+    spec = ModelSpec.from_bundle(bundle)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((bench_runtime.BATCH, *bench_runtime.SHAPE)).astype(np.float32)
+    t = rng.dirichlet(np.ones(bench_runtime.C), bench_runtime.BATCH).astype(np.float32)
+    w = np.ones(bench_runtime.BATCH, np.float32)
+    eager = make_trainer("torch", spec, bundle, bundle.initial_params(), threads=1)
+    flops = count_flops(lambda: eager.step(0.01, x, t, w))  # the onnx graph computes the same operations
+
+    def trainer(name: str):  # noqa: ANN202
+        if name == "onnx_step":
+            return make_trainer("onnx", spec, bundle, bundle.initial_params(), threads=1)
+        if name == "torch_eager_step":
+            return eager
+        compiled = make_trainer("torch", spec, bundle, bundle.initial_params(), threads=1)
+        compiled.model = torch.compile(compiled.model)  # forward and backward through inductor
+        return compiled
+
+    rows = []
+    for name in names:
+        tr = trainer(name)
+        t0 = time.perf_counter()
+        for _ in range(2):
+            tr.step(0.01, x, t, w)  # warm-up (and the compile)
+        warm = time.perf_counter() - t0
+        seconds, samples = median_seconds(lambda tr=tr: [tr.step(0.01, x, t, w) for _ in range(steps)], repeats)
+        note = f"batch {bench_runtime.BATCH}, {steps} steps per sample" + (
+            f", warm-up incl. compile {warm:.0f} s wall" if name == "torch_compile_step" else "")
+        rows.append(Row(name, "step", seconds / steps, [s / steps for s in samples], flops,
+                        flops * steps / seconds / peak, "GEMM peak", note))
+    return rows
+
+
+def eval_row(epochs: int, repeats: int, peak: float) -> Row:
+    """Server-side evaluation training (condenser/training.py train_epoch) on an IPC-10 prefix with the pinned
+    protocol's augmentation (DSA + CutMix), hard labels, batch 64: CPU-s per trained image-epoch."""
+    import torch
+
+    from condenser.data import load_dataset
+    from condenser.evaluate.protocol import hard_label_source
+    from condenser.models import build_model
+    from condenser.profiles import get_profile
+    from condenser.training import sgd, train_epoch
+
+    train = load_dataset("fashion-mnist", "train")
+    c = train.spec.num_classes
+    idx = torch.cat([train.first_of_class(k, EVAL_IMAGES_PER_CLASS) for k in range(c)])
+    budget = get_profile("cpu").evaluate
+    source = hard_label_source(train.normalized(idx), train.labels[idx], c, budget, train.spec.allow_flip)
+    torch.manual_seed(0)
+    model = build_model("convnet", train.spec.image_shape, c, width=budget.width)
+    optimizer = sgd(model, budget.lr, budget.momentum, budget.weight_decay)
+    generator = torch.Generator().manual_seed(0)
+    run = lambda: [train_epoch(model, source, optimizer, budget.batch_size, generator,  # noqa: E731
+                               torch.device("cpu")) for _ in range(epochs)]
+    return flop_row("eval", "image-epoch", run, repeats, peak, per=epochs * len(idx),
+                    note=f"{len(idx)} images, {epochs} epoch(s) per sample, DSA + CutMix, batch {budget.batch_size}")
+
+
+def container_rows(names: list[str], work: Path, repeats: int) -> list[Row]:
+    """write_mdc and a verified read_raw of the whole file against dd on the same file (bench_format.py's file)."""
+    import formats
+
+    data, _ = bench_format.make_file_data(np.random.default_rng(0), 1.0)
+    path = work / "bench.mdc"
+    formats.write_mdc(path, data)
+    size = path.stat().st_size
+    gb = size / 1e9
+    mib = max(1, round(size / 2**20))
+    rows = []
+    if "write" in names:
+        ours, samples = median_seconds(lambda: formats.write_mdc(path, data), repeats, time.perf_counter)
+        dd_mbs = statistics.median(bench_format.dd(["if=/dev/zero", f"of={work / 'dd.bin'}", "bs=1M",
+                                                    f"count={mib}", "conv=fdatasync"]) for _ in range(repeats))
+        dd_s = mib * 2**20 / 1e6 / dd_mbs  # seconds for our size at dd's rate
+        rows.append(Row("write", "GB (wall)", ours / gb, [s / gb for s in samples], None, dd_s / ours,
+                        "dd write, conv=fdatasync", f"{size / 1e6:.1f} MB file: {size / 1e6 / ours:.0f} MB/s, "
+                        f"dd {dd_mbs:.0f} MB/s; encode + write + fsync + rename"))
+    if "read" in names:
+        bench_format.load(path, bench_format.IPC, raw=True)  # into the page cache
+        ours, samples = median_seconds(lambda: bench_format.load(path, bench_format.IPC, raw=True), repeats)
+        children = lambda: cpu_seconds(resource.RUSAGE_CHILDREN)  # noqa: E731
+        dd_s, _ = median_seconds(lambda: bench_format.dd([f"if={path}", "of=/dev/null", "bs=1M"]), repeats, children)
+        rows.append(Row("read", "GB (CPU)", ours / gb, [s / gb for s in samples], None, dd_s / ours,
+                        "dd read, page cache", f"verified read_raw(IPC {bench_format.IPC}) of the {size / 1e6:.1f} MB "
+                        f"file from the page cache: {size / 1e6 / ours:.0f} MB/s of CPU, dd {size / 1e6 / dd_s:.0f}"))
+    return rows
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> list[Row]:
+    import torch
+
+    torch.set_num_threads(1)
+    wanted = [p for p in args.only.split(",") if p] if args.only else list(HOT_PATHS) + (
+        [] if args.quick else list(MEASURING))
+    unknown = sorted(set(wanted) - set(HOT_PATHS) - set(MEASURING))
+    if unknown:
+        raise SystemExit(f"unknown hot paths {unknown}; known: {', '.join(HOT_PATHS + MEASURING)}")
+    n, calls = 2048, 2 if args.quick else 4
+    rates = gemm_rates(n, calls, args.repeats)
+    peak = max(rates)
+    rows = condensation_rows([p for p in ("dm", "gm", *MEASURING) if p in wanted], args.repeats, peak)
+    trainers = [p for p in ("onnx_step", "torch_eager_step", "torch_compile_step") if p in wanted]
+    if trainers:
+        rows += trainer_rows(trainers, args.dir, 3 if args.quick else 10, args.repeats, peak)
+    if "eval" in wanted:
+        rows.append(eval_row(1 if args.quick else 3, args.repeats, peak))
+    rates += gemm_rates(n, calls, args.repeats)
+    if max(rates) > peak:  # a quieter moment at the end: every share against the better peak
+        for r in rows:
+            r.share_of_peak *= peak / max(rates)
+    rows.insert(0, peak_row(n, rates))
+    io = [p for p in ("read", "write") if p in wanted]
+    if io:
+        with tempfile.TemporaryDirectory(prefix="bench-hot-") as work:
+            rows += container_rows(io, Path(work), args.repeats)
+    return rows
+
+
+def table(rows: list[Row], header: str) -> str:
+    lines = [header, "", "| hot path | unit | seconds per unit (median) | GFLOP per unit | GFLOP/s | share of peak "
+             "| peer | setting |", "|---|---|---:|---:|---:|---:|---|---|"]
+    for r in rows:
+        gf = "" if r.flops is None else f"{r.flops / 1e9:.3g}"
+        rate = "" if r.flops is None else f"{r.flops / r.seconds / 1e9:.1f}"
+        secs = f"{r.seconds:.4g}" + (f" (n={len(r.samples)})" if len(r.samples) > 1 else "")
+        lines.append(f"| {r.path} | {r.unit} | {secs} | {gf} | {rate} | {100 * r.share_of_peak:.0f} % | {r.peer} "
+                     f"| {r.note} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1 repeat, smaller units, no measuring-step rows")
+    ap.add_argument("--json", action="store_true", help="print one JSON object keyed by hot path")
+    ap.add_argument("--repeats", type=int, default=None, help="measurements per hot path (default 3; 1 quick)")
+    ap.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(HOT_PATHS + MEASURING)}")
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/bench_rt"), help="trainer bundle cache (bench_runtime)")
+    ap.add_argument("--no-alloc-tuning", action="store_true", help="leave glibc malloc at its defaults")
+    args = ap.parse_args()
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    alloc = False
+    if not args.no_alloc_tuning:
+        from formats._alloc import configure_allocator
+
+        alloc = configure_allocator()
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    rows = run(args)
+    meta = {"machine": bench_format.machine(), "load_average_1min": round(load, 2), "allocator_tuned": alloc,
+            "wall_s": round(time.perf_counter() - t0, 1), "command": " ".join(["python", *sys.argv])}
+    if args.json:
+        out = {r.path: asdict(r) for r in rows}
+        out["gemm_peak"].update(meta)
+        print(json.dumps(out))
+        return
+    import torch
+
+    print(table(rows, f"`{meta['command']}`: {meta['machine']}; numpy {np.__version__}, torch {torch.__version__}; "
+                      f"1 thread; allocator tuned: {alloc}; 1-min load average {load:.1f} at the start; "
+                      f"{meta['wall_s']} s wall."))
+
+
+if __name__ == "__main__":
+    main()
