@@ -6,6 +6,7 @@ Each trained student is scored on three test sets at once: the whole test split,
 random sample of `--max-test` images (what the bench uses now) and the split's class-balanced head (what
 it used before), so the bias of a test subset is measured on the same networks. One JSON line per
 (ipc, epochs, cutmix, batch, seed) run is appended to `--out`; a rerun skips the lines already there.
+`--report` prints the table of docs/RESULTS.md "Calibration" from that file.
 """
 
 from __future__ import annotations
@@ -42,6 +43,33 @@ def _scores(model: torch.nn.Module, test, subsets: dict[str, torch.Tensor]) -> d
     return {name: round(100.0 * float(correct[idx].float().mean()), 2) for name, idx in subsets.items()}
 
 
+def report(out: Path) -> str:
+    """A Markdown table: mean ± std (population, over seeds) per setting and test set; first row per key."""
+    import statistics
+    from collections import defaultdict
+
+    rows: dict[str, dict] = {}
+    for line in out.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows.setdefault(row["key"], row)
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows.values():
+        groups[(row["ipc"], row["cutmix_p"], row["batch"], row["epochs"])].append(row)
+    lines = ["| IPC | CutMix p | batch | epochs | seeds | full test split | stratified 2,000 | head 2,000 | "
+             "head - full | CPU s/run |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for (ipc, p, batch, epochs), runs in sorted(groups.items()):
+        def ms(name: str, runs: list[dict] = runs) -> str:
+            vals = [r[name] for r in runs]
+            return f"{statistics.fmean(vals):.2f} ± {statistics.pstdev(vals):.2f}"
+
+        bias = statistics.fmean(r["head"] - r["full"] for r in runs)
+        cpu = statistics.fmean(r["cpu_seconds"] for r in runs)
+        lines.append(f"| {ipc} | {p} | {batch} | {epochs} | {len(runs)} | {ms('full')} | {ms('stratified')} | "
+                     f"{ms('head')} | {bias:+.2f} | {cpu:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion-mnist")
@@ -54,7 +82,11 @@ def main() -> None:
     parser.add_argument("--max-test", type=int, default=2000)
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--report", action="store_true", help="Print the Markdown table of --out and exit.")
     args = parser.parse_args()
+    if args.report:
+        print(report(args.out))
+        return
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     train, test = load_dataset(args.dataset, "train"), load_dataset(args.dataset, "test")
