@@ -1,8 +1,12 @@
 """The build pipeline behind `condenser build`: teacher -> condense -> relabel -> pack one .mdc.
 
-Every stage is resumable: the teacher is cached by (dataset, arch, profile), the condensation
-checkpoints every period into a run directory keyed by its configuration, and the file is written
-atomically at the end. Rerunning the same command after an interrupt continues where it stopped.
+Every stage is resumable: the teacher is cached by (dataset, arch, profile, data fingerprint), the
+condensation checkpoints every period into a run directory keyed by its configuration and the training
+data's fingerprint, and the file is written atomically at the end. Rerunning the same command after an
+interrupt continues where it stopped; rerunning it after the data changed trains and condenses anew.
+
+`build(cfg, out)` condenses the dataset that `cfg.dataset` names; `build(cfg, out, data=from_arrays(...))`
+the user's in-memory arrays (condenser.data.arrays; README "Python API").
 
 Under torchrun (condenser.distributed) every rank runs this pipeline on its shard: each node's local
 rank 0 trains/caches the teacher first and rank 0's weights are broadcast, the stage condenses its share
@@ -26,7 +30,8 @@ from torch import nn
 import formats
 from condenser.checkpoint import atomic_write_bytes, config_hash
 from condenser.condense import CondenseConfig, CondenseResult, condense
-from condenser.data import ImageDataset, load_dataset
+from condenser.data import DEFAULT_DATASET, ArraySource, ImageDataset, get_source, load_dataset
+from condenser.data.arrays import register
 from condenser.device import resolve_device
 from condenser.distributed import current
 from condenser.errors import CondenserError
@@ -101,12 +106,17 @@ class BuildOutput:
 def get_teacher(cfg: BuildConfig, log: Callable[[str], None] = print) -> Teacher:
     if cfg.teacher_path:
         return load_teacher(cfg.teacher_path, device=cfg.device)
-    tcfg = TeacherConfig.from_profile(cfg.dataset, cfg.teacher_arch, cfg.profile, seed=0)
-    return train_teacher(tcfg, data_root=cfg.data_root, device=cfg.device, log=log)
+    tcfg = TeacherConfig.from_profile(cfg.dataset, cfg.teacher_arch, cfg.profile, seed=0, data_root=cfg.data_root)
+    return train_teacher(tcfg, device=cfg.device, log=log)
 
 
-def run_dir_for(ccfg: CondenseConfig, dataset: str) -> Path:
-    return runs_dir() / f"{dataset.replace(':', '_').replace('/', '_')}-{config_hash(asdict(ccfg))}"
+def run_dir_for(ccfg: CondenseConfig, dataset: str, fingerprint: str | None = None,
+                data_root: str | None = None) -> Path:
+    """A condensation's run directory: the dataset name, its training data's fingerprint (looked up by name
+    unless given) and the configuration hash, so changed data never meets an old run's checkpoint."""
+    data = fingerprint or load_dataset(dataset, "train", root=data_root).fingerprint
+    stem = dataset.replace(":", "_").replace("/", "_")
+    return runs_dir() / f"{stem}-{data[:8]}-{config_hash(asdict(ccfg))}"
 
 
 def exporter_digest() -> str:
@@ -248,7 +258,7 @@ def condense_stage(cfg: BuildConfig, profile: Profile, train: ImageDataset, log:
 
     ccfg = cfg.condense_config(profile)
     t0 = time.time()
-    result = condense(ccfg, train, run_dir=run_dir_for(ccfg, cfg.dataset), stop_after=stop_after)
+    result = condense(ccfg, train, run_dir=run_dir_for(ccfg, cfg.dataset, train.fingerprint), stop_after=stop_after)
     seconds["condense"] = time.time() - t0
     if not result.finished:
         raise BuildInterrupted(f"stopped after outer loop {result.outer_loops_done}; rerun to resume")
@@ -262,13 +272,37 @@ def condense_stage(cfg: BuildConfig, profile: Profile, train: ImageDataset, log:
                        teacher=teacher, provenance=provenance)
 
 
+def data_record(cfg: BuildConfig, train: ImageDataset) -> dict:
+    """What the file's provenance says about the data: the source's choices (a held-out split's fraction and
+    seed, for instance) and the training set's size and fingerprint."""
+    return {**get_source(cfg.dataset).describe(), "train_images": len(train), "train_fingerprint": train.fingerprint}
+
+
+def with_data(cfg: BuildConfig, data: ArraySource | None) -> BuildConfig:
+    """`cfg` building from `data` (in-memory arrays, registered under their name) when given."""
+    if data is None:
+        return cfg
+    if not isinstance(data, ArraySource):
+        raise CondenserError(f"data= takes condenser.data.from_arrays(...), got {type(data).__name__}; "
+                             "name a dataset with BuildConfig(dataset=...) instead")
+    if cfg.dataset not in (DEFAULT_DATASET, data.name):
+        raise CondenserError(f"BuildConfig(dataset={cfg.dataset!r}) and data={data.name!r} both name the data; "
+                             "give one of them")
+    register(data)  # the stages load it by name, like any dataset
+    return replace(cfg, dataset=data.name, data_root=None)
+
+
 def build(
     cfg: BuildConfig,
     out: str | Path,
     log: Callable[[str], None] = print,
     stop_after: int | None = None,
+    *,
+    data: ArraySource | None = None,
 ) -> BuildOutput:
-    """Run the whole pipeline and write `out`. `stop_after` (outer loops) simulates an interrupt."""
+    """Run the whole pipeline and write `out`: from `cfg.dataset`, or from `data`
+    (condenser.data.from_arrays). `stop_after` (outer loops) simulates an interrupt."""
+    cfg = with_data(cfg, data)
     if cfg.soft_labels not in ("teacher", "none"):
         raise CondenserError(f"--soft-labels must be 'teacher' or 'none', got {cfg.soft_labels!r}")
     profile = get_profile(cfg.profile)
@@ -284,6 +318,7 @@ def build(
         **staged.provenance,
         "profile": profile.as_dict(),
         "build": asdict(cfg),
+        "data": data_record(cfg, train),
         "environment": environment(),
         "distributed": current().describe(),
         "command": " ".join(sys.argv),

@@ -1,7 +1,8 @@
 """Teacher training ("squeeze"): a network trained on the full real data.
 
-Teachers are cached by (dataset, architecture, profile) under `$MULTISIZE_CACHE/teachers/`, so a build
-trains one at most once. Training checkpoints every epoch (model, optimizer, scheduler and RNG state,
+Teachers are cached by (dataset, architecture, profile, data fingerprint) under
+`$MULTISIZE_CACHE/teachers/`, so a build trains one at most once per content of the data: changed images
+train a new teacher. Training checkpoints every epoch (model, optimizer, scheduler and RNG state,
 written atomically) and resumes from the last finished epoch after an interrupt; the result is the
 same as an uninterrupted run. The finished teacher is a safetensors file plus a JSON sidecar, so
 loading it never unpickles code.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from condenser.checkpoint import (
     rng_state,
     safe_torch_load,
 )
-from condenser.data import ImageDataset, load_dataset
+from condenser.data import ImageDataset, data_fingerprint, load_dataset
 from condenser.device import resolve_device
 from condenser.errors import CheckpointError
 from condenser.models import build_model
@@ -47,26 +48,37 @@ class TeacherConfig:
     budget: TeacherBudget = field(default_factory=lambda: get_profile("cpu").teacher)
     seed: int = 0
     model_kwargs: dict = field(default_factory=dict)
+    data_root: str | None = None  # where the data is looked for first; not part of the identity
 
     @classmethod
-    def from_profile(cls, dataset: str, arch: str, profile: str, seed: int = 0, **budget_overrides):
+    def from_profile(cls, dataset: str, arch: str, profile: str, seed: int = 0, data_root: str | None = None,
+                     **budget_overrides) -> TeacherConfig:
         budget = get_profile(profile).teacher
         if budget_overrides:
-            from dataclasses import replace
-
             budget = replace(budget, **budget_overrides)
-        return cls(dataset=dataset, arch=arch, profile=profile, budget=budget, seed=seed)
+        return cls(dataset=dataset, arch=arch, profile=profile, budget=budget, seed=seed, data_root=data_root)
+
+    @property
+    def data(self) -> str:
+        """Fingerprint of the train and test splits (the teacher learns one and is scored on the other);
+        the first use loads them, once per process."""
+        return data_fingerprint(self.dataset, self.data_root)
 
     @property
     def name(self) -> str:
-        """Cache key: dataset, arch, profile, plus a hash when budget or seed differ from the profile's."""
+        """Cache key: dataset, arch, profile and data fingerprint, plus a hash when budget or seed differ from
+        the profile's."""
         base = f"{self.dataset}-{self.arch}-{self.profile}".replace("/", "_").replace(":", "_")
+        keyed = f"{base}-{self.data[:8]}"
         if self.budget == get_profile(self.profile).teacher and self.seed == 0 and not self.model_kwargs:
-            return base
-        return f"{base}-{config_hash(self.as_dict())[:8]}"
+            return keyed
+        return f"{keyed}-{config_hash(self.as_dict())[:8]}"
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The identity (what the checkpoint hash and the metadata record): the fields but data_root, + data."""
+        out = asdict(self)
+        del out["data_root"]
+        return {**out, "data": self.data}
 
 
 @dataclass
@@ -108,6 +120,8 @@ def train_teacher(
     `stop_after_epochs` ends the run early after that many epochs *in this call*, leaving a
     resumable checkpoint: it is how tests simulate an interrupt.
     """
+    if data_root is not None and config.data_root is None:
+        config = replace(config, data_root=str(data_root))
     weights_path, meta_path, ckpt_path = teacher_paths(config, root)
     for target in (weights_path, meta_path, ckpt_path):  # what a run killed mid-write left behind
         remove_stale_temps(target)
@@ -116,8 +130,8 @@ def train_teacher(
 
     dev = resolve_device(device)
     budget = config.budget
-    train = _cap(load_dataset(config.dataset, "train", root=data_root), budget.max_train)
-    test = _cap(load_dataset(config.dataset, "test", root=data_root), budget.max_test)
+    train = _cap(load_dataset(config.dataset, "train", root=config.data_root), budget.max_train)
+    test = _cap(load_dataset(config.dataset, "test", root=config.data_root), budget.max_test)
     spec = train.spec
     mean = torch.tensor(spec.mean).view(1, -1, 1, 1).to(dev)
     std = torch.tensor(spec.std).view(1, -1, 1, 1).to(dev)

@@ -92,12 +92,34 @@ def test_missing_data_names_the_download_flag_that_exists(tmp_path: Path, monkey
         assert "--download" in help_text(command)
 
 
-def test_an_image_folder_without_test_fails_before_training(tmp_path: Path):
+def test_an_image_folder_too_small_to_hold_out_a_test_split_fails_before_training(tmp_path: Path):
+    # train/ without test/ or val/ holds the test split out of train/ (tests/test_own_data.py builds one);
+    # with one image of a class there is nothing to hold out
     for name in ("cat", "dog"):
         (tmp_path / "pets" / "train" / name).mkdir(parents=True)
         Image.fromarray(np.full((8, 8), 40, np.uint8)).save(tmp_path / "pets" / "train" / name / "0.png")
     fails(["build", "--profile", "smoke", "--dataset", f"imagefolder:{tmp_path / 'pets'}", "--out",
-           str(tmp_path / "p.mdc")], "(test split) not found", str(tmp_path / "pets" / "test"))
+           str(tmp_path / "p.mdc")], str(tmp_path / "pets" / "train"), "class 'cat' has 1 image(s)",
+          "at least 2 per class")
+    assert nothing_trained()
+
+
+def test_an_image_folder_with_test_but_no_train_fails_before_training(tmp_path: Path):
+    (tmp_path / "pets" / "test" / "cat").mkdir(parents=True)
+    fails(["build", "--profile", "smoke", "--dataset", f"imagefolder:{tmp_path / 'pets'}", "--out",
+           str(tmp_path / "p.mdc")], str(tmp_path / "pets" / "train"), "does not")
+    assert nothing_trained()
+
+
+@pytest.mark.parametrize(("suffix", "needle"), [
+    (":holdout=1.5", "holdout=1.5 must be a fraction between 0 and 1"),
+    (":holdout=half", "holdout='half' is not a float"),
+    (":depth=3", "unknown option 'depth'"),
+    (":seed=1:seed=2", "seed given twice"),
+])
+def test_bad_image_folder_options_fail_before_training(tmp_path: Path, suffix: str, needle: str):
+    fails(["build", "--profile", "smoke", "--dataset", f"imagefolder:{tmp_path / 'pets'}{suffix}", "--out",
+           str(tmp_path / "p.mdc")], needle)
     assert nothing_trained()
 
 

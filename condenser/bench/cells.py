@@ -1,8 +1,8 @@
 """Evaluation cells: one (method, size, label mode, seed) training, cached as one atomic JSON file.
 
-A cell's key hashes the exact prefix it trains on (pixels, labels and, for soft labels, the views) and the
-evaluation budget, so a resumed benchmark skips finished cells and never reuses a result computed on
-different data or under a different protocol.
+A cell's key hashes the exact prefix it trains on (pixels, labels and, for soft labels, the views), the
+test set it is scored on (its fingerprint) and the evaluation budget, so a resumed benchmark skips finished
+cells and never reuses a result computed on different data or under a different protocol.
 """
 
 from __future__ import annotations
@@ -51,9 +51,10 @@ def prefix_digest(prefix: formats.Prefix, labels: str) -> str:
     return h.hexdigest()[:16]
 
 
-def cell_key(cell: Cell, prefix: formats.Prefix, budget: EvalBudget, arch: str = "convnet") -> str:
-    return config_hash({"cell": asdict(cell), "data": prefix_digest(prefix, cell.labels), "budget": asdict(budget),
-                        "arch": arch})
+def cell_key(cell: Cell, prefix: formats.Prefix, budget: EvalBudget, test: str, arch: str = "convnet") -> str:
+    """The cache key of one cell; `test` is the test set's fingerprint (ImageDataset.fingerprint)."""
+    return config_hash({"cell": asdict(cell), "data": prefix_digest(prefix, cell.labels), "test": test,
+                        "budget": asdict(budget), "arch": arch})
 
 
 class CellCache:

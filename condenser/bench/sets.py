@@ -143,10 +143,13 @@ def files_carry_key(files: MethodFiles, key: str) -> bool:
 def baseline_run_dir(cfg: BuildConfig, profile: Profile) -> Path:
     """Run directory of the baselines of one configuration: A, B and C runs live side by side in it."""
     from condenser.checkpoint import config_hash
+    from condenser.data import load_dataset
     from condenser.paths import runs_dir
 
     ccfg = replace(cfg.condense_config(profile), multisize=False)
-    return runs_dir() / f"baselines-{cfg.dataset.replace(':', '_').replace('/', '_')}-{config_hash(asdict(ccfg))}"
+    data = load_dataset(cfg.dataset, "train", root=cfg.data_root).fingerprint  # changed data: a new run
+    stem = cfg.dataset.replace(":", "_").replace("/", "_")
+    return runs_dir() / f"baselines-{stem}-{data[:8]}-{config_hash(asdict(ccfg))}"
 
 
 def build_baseline(name: str, cfg: BuildConfig, out: str | Path, log: Callable[[str], None] = print,

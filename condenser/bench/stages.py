@@ -2,10 +2,10 @@
 
 Every stage is cached under the output directory, so a killed benchmark rerun with the same command
 continues where it stopped:
-- condensation runs checkpoint in `runs/<config hash>/` (condense() resumes them);
+- condensation runs checkpoint in `runs/<hash of config and training data>/` (condense() resumes them);
 - each method's packed file(s) in `sets/` carry a `bench_key` in their provenance and are reused when the
   key matches (the condensation is not even reloaded);
-- each evaluation cell is one atomic JSON in `cells/`, keyed by the exact prefix and budget.
+- each evaluation cell is one atomic JSON in `cells/`, keyed by the exact prefix, budget and test data.
 The report (results.json, results.md, results.png) is rewritten after each method's cells, so a partial
 run already shows what it has.
 """
@@ -97,7 +97,8 @@ class _Context:
         ccfg = None if method == "random" else asdict(replace(self.build.condense_config(self.profile), device=""))
         teacher = teacher_summary(self.teacher)
         return config_hash({
-            "method": method, "dataset": self.cfg.dataset, "ipc": self.cfg.ipc, "seed": self.cfg.seed,
+            "method": method, "dataset": self.cfg.dataset, "data": self.train.fingerprint, "ipc": self.cfg.ipc,
+            "seed": self.cfg.seed,
             "condense": ccfg, "views": self.views, "soft_labels": self.build.soft_labels, "codec": self.build.codec,
             "pixels": self.build.pixels, "teacher": teacher and (teacher["config"], teacher["test_accuracy"]),
         })
@@ -107,7 +108,7 @@ class _Context:
 
     def run_dir(self) -> Path:
         ccfg = replace(self.build.condense_config(self.profile), multisize=False, device="")
-        return self.out / "runs" / config_hash(asdict(ccfg))
+        return self.out / "runs" / config_hash({"condense": asdict(ccfg), "data": self.train.fingerprint})
 
 
 def _prepare(cfg: BenchConfig, log: Callable[[str], None]) -> _Context:
@@ -233,7 +234,7 @@ def run_bench(
 
         for cell in cells:  # stage 2: evaluation cells, cached ones first
             path = files[cell.method].paths[cell.size]
-            key = cell_key(cell, read_prefix(path, cell.size), budget)
+            key = cell_key(cell, read_prefix(path, cell.size), budget, ctx.test.fingerprint)
             record = cache.load(cell, key)
             if record is None:
                 jobs.append(Job(cell, path, key))

@@ -37,7 +37,8 @@ def teacher(
     from condenser.teacher import TeacherConfig, teacher_paths, train_teacher
 
     overrides = {"epochs": epochs} if epochs is not None else {}
-    config = TeacherConfig.from_profile(dataset, arch, resolve_profile(profile), seed=seed, **overrides)
+    config = TeacherConfig.from_profile(dataset, arch, resolve_profile(profile), seed=seed,
+                                        data_root=str(data_root) if data_root else None, **overrides)
     require_data(dataset, data_root, download, ("train", "test"))
     result = train_teacher(config, data_root=data_root, device=device, log=log)
     weights, _, _ = teacher_paths(config)

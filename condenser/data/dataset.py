@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+
 import torch
 
 from condenser.data.spec import DatasetSpec, normalize
@@ -39,6 +42,22 @@ class ImageDataset:
 
     def __repr__(self) -> str:
         return f"ImageDataset({self.spec.name!r}, n={len(self)}, shape={self.spec.image_shape})"
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Content hash (16 hex digits) of every pixel, label and spec field but the name, computed once.
+
+        Cache keys (teacher, condensation runs, bench sets and cells) include it, so changed data trains
+        anew instead of reusing, or failing on, an entry made from other data. The same files under two
+        names hash alike. One sha256 pass: about 0.07 s for Fashion-MNIST's 60k training images.
+        """
+        spec = self.spec
+        h = hashlib.sha256()
+        h.update(repr((tuple(self.images.shape), spec.num_classes, spec.class_names, spec.image_shape,
+                       spec.mean, spec.std, spec.allow_flip)).encode())
+        h.update(self.labels.contiguous().numpy().tobytes())
+        h.update(memoryview(self.images.contiguous().numpy()).cast("B"))
+        return h.hexdigest()[:16]
 
     @property
     def class_counts(self) -> torch.Tensor:

@@ -18,7 +18,7 @@ SPLITS = ("train", "test")
 
 IMAGEFOLDER_HINT = (
     "or use any class-per-folder image set as imagefolder:PATH "
-    "(PATH/train/<class>/*.png and PATH/test/<class>/*.png; val/ is accepted for test/)"
+    "(PATH/<class>/*.png, a test split held out; or PATH/train/<class>/ with PATH/test/<class>/ or val/)"
 )
 
 
@@ -42,6 +42,11 @@ class DatasetSource(ABC):
         look for their files.
         """
         self.load(split, root, download)
+
+    def describe(self) -> dict:
+        """What a build records about the data (its provenance): the name, plus where sources have choices
+        that the name alone does not show (a held-out split's fraction and seed)."""
+        return {"name": self.name}
 
 
 class FileSource(DatasetSource):
@@ -142,6 +147,6 @@ def _read_cached(source: FileSource, split: str, directory: str) -> ImageDataset
     )
 
 
-def clear_cache() -> None:
-    """Drop every decoded dataset held by this process (frees memory)."""
+def clear_file_cache() -> None:
+    """Drop every dataset decoded from a registered source's files (condenser.data.clear_cache drops all)."""
     _read_cached.cache_clear()

@@ -59,7 +59,7 @@ class PoolContext:
 
 def teacher_config(ctx: PoolContext, s: DecoupledSettings, arch: str, model_kwargs: dict) -> TeacherConfig:
     budget = {k: v for k, v in (("epochs", s.teacher_epochs), ("max_train", s.teacher_max_train)) if v is not None}
-    cfg = TeacherConfig.from_profile(ctx.dataset, arch, ctx.profile, **budget)
+    cfg = TeacherConfig.from_profile(ctx.dataset, arch, ctx.profile, data_root=ctx.data_root, **budget)
     return replace(cfg, model_kwargs=dict(model_kwargs))
 
 
