@@ -6,6 +6,7 @@ padded with zero weights), the learning-rate schedule and the seed are the same 
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -15,20 +16,29 @@ from typing import Any
 
 import numpy as np
 
+from formats.atomic import atomic_write_bytes
+from runtime import checkpoint as ckpt
 from runtime.backends import ModelSpec, Trainer, make_trainer
 from runtime.bundle import TrainerBundle
+from runtime.checkpoint import CheckpointError, LoopState, ModelState
 from runtime.config import DEFAULT_BATCH_SIZE, TrainConfig, learning_rate, steps_per_epoch
 from runtime.data import prepare_images
 from runtime.dataset import Dataset
 from runtime.errors import ConfigError, DivergedError, TrainerError
+from runtime.inference_graph import bake_params
 from runtime.init import init_params
+from runtime.onnx_check import check_model
 
 TrainerSource = TrainerBundle | bytes | str | os.PathLike | None
 
 
 @dataclass
 class Model:
-    """A trained network: parameters (numpy, in `spec.param_names` order) and a backend to run it."""
+    """A trained network: parameters (numpy, in `spec.param_names` order) and a backend to run it.
+
+    `save`/`load` write and read a checkpoint (runtime/checkpoint.py) that `runtime.train(resume=...)`
+    continues bit-identically; `export_onnx` writes a plain inference model (docs/trainer.md).
+    """
 
     spec: ModelSpec
     backend: str
@@ -40,6 +50,8 @@ class Model:
     seconds: float = 0.0
     ipc: int | None = None
     _trainer: Trainer | None = field(default=None, repr=False)
+    _bundle: TrainerBundle | None = field(default=None, repr=False)
+    _loop: LoopState | None = field(default=None, repr=False)
 
     @property
     def arch(self) -> str:
@@ -49,12 +61,59 @@ class Model:
     def params(self) -> dict[str, np.ndarray]:
         return dict(zip(self.spec.param_names, self._trainer.get_params(), strict=True))
 
+    @property
+    def finished(self) -> bool:
+        """Whether every epoch of `config.epochs` has run (a checkpoint of a killed run has not)."""
+        return self._loop is not None and self._loop.epoch >= self.config.epochs
+
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Logits [N, K]; x as in `evaluate` (uint8 or normalised float32)."""
         return self._trainer.logits(prepare_images(x, self.spec.in_shape, self.mean, self.std))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.logits(x).argmax(axis=1)
+
+    def state(self) -> ModelState:
+        """Parameters, optimizer state, settings and loop position, as a checkpoint stores them."""
+        loop = copy.copy(self._loop) if self._loop is not None else LoopState.start(self.config.seed, {})
+        return ModelState(backend=self.backend, spec=self.spec, config=self.config,
+                          params=self._trainer.get_params(), momenta=ckpt.trainer_momenta(self._trainer),
+                          loop=loop, mean=self.mean, std=self.std, ipc=self.ipc, losses=list(self.losses),
+                          seconds=self.seconds, bundle=None if self._bundle is None else self._bundle.to_bytes())
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write a checkpoint atomically (formats/atomic.py): msgpack and raw float32 arrays, no pickle."""
+        ckpt.save(self.state(), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], backend: str | None = None, threads: int | None = None) -> Model:
+        """A Model from a checkpoint, ready to predict, export or continue (`runtime.train(resume=...)`);
+        backend None = the one it was trained with."""
+        return model_from_state(ckpt.load(path), backend, threads)
+
+    def export_onnx(self, path: str | os.PathLike[str]) -> None:
+        """Write `x -> logits` as a plain ONNX model with the trained parameters as initializers.
+
+        x is float32 [B, C, H, W], normalised with `mean`/`std`, B the trainer's fixed batch size; the
+        graph is the bundle's inference graph, so it passes runtime/onnx_check.py like the bundle does.
+        """
+        if self._bundle is None:
+            raise TrainerError("export_onnx() needs a trainer bundle's inference graph; this model was trained "
+                               "with backend='torch' and no bundle: pass trainer= to runtime.train")
+        names = self._bundle.meta.inference_inputs[1:]
+        graph = bake_params(self._bundle.inference, names, self._trainer.get_params())
+        check_model(graph, "exported inference")
+        atomic_write_bytes(path, graph)
+
+
+def model_from_state(s: ModelState, backend: str | None = None, threads: int | None = None) -> Model:
+    """Rebuild a backend trainer from a checkpoint's parameters and momentum buffers."""
+    bundle = TrainerBundle.from_bytes(s.bundle) if s.bundle is not None else None
+    backend = backend or s.backend
+    tr = make_trainer(backend, s.spec, bundle, s.params, seed=s.config.seed, threads=threads)
+    ckpt.set_trainer_momenta(tr, s.momenta)
+    return Model(spec=tr.spec, backend=backend, config=s.config, mean=s.mean, std=s.std, losses=list(s.losses),
+                 steps=s.loop.step, seconds=s.seconds, ipc=s.ipc, _trainer=tr, _bundle=bundle, _loop=s.loop)
 
 
 def resolve_bundle(trainer: TrainerSource, embedded: bytes | None) -> TrainerBundle | None:
@@ -135,54 +194,142 @@ def initial_params(cfg: TrainConfig, spec: ModelSpec, bundle: TrainerBundle | No
     return init_params(bundle.meta.param_names, bundle.params, cfg.seed)
 
 
-def train(ds: Dataset, arch: str | None = None, backend: str = "onnx", *, epochs: int | None = None,
+def _fresh_model(ds: Dataset, arch: str | None, backend: str, cfg: TrainConfig, trainer: TrainerSource,
+                 arch_kwargs: dict[str, Any] | None) -> Model:
+    bundle = resolve_bundle(trainer, ds.trainer_bundle)
+    spec, _, bundle = plan(ds.image_shape, ds.num_classes, arch, backend, cfg, bundle, arch_kwargs)
+    params = initial_params(cfg, spec, bundle, backend)
+    tr = make_trainer(backend, spec, bundle, params, seed=cfg.seed, threads=cfg.threads)
+    return Model(spec=tr.spec, backend=backend, config=cfg, mean=ds.mean, std=ds.std, ipc=ds.ipc,
+                 _trainer=tr, _bundle=bundle, _loop=LoopState.start(cfg.seed, ckpt.data_fingerprint(ds)))
+
+
+def _resume_config(saved: TrainConfig, config: TrainConfig | None, explicit: dict[str, Any],
+                   where: str) -> TrainConfig:
+    """The checkpoint's settings; those this call states must agree (threads may change)."""
+    asked = {**({f.name: getattr(config, f.name) for f in fields(TrainConfig)} if config else {}), **explicit}
+    build_config(None, asked)  # unknown or invalid settings fail as for a fresh run
+    for name, value in asked.items():
+        if name != "threads" and value != getattr(saved, name):
+            raise CheckpointError(f"{where}: the run was started with {name}={getattr(saved, name)!r}, "
+                                  f"this call asks for {name}={value!r}")
+    return saved.with_(threads=asked.get("threads", saved.threads))
+
+
+def _resumed_model(state: ModelState, ds: Dataset, arch: str | None, backend: str | None, trainer: TrainerSource,
+                   config: TrainConfig | None, explicit: dict[str, Any], where: str) -> Model:
+    """The model of a checkpoint, after checking that this call continues the same run on the same data."""
+    cfg = _resume_config(state.config, config, explicit, where)
+    if backend is not None and backend != state.backend:
+        raise CheckpointError(f"{where}: the run trains with backend {state.backend!r}, this call asks for "
+                              f"{backend!r}")
+    if arch is not None and arch != state.spec.arch:
+        raise CheckpointError(f"{where}: the run trains {state.spec.arch!r}, this call asks for {arch!r}")
+    if trainer is not None and resolve_bundle(trainer, None).to_bytes() != state.bundle:
+        raise CheckpointError(f"{where}: trainer= is not the trainer bundle the run started with")
+    data = ckpt.data_fingerprint(ds)
+    for key, value in state.loop.data.items():
+        if data.get(key) != value:
+            raise CheckpointError(f"{where}: the run trained on other data ({key} {value!r}, this dataset "
+                                  f"{data.get(key)!r})")
+    state.config = cfg
+    return model_from_state(state, threads=cfg.threads)
+
+
+def _resume_state(resume: Model | str | os.PathLike | None,
+                  checkpoint: str | os.PathLike | None) -> tuple[ModelState | None, str]:
+    """What to continue: `resume` (a Model or a checkpoint file), else `checkpoint` if that file exists."""
+    if isinstance(resume, Model):
+        return resume.state(), "resume= model"
+    if resume is not None:
+        return ckpt.load(resume), str(resume)
+    if checkpoint is not None and os.path.exists(checkpoint):
+        return ckpt.load(checkpoint), str(checkpoint)
+    return None, ""
+
+
+def train(ds: Dataset, arch: str | None = None, backend: str | None = None, *, epochs: int | None = None,
           batch_size: int | None = None, lr: float | None = None, schedule: str | None = None,
           seed: int | None = None, labels: str | None = None, init: str | None = None,
           momentum: float | None = None, weight_decay: float | None = None, threads: int | None = None,
           trainer: TrainerSource = None, config: TrainConfig | None = None,
           arch_kwargs: dict[str, Any] | None = None,
           callback: Callable[[int, float], None] | None = None,
-          progress: Callable[[int, int], None] | None = None, **settings: Any) -> Model:
-    """Train a fresh network on `ds` and return it.
+          progress: Callable[[int, int], None] | None = None,
+          checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None,
+          resume: Model | str | os.PathLike | None = None, **settings: Any) -> Model:
+    """Train a network on `ds` and return it.
 
     The keyword settings are TrainConfig fields (see runtime/config.py for defaults and meaning); those
-    given override `config`. arch None = the trainer bundle's, else "convnet". trainer: a TrainerBundle,
-    its bytes or a bundle file; None = the bundle embedded in the file. callback(epoch, mean_loss) runs
-    after every epoch, progress(steps_done, steps_total) after every step (runtime.progress.step_reporter
-    turns it into log lines). Unknown keywords raise ConfigError.
+    given override `config`. arch None = the trainer bundle's, else "convnet"; backend None = "onnx".
+    trainer: a TrainerBundle, its bytes or a bundle file; None = the bundle embedded in the file.
+    callback(epoch, mean_loss) runs after every epoch, progress(steps_done, steps_total) after every step
+    (runtime.progress.step_reporter turns it into log lines). Unknown keywords raise ConfigError.
+
+    checkpoint: a file the run saves itself to (Model.save) every `checkpoint_every` steps, or after
+    every epoch when that is None, and at the end; when the file exists, train() continues from it, so
+    calling it again after the app was killed finishes the same run bit-identically. resume: a Model or
+    checkpoint file to continue from. A continued run takes the checkpoint's settings; settings given
+    here must equal them (CheckpointError), and so must the data.
     """
+    if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
+        raise ConfigError(f"checkpoint_every must be a positive integer or None, got {checkpoint_every!r}")
     given = dict(epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule, seed=seed, labels=labels,
                  init=init, momentum=momentum, weight_decay=weight_decay, threads=threads)
-    cfg = build_config(config, {**{k: v for k, v in given.items() if v is not None}, **settings})
-    mode = ds.resolve_labels(cfg.labels)
-    bundle = resolve_bundle(trainer, ds.trainer_bundle)
-    spec, batch_size, bundle = plan(ds.image_shape, ds.num_classes, arch, backend, cfg, bundle, arch_kwargs)
-    params = initial_params(cfg, spec, bundle, backend)
-    tr = make_trainer(backend, spec, bundle, params, seed=cfg.seed, threads=cfg.threads)
-    model = Model(spec=tr.spec, backend=backend, config=cfg, mean=ds.mean, std=ds.std, ipc=ds.ipc,
-                  _trainer=tr)
-    rng = np.random.default_rng(cfg.seed)
-    spe = steps_per_epoch(len(ds), batch_size)
-    t0 = time.perf_counter()
-    step = 0
-    if progress is not None:
-        progress(0, cfg.epochs * spe)
-    for epoch in range(cfg.epochs):
-        total = 0.0
-        for batch in ds.batches(batch_size, labels=mode, rng=rng):
-            loss = tr.step(learning_rate(cfg, step, spe), batch.x, batch.targets, batch.weights)
-            if not math.isfinite(loss):
-                raise DivergedError(f"loss became {loss} at epoch {epoch}, step {step} (lr "
-                                    f"{learning_rate(cfg, step, spe):.3g}); lower lr")
-            total += loss
-            step += 1
-            if progress is not None:
-                progress(step, cfg.epochs * spe)
-        model.losses.append(total / spe)
-        if callback is not None:
-            callback(epoch, model.losses[-1])
-    model.steps, model.seconds = step, time.perf_counter() - t0
+    explicit = {**{k: v for k, v in given.items() if v is not None}, **settings}
+    state, where = _resume_state(resume, checkpoint)
+    if state is None:
+        cfg = build_config(config, explicit)
+        model = _fresh_model(ds, arch, backend or "onnx", cfg, trainer, arch_kwargs)
+    else:
+        model = _resumed_model(state, ds, arch, backend, trainer, config, explicit, where)
+    mode = ds.resolve_labels(model.config.labels)
+    batch = model.config.batch_size or model.spec.batch_size or DEFAULT_BATCH_SIZE
+    _run(model, ds, mode, int(batch), callback, progress, checkpoint, checkpoint_every)
     return model
+
+
+def _run(model: Model, ds: Dataset, mode: str, batch_size: int, callback: Callable[[int, float], None] | None,
+         progress: Callable[[int, int], None] | None, checkpoint: str | os.PathLike | None,
+         every: int | None) -> None:
+    """The loop, from wherever `model._loop` stands: per epoch a permutation, then per batch its views,
+    all from the loop's one generator, so a continued run draws exactly what an unbroken one draws."""
+    cfg, tr, loop = model.config, model._trainer, model._loop
+    spe = steps_per_epoch(len(ds), batch_size)
+    rng = loop.generator()
+    t0, seconds0 = time.perf_counter(), model.seconds
+
+    def save() -> None:
+        loop.rng = rng.bit_generator.state
+        model.steps, model.seconds = loop.step, seconds0 + time.perf_counter() - t0
+        if checkpoint is not None:
+            model.save(checkpoint)
+
+    if progress is not None:
+        progress(loop.step, cfg.epochs * spe)
+    while loop.epoch < cfg.epochs:
+        order = loop.order if loop.order is not None else rng.permutation(len(ds))
+        for j in range(loop.batch, spe):
+            batch = ds.batch(order[j * batch_size:(j + 1) * batch_size], batch_size, mode, rng)
+            lr = learning_rate(cfg, loop.step, spe)
+            loss = tr.step(lr, batch.x, batch.targets, batch.weights)
+            if not math.isfinite(loss):
+                raise DivergedError(f"loss became {loss} at epoch {loop.epoch}, step {loop.step} (lr {lr:.3g}); "
+                                    "lower lr")
+            loop.epoch_loss += loss
+            loop.step += 1
+            if progress is not None:
+                progress(loop.step, cfg.epochs * spe)
+            if every is not None and loop.step % every == 0 and j + 1 < spe:
+                loop.batch, loop.order = j + 1, order
+                save()
+        model.losses.append(loop.epoch_loss / spe)
+        loop.epoch, loop.batch, loop.order, loop.epoch_loss = loop.epoch + 1, 0, None, 0.0
+        if callback is not None:
+            callback(loop.epoch - 1, model.losses[-1])
+        if loop.epoch < cfg.epochs and (every is None or loop.step % every == 0):
+            save()
+    save()
 
 
 def evaluate(model: Model, x: np.ndarray, y: np.ndarray) -> float:
