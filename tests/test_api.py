@@ -69,6 +69,14 @@ def test_both_layouts_and_grayscale_make_the_same_dataset():
     assert torch.equal(gray.train.images[:, 0], torch.from_numpy(nhwc[..., 0]))
 
 
+def test_the_dataset_keeps_its_own_copy_of_the_arrays():
+    images, labels = arrays(4, seed=0, channels_last=False)
+    source = from_arrays(images, labels, NAMES, test_images=images, test_labels=labels, name="copy")
+    fingerprint = source.train.fingerprint
+    images[:] = 0  # the caller reuses its buffer
+    assert int(source.train.images.max()) > 0 and source.train.fingerprint == fingerprint
+
+
 def test_a_held_out_split_is_stratified_disjoint_and_deterministic():
     images, labels = arrays(10, seed=0)
     first = from_arrays(images, labels, NAMES, name="held", holdout=0.3, seed=5)
