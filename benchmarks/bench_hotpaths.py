@@ -111,8 +111,11 @@ def flop_row(path: str, unit: str, fn: Callable[[], object], repeats: int, peak:
              note: str = "", per: int = 1) -> Row:
     """Count FLOPs in a first (warm-up) call, then time `repeats` calls; `per` units per call."""
     flops = count_flops(fn) / per
+    sys0, cpu0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime, cpu_seconds()
     seconds, samples = median_seconds(fn, repeats)
+    kernel = (resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys0) / max(cpu_seconds() - cpu0, 1e-9)
     seconds /= per
+    note = f"{note}; {100 * kernel:.0f} % of it kernel time"
     return Row(path, unit, seconds, [s / per for s in samples], flops, flops / seconds / peak, peer, note)
 
 

@@ -2,8 +2,6 @@
 
 import sys
 
-from formats._alloc import configure_allocator
 from runtime.cli import main
 
-configure_allocator()  # see formats/_alloc.py
 sys.exit(main())
