@@ -71,12 +71,31 @@ class BenchBudget:
 
 
 @dataclass(frozen=True)
+class QuickEval:
+    """`condenser eval`'s default (`--protocol quick`): a first honest number in minutes, next to its control.
+
+    The pinned protocol (`Profile.evaluate`, every size, hard and soft) is `--protocol pinned`. `sizes` are kept
+    where the file holds them, plus the file's largest size. None = the profile's own evaluation budget.
+    """
+
+    evaluate: EvalBudget | None = None
+    sizes: tuple[int, ...] = (1, 2, 5, 10)
+    labels: tuple[str, ...] = ("soft",)  # a file without soft-label views falls back to hard
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     teacher: TeacherBudget
     evaluate: EvalBudget
     condense: CondenseBudget = field(default_factory=CondenseBudget)
     bench: BenchBudget = field(default_factory=BenchBudget)
+    quick: QuickEval = field(default_factory=QuickEval)
+
+    @property
+    def quick_budget(self) -> EvalBudget:
+        """The quick protocol's training and test budget (the profile's evaluation where it names none)."""
+        return self.quick.evaluate or self.evaluate
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -99,6 +118,7 @@ PROFILES.add(
             method="dm", outer_loops=4, inner_loops=2, period=2, n_data=64, batch_real=16, width=16,
             views_per_image=2,
         ),
+        quick=QuickEval(evaluate=EvalBudget(epochs=2, seeds=2, width=16, max_test=256)),
     ),
 )
 PROFILES.add(
@@ -115,6 +135,11 @@ PROFILES.add(
         # trainings (~6900 CPU-s, 2 processes); the arithmetic is in condenser/bench/__init__.py.
         bench=BenchBudget(condense=CondenseBudget(method="dm", outer_loops=15, inner_loops=10, period=3, n_data=256),
                           evaluate=EvalBudget(epochs=100, max_test=2000)),
+        # `condenser eval`'s default: sizes 1, 2, 5, 10 (180 images) x 100 epochs x 3 seeds x ~3.75 ms = ~200 CPU-s
+        # per set, + 12 scorings of 2,000 test images x ~5 s; the file and its random-real control = ~520 CPU-s,
+        # ~4.5 min in 2 single-threaded processes on 2 idle cores. The bench's evaluation budget, so the numbers
+        # compare with bench tables.
+        quick=QuickEval(evaluate=EvalBudget(epochs=100, max_test=2000)),
     ),
 )
 PROFILES.add(

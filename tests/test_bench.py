@@ -184,7 +184,7 @@ def test_baseline_c_cli_writes_a_valid_nested_file_that_eval_reads(tmp_path):
         assert prov["method"] == "C" and prov["nested"] and len(prov["runs"]) == 1
         assert prov["runs"][0]["condense"]["multisize"] is False
     result = CliRunner().invoke(app, ["eval", str(out), "--profile", "smoke", "--epochs", "1", "--seeds", "2",
-                                      "--device", "cpu"])
+                                      "--labels", "hard,soft", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "c.mdc.eval.json").read_text())
     assert set(data["sizes"]) == {"1", "2"}

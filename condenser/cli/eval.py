@@ -1,9 +1,16 @@
-"""`condenser eval FILE`: the pinned protocol on every requested prefix, hard and soft labels."""
+"""`condenser eval FILE`: every requested prefix next to the random-real control with the same labels.
+
+`--protocol quick` (the default) trains on a few sizes under the profile's quick budget, a first honest
+number in minutes; `--protocol pinned` is the profile's full evaluation (condenser/profiles.py holds both).
+The file and its control train side by side in the bench's worker processes (condenser/evaluate/compare.py).
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+import statistics
+from collections import defaultdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -26,9 +33,16 @@ from condenser.cli.options import (
 from condenser.errors import CondenserError
 
 if TYPE_CHECKING:
+    from condenser.bench.cells import Cell
+    from condenser.data import ImageDataset
+    from condenser.evaluate.controls import ControlPlan as ControlPlanT
+    from condenser.profiles import EvalBudget
+    from condenser.profiles import Profile as ProfileT
     from formats import MDCReader
 
 LABEL_MODES = ("hard", "soft")
+PROTOCOLS = ("quick", "pinned")
+TABLE_WIDTH = 78  # wide enough for the budget caption in two lines, narrow enough for an 80-column log
 
 
 def sidecar_path(file: Path) -> Path:
@@ -36,9 +50,12 @@ def sidecar_path(file: Path) -> Path:
     return file.with_name(file.name + ".eval.json")
 
 
-def _labels(text: str) -> str:
-    modes = [m.strip() for m in text.split(",") if m.strip()]
-    if not modes or any(m not in LABEL_MODES for m in modes):
+def labels_list(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def _labels(text: str | None) -> str | None:
+    if text is not None and (not labels_list(text) or any(m not in LABEL_MODES for m in labels_list(text))):
         raise typer.BadParameter(f"{text!r}: use hard, soft or hard,soft")
     return text
 
@@ -66,28 +83,154 @@ def check_sizes(reader: MDCReader, sizes: str, modes: list[str]) -> list[int]:
     return wanted
 
 
-def results_table(results: dict, title: str) -> Table:
-    table = Table(title=title)
+def results_table(results: dict, title: str, caption: str) -> Table:
+    """IPC rows; per label mode the file's accuracy, the random-real control's and their difference."""
+    table = Table(title=title, caption=caption, caption_justify="left", min_width=TABLE_WIDTH)
     table.add_column("IPC", justify="right")
-    modes = [m for m in ("hard", "soft") if any(m in row for row in results["sizes"].values())]
+    control = (results.get("control") or {}).get("sizes", {})
+    modes = [m for m in LABEL_MODES if any(m in row for row in results["sizes"].values())]
     for mode in modes:
-        table.add_column(f"{mode} labels (%)", justify="right")
+        table.add_column(f"file {mode} %", justify="right")
+        if control:
+            table.add_column(f"random {mode} %", justify="right")
+            table.add_column("Δ", justify="right")
     for k, row in results["sizes"].items():
-        cells = [f"{row[m]['mean']:.2f} ± {row[m]['std']:.2f}" if m in row else "-" for m in modes]
+        cells = []
+        for mode in modes:
+            cells.append(_mean_std(row.get(mode)))
+            if control:
+                other = control.get(k, {}).get(mode)
+                cells += [_mean_std(other), _difference(row.get(mode), other)]
         table.add_row(str(k), *cells)
     return table
+
+
+def _mean_std(summary: dict | None) -> str:
+    return "-" if summary is None else f"{summary['mean']:.2f} ± {summary['std']:.2f}"
+
+
+def _difference(ours: dict | None, control: dict | None) -> str:
+    return "-" if ours is None or control is None else f"{ours['mean'] - control['mean']:+.1f}"
+
+
+def _protocol(name: str) -> str:
+    if name not in PROTOCOLS:
+        raise typer.BadParameter(f"unknown protocol {name!r}; use {' or '.join(PROTOCOLS)}")
+    return name
+
+
+def eval_budget(prof: ProfileT, protocol: str, epochs: int | None, seeds: int | None, max_test: int | None,
+                loss: str | None, gamma: float | None) -> EvalBudget:
+    """The protocol's budget (condenser/profiles.py) with the command line's overrides."""
+    budget = prof.quick_budget if protocol == "quick" else prof.evaluate
+    overrides = {"epochs": epochs, "seeds": seeds, "max_test": max_test, "loss": loss, "loss_gamma": gamma}
+    return replace(budget, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def default_sizes(prof: ProfileT, protocol: str, present: int) -> str:
+    """quick: the profile's quick sizes that the file holds, plus its largest; pinned: every size."""
+    if protocol == "pinned":
+        return "all"
+    return ",".join(str(k) for k in sorted({k for k in prof.quick.sizes if k <= present} | {present}))
+
+
+def default_modes(prof: ProfileT, protocol: str, has_views: bool) -> list[str]:
+    """quick: the profile's quick label modes (hard where the file has no views); pinned: hard and soft."""
+    modes = list(prof.quick.labels) if protocol == "quick" else list(LABEL_MODES)
+    usable = [m for m in modes if m == "hard" or has_views]
+    return usable or ["hard"]
+
+
+def budget_line(protocol: str, prof: ProfileT, budget: EvalBudget, modes: list[str], scored: int,
+                num_test: int) -> str:
+    """The budget, stated in the table: epochs, test images, seeds, label modes."""
+    test = (f"a seeded stratified sample of {scored:,} of {num_test:,} test images" if scored < num_test
+            else f"all {num_test:,} test images")
+    return (f"{protocol} protocol ({prof.name} profile): {budget.epochs} epochs, {test}, {budget.seeds} seeds, "
+            f"{' and '.join(modes)} labels, last-epoch accuracy")
+
+
+def plan_control(reader: MDCReader, file: Path, wanted: bool | None, dataset: str, data_root: Path | None,
+                 device: str, teacher: Path | None) -> tuple[ControlPlanT | None, str | None]:
+    """(the control's plan, None) or, where the file cannot have one and --control was not asked, (None, why)."""
+    from condenser.evaluate.controls import NoControl
+    from condenser.evaluate.controls import plan_control as plan
+
+    if wanted is False:
+        return None, "--no-control"
+    try:
+        return plan(file, reader, dataset, str(data_root) if data_root else None, device, teacher), None
+    except NoControl as exc:
+        if wanted:
+            raise CondenserError(f"--control: {exc}; evaluate without it") from None
+        return None, str(exc)
+
+
+def table_title(file: Path, plan: ControlPlanT | None) -> str:
+    if plan is None:
+        return file.name
+    return f"{file.name} vs random real ({'the same teacher, views and codec' if plan.soft else 'hard labels'})"
+
+
+def scored_images(test: ImageDataset, budget: EvalBudget) -> int:
+    """How many test images a training is scored on: the split, or its stratified sample (protocol.py)."""
+    from condenser.evaluate.protocol import stratified_indices
+
+    return len(test) if budget.max_test is None else int(stratified_indices(test, budget.max_test).numel())
+
+
+def run_cells(file: Path, paths: dict[str, Path], sizes: list[int], modes: list[str], budget: EvalBudget,
+              test: ImageDataset, dataset: str, data_root: str | None, device: str, workers: int | None) -> dict:
+    """Every cell of the file (and its control) under a progress bar, with a line per finished (set, size, mode)."""
+    from condenser.evaluate.compare import evaluate_sets
+    from condenser.progress import progress_bar
+
+    accuracies: dict[tuple[str, int, str], list[float]] = defaultdict(list)
+    name = f"eval {file.name}" + (" and its control" if len(paths) > 1 else "")
+    with progress_bar() as progress:
+        task = {}
+
+        def planned(total: float) -> None:
+            task["id"] = progress.add_task(name, total=total)
+
+        def finished(cell: Cell, record: dict, cost: float) -> None:
+            progress.advance(task["id"], cost)
+            group = accuracies[(cell.method, cell.size, cell.labels)]
+            group.append(record["accuracy"])
+            if len(group) == budget.seeds:
+                log(f"{cell.method:>7} IPC {cell.size:>3} {cell.labels:>4}: {statistics.fmean(group):.2f} ± "
+                    f"{statistics.pstdev(group):.2f} ({len(group)} seeds)")
+
+        return evaluate_sets(paths, sizes, modes, budget, test, dataset, data_root, device, workers,
+                             on_plan=planned, on_cell=finished)
 
 
 @app.command("eval")
 def eval_file(
     file: Annotated[Path, typer.Argument(help="A .mdc file.", exists=True, dir_okay=False)],
-    sizes: Annotated[str, typer.Option(help="Prefix sizes: 1-10, 1,2,5,10 or all.")] = "all",
-    labels: Annotated[str, typer.Option(callback=_labels, help="hard, soft or hard,soft.")] = "hard,soft",
-    seeds: Annotated[int | None, typer.Option(min=1, help="Seeds per size (default: the profile's).")] = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Override the profile's training epochs.")] = None,
-    max_test: Annotated[int | None, typer.Option(help="Score on a fixed class-balanced head of the test split of this "
-                                                 "many images (the bench's reduced budget; default: all).",
-                                                 min=1)] = None,
+    protocol: Annotated[str, typer.Option(callback=_protocol, help="quick: the profile's quick budget "
+                                          "(condenser/profiles.py; the table states it); pinned: the profile's "
+                                          "full evaluation on the whole test split, every size, hard and "
+                                          "soft.")] = "quick",
+    sizes: Annotated[str | None, typer.Option(help="Prefix sizes: 1-10, 1,2,5,10 or all (default: the "
+                                              "protocol's).")] = None,
+    labels: Annotated[str | None, typer.Option(callback=_labels, help="hard, soft or hard,soft (default: the "
+                                               "protocol's).")] = None,
+    seeds: Annotated[int | None, typer.Option(min=1, help="Seeds per size (default: the protocol's).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override the protocol's training epochs.")] = None,
+    max_test: Annotated[int | None, typer.Option(help="Score on a seeded stratified random sample of this many "
+                                                 "test images (default: the protocol's).", min=1)] = None,
+    control: Annotated[bool | None, typer.Option("--control/--no-control", help="Also train on the random-real "
+                                                 "control: as many real images per class, relabelled by the "
+                                                 "file's teacher with its views and codec (cached under "
+                                                 "$MULTISIZE_CACHE/controls). Default: where the file's header "
+                                                 "allows it.")] = None,
+    teacher: Annotated[Path | None, typer.Option("--teacher", exists=True, dir_okay=False, help="The "
+                                                 "teacher.safetensors that labelled FILE, for its control (files "
+                                                 "built with --teacher; default: the build's cached "
+                                                 "teacher).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Training processes (default: one per core on a CPU, "
+                                                "at most 8, unless the work is too small; one on CUDA).")] = None,
     loss: Annotated[str | None, typer.Option(callback=_loss, help="Soft-label student loss: soft_ce (default) "
                                              "or mse_gt (G-VBSM: logit MSE + gamma*CE).")] = None,
     gamma: Annotated[float | None, typer.Option(help="gamma of the mse_gt loss (default 0.1).")] = None,
@@ -104,42 +247,45 @@ def eval_file(
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Train the evaluation network on each prefix (last-epoch accuracy, mean ± std over seeds)."""
+    """Train the evaluation network on each prefix and on the random-real control (last-epoch accuracy, mean ± std
+    over seeds); the quick protocol by default, the full one with --protocol pinned."""
     import formats
+    from condenser.data import load_dataset
     from condenser.data.trusted import header_dataset
-    from condenser.evaluate.sizes import evaluate_file, write_results
+    from condenser.evaluate.controls import ensure_control
+    from condenser.evaluate.sizes import write_results
     from condenser.profiles import get_profile
-    from condenser.progress import progress_bar
     from formats.atomic import atomic_write_bytes
 
     prof = get_profile(resolve_profile(profile))
-    budget = prof.evaluate if epochs is None else replace(prof.evaluate, epochs=epochs)
-    if max_test is not None:
-        budget = replace(budget, max_test=max_test)
-    if loss is not None or gamma is not None:
-        budget = replace(budget, loss=loss or budget.loss, loss_gamma=budget.loss_gamma if gamma is None else gamma)
-    modes = [m.strip() for m in labels.split(",") if m.strip()]
+    budget = eval_budget(prof, protocol, epochs, seeds, max_test, loss, gamma)
     with reading(file), formats.open_mdc(file) as reader:
-        wanted = check_sizes(reader, sizes, modes)
+        has_views = reader.spec.views is not None
+        modes = labels_list(labels) if labels else default_modes(prof, protocol, has_views)
+        wanted = check_sizes(reader, sizes or default_sizes(prof, protocol, reader.blocks_present), modes)
         if dataset is None:  # refused before any work if the header names a path
             dataset = header_dataset(reader.header.get("dataset"), f"the header of {file}")
+        plan, no_control = plan_control(reader, file, control, dataset, data_root, device, teacher)
     json_path = check_writable_file(json_out or sidecar_path(file), "--json")
     if write:
         check_writable_file(file, "--write: FILE")
-    require_data(dataset, data_root, download, ("test",))
-    seed_list = list(range(seeds if seeds is not None else budget.seeds))
-    console = Console()
-    with progress_bar() as progress:
-        task = progress.add_task(f"eval {file.name}", total=len(wanted) * len(modes))
-
-        def done(k, mode, result):
-            progress.advance(task)
-            log(f"IPC {k:>3} {mode:>4}: {result}")
-
-        results = evaluate_file(file, wanted, budget, modes, seed_list, device, str(data_root) if data_root else None,
-                                on_result=done, dataset=dataset)
-    results["profile"] = prof.name
-    console.print(results_table(results, f"{file.name} — {prof.name} profile, {len(seed_list)} seeds"))
+    require_data(dataset, data_root, download, ("test",) if plan is None else ("train", "test"))
+    root = str(data_root) if data_root else None
+    paths = {"file": file}
+    if plan is not None:
+        paths["control"] = ensure_control(plan, log)
+    elif no_control != "--no-control":
+        log(f"no random-real control: {no_control}")
+    test = load_dataset(dataset, "test", root=root)
+    tables = run_cells(file, paths, wanted, modes, budget, test, dataset, root, device, workers)
+    scored = scored_images(test, budget)
+    caption = budget_line(protocol, prof, budget, modes, scored, len(test))
+    control_record = None if plan is None else {"sizes": tables.get("control", {}), "file": str(paths["control"]),
+                                                "method": "random", "labels": "the file's teacher, views and codec"}
+    results = {"sizes": tables["file"], "protocol": asdict(budget), "protocol_name": protocol, "budget": caption,
+               "profile": prof.name, "dataset": dataset, "arch": "convnet", "test_images": scored,
+               "control": control_record, "control_note": no_control}
+    Console().print(results_table(results, table_title(file, plan), caption))
     if write:
         write_results(file, results, json_path)
         typer.echo(f"table written into {file} and {json_path}")
