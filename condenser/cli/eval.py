@@ -113,6 +113,17 @@ def _difference(ours: dict | None, control: dict | None) -> str:
     return "-" if ours is None or control is None else f"{ours['mean'] - control['mean']:+.1f}"
 
 
+def _quick_summary(profile: str) -> str:
+    """The quick budget of `profile` in a few words, for --help (condenser/profiles.py holds the numbers)."""
+    from condenser.profiles import get_profile
+
+    prof = get_profile(profile)
+    b = prof.quick_budget
+    test = f"{b.max_test:,} test images" if b.max_test else "the whole test split"
+    return (f"sizes {','.join(map(str, prof.quick.sizes))}, {'+'.join(prof.quick.labels)} labels, {b.seeds} seeds, "
+            f"{b.epochs} epochs, {test}")
+
+
 def _protocol(name: str) -> str:
     if name not in PROTOCOLS:
         raise typer.BadParameter(f"unknown protocol {name!r}; use {' or '.join(PROTOCOLS)}")
@@ -208,10 +219,10 @@ def run_cells(file: Path, paths: dict[str, Path], sizes: list[int], modes: list[
 @app.command("eval")
 def eval_file(
     file: Annotated[Path, typer.Argument(help="A .mdc file.", exists=True, dir_okay=False)],
-    protocol: Annotated[str, typer.Option(callback=_protocol, help="quick: the profile's quick budget "
-                                          "(condenser/profiles.py; the table states it); pinned: the profile's "
-                                          "full evaluation on the whole test split, every size, hard and "
-                                          "soft.")] = "quick",
+    protocol: Annotated[str, typer.Option(callback=_protocol, help=f"quick: the profile's quick budget "
+                                          f"(condenser/profiles.py; cpu: {_quick_summary('cpu')}; the table "
+                                          "states it); pinned: the profile's full evaluation on the whole test "
+                                          "split, every size, hard and soft.")] = "quick",
     sizes: Annotated[str | None, typer.Option(help="Prefix sizes: 1-10, 1,2,5,10 or all (default: the "
                                               "protocol's).")] = None,
     labels: Annotated[str | None, typer.Option(callback=_labels, help="hard, soft or hard,soft (default: the "

@@ -133,8 +133,10 @@ def plan_control(path: Path, reader: formats.MDCReader, dataset: str, data_root:
     build = _build_record(provenance, where)
     views = reader.spec.views
     teacher, relabel = (None, None) if views is None else _labeller(provenance, build, where, teacher_path)
+    # the bench's control for the file's ipc_max; a partial file's (fewer blocks) for the sizes it holds
+    ipc = reader.ipc_max if reader.blocks_present == reader.ipc_max else reader.blocks_present
     cfg = BuildConfig(
-        dataset=dataset, ipc=reader.ipc_max, profile=build["profile"], views=None if views is None else views.count,
+        dataset=dataset, ipc=ipc, profile=build["profile"], views=None if views is None else views.count,
         soft_labels="none" if views is None else "teacher", teacher_arch=build["teacher_arch"],
         teacher_path=str(teacher_path) if teacher_path else None,
         codec=views.codec if views is not None else BuildConfig.codec, topk=views.topk if views is not None else None,
@@ -179,13 +181,14 @@ def control_teacher(plan: ControlPlan, log: Callable[[str], None]) -> Teacher:
             log(f"control: the teacher that labelled {plan.file.name} ({tcfg.name}) is not in the cache "
                 f"({teacher_paths(tcfg)[0].parent.parent}); retraining it")
     teacher = get_teacher(cfg, log)
+    source = f"--teacher {cfg.teacher_path}" if cfg.teacher_path else "the cached teacher"
     if fields := _differing(expected.get("config", {}), teacher.meta.get("config", {})):
-        raise CondenserError(f"--teacher {cfg.teacher_path} is not the teacher that labelled {plan.file} (config: "
-                             f"{', '.join(fields)}); pass the build's teacher, or use --no-control")
+        raise CondenserError(f"{source} is not the teacher that labelled {plan.file} (config: {', '.join(fields)}); "
+                             "pass the build's teacher with --teacher PATH, or use --no-control")
     if teacher.test_accuracy != expected.get("test_accuracy"):
-        raise CondenserError(f"the teacher found for {plan.file} scores {teacher.test_accuracy:.2f}%, the one that "
-                             f"labelled it {expected.get('test_accuracy'):.2f}%: not the same weights; pass the "
-                             "build's teacher with --teacher PATH, or use --no-control")
+        raise CondenserError(f"{source} scores {teacher.test_accuracy:.2f}%, the teacher that labelled {plan.file} "
+                             f"{expected.get('test_accuracy'):.2f}%: not the same weights; pass the build's teacher "
+                             "with --teacher PATH, or use --no-control")
     return teacher
 
 
@@ -207,6 +210,9 @@ def ensure_control(plan: ControlPlan, log: Callable[[str], None] = lambda _: Non
     if _carries_key(path, key):
         log(f"control: {path} (cached)")
         return path
+    if (fewest := int(train.class_counts.min())) < plan.build.ipc:
+        raise CondenserError(f"the control of {plan.file} needs {plan.build.ipc} real images per class, but a class "
+                             f"of {plan.build.dataset} has {fewest}; use --no-control")
     teacher = control_teacher(plan, log) if plan.soft else None
     images, labels = random_real_subset(train, plan.build.ipc, plan.build.seed)
     provenance = {"method": CONTROL_METHOD, "bench_method": CONTROL_METHOD, "control_key": key,
