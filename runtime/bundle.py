@@ -7,8 +7,11 @@ Layout (msgpack map, all arrays little-endian float32 in C order):
     {"format": "multisize-trainer", "version": 1,
      "meta": TrainerMeta as a map (optimizer nested as a map),
      "train_step": <ONNX model bytes>, "inference": <ONNX model bytes>,
-     "params": [<raw bytes of parameter i>, ...]   # order and shapes = meta.param_names/param_shapes
+     "params": [<parameter i>, ...]   # order and shapes = meta.param_names/param_shapes
     }
+Parameter i is its raw bytes, or a rule that builds it at load time (docs/trainer.md, "Initial
+parameters"): {"fill": v} (every element v) or {"uniform": b} (U(-b, b) drawn from meta.seed), so a
+freshly initialised network costs a few bytes per tensor instead of 4 per element.
 A bundle read from a file is untrusted: every meta field is type- and range-checked and both graphs
 pass runtime/onnx_check.py before anything runs them (docs/trainer.md).
 """
@@ -207,6 +210,74 @@ class TrainerMeta:
             raise BundleError(f"trainer bundle: inference names do not fit {n} parameters")
 
 
+MAX_GENERATED_ELEMENTS = 64 << 20  # parameter elements that rules may build: bounds memory before allocating
+_RULES = ("fill", "uniform")
+
+
+def uniform_params(seed: int, shapes: list[tuple[int, ...]], bounds: list[float]) -> list[np.ndarray]:
+    """U(-b, b) float32 arrays, one per (shape, bound), drawn in order from one portable stream.
+
+    The stream is PCG64 seeded with `seed` (mod 2**64) through numpy's SeedSequence, read as raw 64-bit
+    words (each word's top 53 bits give u in [0, 1), the value is b * (2u - 1)): numpy keeps bit
+    generator streams stable across versions and machines, unlike its distribution methods.
+    """
+    bits = np.random.PCG64(int(seed) % (1 << 64))
+    out = []
+    for shape, bound in zip(shapes, bounds, strict=True):
+        words = bits.random_raw(math.prod(shape))
+        u = (words >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+        out.append((bound * (2.0 * u - 1.0)).astype(np.float32).reshape(shape))
+    return out
+
+
+def _short_repr(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _read_rule(name: str, rule: dict[Any, Any]) -> tuple[str, float]:
+    """A parameter rule {"fill": v} or {"uniform": b}, b > 0, both finite."""
+    if len(rule) != 1 or next(iter(rule)) not in _RULES:
+        raise BundleError(f"trainer bundle: parameter {name!r} has rule {_short_repr(rule)}; known rules: "
+                          "{'fill': v}, {'uniform': b}")
+    kind, value = next(iter(rule.items()))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+            kind == "uniform" and value <= 0):
+        want = "a positive finite bound" if kind == "uniform" else "a finite value"
+        raise BundleError(f"trainer bundle: parameter {name!r}: {kind} must be {want}, got {_short_repr(value)}")
+    return kind, float(value)
+
+
+def build_params(meta: TrainerMeta, raw: list[Any]) -> tuple[list[np.ndarray], list[dict[str, float] | None]]:
+    """The parameter arrays of a bundle from its entries (raw bytes, or rules that build them) and the rules
+    (None = raw): the one place where rules become arrays, for readers and the exporter alike."""
+    rules: list[dict[str, float] | None] = []
+    built = 0
+    for name, shape, data in zip(meta.param_names, meta.param_shapes, raw, strict=True):
+        if not isinstance(data, dict):  # raw bytes; _read_param names anything else
+            rules.append(None)
+            continue
+        kind, value = _read_rule(name, data)
+        rules.append({kind: value})
+        built += math.prod(shape)
+        if built > MAX_GENERATED_ELEMENTS:
+            raise BundleError(f"trainer bundle: parameter rules build more than {MAX_GENERATED_ELEMENTS} elements")
+    drawn = [i for i, r in enumerate(rules) if r is not None and "uniform" in r]
+    if drawn and meta.seed is None:
+        raise BundleError("trainer bundle: a parameter is drawn by a 'uniform' rule, but meta.seed is nil")
+    draws = iter(uniform_params(meta.seed or 0, [meta.param_shapes[i] for i in drawn],
+                                [rules[i]["uniform"] for i in drawn]))
+    params = []
+    for name, shape, data, rule in zip(meta.param_names, meta.param_shapes, raw, rules, strict=True):
+        if rule is None:
+            params.append(_read_param(name, shape, data))
+        elif "fill" in rule:
+            params.append(np.full(shape, rule["fill"], dtype=np.float32))
+        else:
+            params.append(next(draws))
+    return params, rules
+
+
 def _param_nbytes(shape: tuple[int, ...]) -> int:
     """Exact byte size in Python integers (np.prod would wrap around on a crafted shape)."""
     return math.prod(shape) * _DTYPE.itemsize
@@ -235,6 +306,9 @@ class TrainerBundle:
     train_step: bytes
     inference: bytes
     params: list[np.ndarray]
+    # per parameter, the rule that builds it at load time ({"fill": v} / {"uniform": b}), None = stored raw;
+    # `params` always holds the arrays (built by the rules: runtime.bundle.uniform_params)
+    param_rules: list[dict[str, float] | None] | None = None
 
     def __post_init__(self) -> None:
         check_model(self.train_step, "train-step")
@@ -252,12 +326,16 @@ class TrainerBundle:
         if len(self.params) != len(self.meta.param_names):
             raise BundleError(f"trainer bundle: {len(self.params)} arrays for "
                               f"{len(self.meta.param_names)} parameter names")
-        arrays = []
-        for name, shape, p in zip(self.meta.param_names, self.meta.param_shapes, self.params, strict=True):
+        rules = self.param_rules or [None] * len(self.params)
+        if len(rules) != len(self.params):
+            raise BundleError(f"trainer bundle: {len(rules)} parameter rules for {len(self.params)} parameters")
+        arrays: list[Any] = []
+        for name, shape, p, rule in zip(self.meta.param_names, self.meta.param_shapes, self.params, rules,
+                                        strict=True):
             if tuple(p.shape) != tuple(shape):
                 raise BundleError(
                     f"trainer bundle: parameter {name!r} has shape {p.shape}, meta says {shape}")
-            arrays.append(np.ascontiguousarray(p, dtype=_DTYPE).tobytes())
+            arrays.append(np.ascontiguousarray(p, dtype=_DTYPE).tobytes() if rule is None else dict(rule))
         return msgpack.packb({"format": FORMAT, "version": VERSION, "meta": self.meta.to_dict(),
                               "train_step": bytes(self.train_step), "inference": bytes(self.inference),
                               "params": arrays}, use_bin_type=True)
@@ -273,9 +351,9 @@ class TrainerBundle:
         raw = d.get("params")
         if not isinstance(raw, list) or len(raw) != len(meta.param_names):
             raise BundleError(f"trainer bundle: 'params' must list {len(meta.param_names)} arrays")
-        params = [_read_param(name, shape, data)
-                  for name, shape, data in zip(meta.param_names, meta.param_shapes, raw, strict=True)]
-        return cls(meta=meta, train_step=d["train_step"], inference=d["inference"], params=params)
+        params, rules = build_params(meta, raw)
+        return cls(meta=meta, train_step=d["train_step"], inference=d["inference"], params=params,
+                   param_rules=rules if any(r is not None for r in rules) else None)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically with the project's one helper (formats/atomic.py: mkstemp, fsync, rename)."""
@@ -313,4 +391,5 @@ def _unpack(blob: Any) -> dict[str, Any]:
     return d
 
 
-__all__ = ["FORMAT", "VERSION", "BundleError", "SGDConfig", "TrainerBundle", "TrainerMeta"]
+__all__ = ["FORMAT", "MAX_GENERATED_ELEMENTS", "VERSION", "BundleError", "SGDConfig", "TrainerBundle", "TrainerMeta",
+           "build_params", "uniform_params"]

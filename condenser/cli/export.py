@@ -23,6 +23,8 @@ def export_trainer_cmd(
     norm: Annotated[str | None, typer.Option(help="instance or none (not batch).")] = None,
     momentum: Annotated[float, typer.Option(help="SGD momentum, baked into the graph.")] = 0.9,
     weight_decay: Annotated[float, typer.Option(help="SGD weight decay, baked into the graph.")] = 5e-4,
+    params: Annotated[str, typer.Option(help="seeded: initial parameters built on the device from the seed "
+                                             "(a small bundle); stored: the seeded torch model's, raw.")] = "seeded",
     data_root: DataRoot = None,
     seed: Seed = 0,
     quiet: Quiet = False,
@@ -42,7 +44,7 @@ def export_trainer_cmd(
         settings = ExportSettings(arch=arch, in_shape=spec.image_shape, num_classes=spec.num_classes,
                                   batch_size=batch_size, seed=seed, model_kwargs=model_kwargs,
                                   sgd=SGDConfig(momentum=momentum, weight_decay=weight_decay),
-                                  dataset=spec.name, mean=spec.mean, std=spec.std)
+                                  dataset=spec.name, mean=spec.mean, std=spec.std, params=params)
         start = time.perf_counter()
         with stage(f"export {arch} train step (batch {batch_size})"):
             bundle = export_trainer(settings)

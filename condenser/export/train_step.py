@@ -23,7 +23,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from condenser.export.decompositions import decomposition_table, first_pass_table
 from condenser.export.errors import ExportError
 from condenser.export.fusions import fuse_narrow_conv_instance_norm
-from condenser.export.translations import translation_table
+from condenser.export.translations import reset_running_inputs, translation_table
 from runtime.bundle import SGDConfig
 
 OPSET = 18
@@ -103,6 +103,7 @@ def _strip_metadata(model: onnx.ModelProto) -> None:
 # (measured on ConvNet-D3 and ResNet-AP10, batch 64).
 def _to_onnx(gm: torch.fx.GraphModule, args: tuple[torch.Tensor, ...], names_in: list[str],
              names_out: list[str]) -> bytes:
+    reset_running_inputs()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

@@ -20,6 +20,7 @@ in the traced graph.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -45,6 +46,13 @@ def _floats(array: np.ndarray):
     return op.Constant(value=ir.tensor(np.ascontiguousarray(array, dtype=np.float32)))
 
 
+def _filled(value: float, n: int):
+    """[n] float32 of one value, built by the graph (Expand of a scalar) rather than stored in it: a
+    per-row constant of a batch of 64 x 128 channels was 32 KB of the file, the Expand is a few bytes
+    (onnxruntime folds it once, at session load)."""
+    return op.Expand(_floats(np.array(value)), _ints([n]))
+
+
 def _dims(value) -> list[int]:
     dims = [d if isinstance(d, int) else None for d in value.shape]
     if None in dims:
@@ -57,15 +65,27 @@ def _per_row(v, n: int, c: int):
     return op.Reshape(op.Expand(op.Unsqueeze(v, _ints([0])), _ints([n, c])), _ints([n * c]))
 
 
+# Running-statistics inputs already given out in the graph being exported (see _batch_norm_train).
+_running_inputs = itertools.count()
+
+
+def reset_running_inputs() -> None:
+    """Start a new graph: its running-statistics fills count from 0 again (reproducible graph bytes)."""
+    global _running_inputs
+    _running_inputs = itertools.count()
+
+
 def _batch_norm_train(x, scale, shift, rows: int, eps: float):
     """(y, mean, biased var) of each row of x [1, rows, L] in one kernel.
 
     With momentum 0 the 'running' outputs are the batch statistics and the running inputs only get
-    multiplied by 0. onnxruntime may write those outputs in place into the running inputs, even into
-    an initializer that the same node also reads as scale or shift, so they get constants of their own,
-    filled with values (0.5, 2.0) that no other constant of the graph has.
+    multiplied by 0. onnxruntime may write those outputs in place into the running inputs, so every
+    node needs running inputs of its own, shared with no other node and no scale or shift: onnxruntime
+    merges equal constants and then equal Expand nodes, so each node's fills get values that no other
+    filled tensor of the graph has (0.5 + k and 2 + k for the k-th node; the other fills are 0 and 1).
     """
-    running_mean, running_var = _floats(np.full(rows, 0.5)), _floats(np.full(rows, 2.0))
+    k = next(_running_inputs)
+    running_mean, running_var = _filled(0.5 + k, rows), _filled(2.0 + k, rows)
     return op.BatchNormalization(x, scale, shift, running_mean, running_var, epsilon=eps, momentum=0.0,
                                  training_mode=1)
 
@@ -75,16 +95,16 @@ def native_group_norm(input, weight, bias, N: int, C: int, HxW: int, group: int,
     rows = N * group
     x = op.Reshape(input, _ints([1, rows, -1]))
     if group == C:  # instance norm: the affine parameters are per row too
-        scale = _per_row(weight, N, C) if weight is not None else _floats(np.ones(rows))
-        shift = _per_row(bias, N, C) if bias is not None else _floats(np.zeros(rows))
+        scale = _per_row(weight, N, C) if weight is not None else _filled(1.0, rows)
+        shift = _per_row(bias, N, C) if bias is not None else _filled(0.0, rows)
         y, mean, var = _batch_norm_train(x, scale, shift, rows, eps)
         out = op.Reshape(y, _ints(_dims(input)))
     else:
-        xhat, mean, var = _batch_norm_train(x, _floats(np.ones(rows)), _floats(np.zeros(rows)), rows, eps)
+        xhat, mean, var = _batch_norm_train(x, _filled(1.0, rows), _filled(0.0, rows), rows, eps)
         out = op.Reshape(xhat, _ints([N, C, -1]))
         if weight is not None or bias is not None:
-            scale = weight if weight is not None else _floats(np.ones(C))
-            shift = bias if bias is not None else _floats(np.zeros(C))
+            scale = weight if weight is not None else _filled(1.0, C)
+            shift = bias if bias is not None else _filled(0.0, C)
             out = _affine(out, scale, shift, C)
         out = op.Reshape(out, _ints(_dims(input)))
     rstd = op.Reciprocal(op.Sqrt(op.Add(var, _floats(np.array(eps)))))
@@ -94,7 +114,7 @@ def native_group_norm(input, weight, bias, N: int, C: int, HxW: int, group: int,
 def _affine(x, scale, shift, channels: int):
     """scale[c] * x + shift[c] over x [B, channels, L] in one pass: inference-mode BatchNormalization
     with mean 0, variance 1 and epsilon 0."""
-    return op.BatchNormalization(x, scale, shift, _floats(np.zeros(channels)), _floats(np.ones(channels)),
+    return op.BatchNormalization(x, scale, shift, _filled(0.0, channels), _filled(1.0, channels),
                                  epsilon=0.0)
 
 
