@@ -3,17 +3,20 @@
 CPU budget plan (profile `cpu`, its `bench` section; Fashion-MNIST IPC 10). Costs are single-thread CPU
 seconds measured on the 2-core dev machine (ConvNet-D3 width 128, 28x28):
 - condensation: 20 new runs (MDC, C, B: 10, A: 10 minus its IPC-1 run = B's first and its IPC-10 run = C).
-  A DM inner step (batch_real 64 per class) costs ~1.06 + 0.04*ipc s, so one step of every run is ~24.2 s;
-  150 steps (15 outer x 10 inner, MLS period 3) = ~3600 CPU-s, ~2100 s wall with 2 intra-op threads (~1.7x).
+  A DM inner step (batch_real 64 per class) costs ~0.85 + 0.03*ipc s, so one step of every run is ~19.2 s;
+  150 steps (15 outer x 10 inner, MLS period 3) = ~2900 CPU-s, ~1700 s wall with 2 intra-op threads (~1.7x).
+  (The idle fit was 1.06 + 0.04*ipc before the condenser configured glibc malloc (formats/_alloc.py); that
+  removed the step's kernel time, x0.79 at IPC 1 and x0.77 at IPC 10 in one same-run A/B with
+  benchmarks/bench_hotpaths.py's dm step on the loaded machine, and the fit is scaled by those ratios.)
 - evaluation: 5 methods x 10 sizes x 2 label modes x 3 seeds = 300 trainings. A training image-epoch costs
-  ~3.5 ms (hard or soft) and a test image ~1.9 ms, so the 30 (method, labels, seed) series cost
-  30 * 550 * E * 3.5 ms + 300 * n_test * 1.9 ms = 57.8*E + 0.56*n_test CPU-s. E = 100 epochs, n_test = 2000
-  (class-balanced, the same for every method) = ~6900 CPU-s, ~3550 s wall in 2 single-threaded processes.
-- total ~5700 s (95 min) wall with the teacher cached (the cpu teacher adds ~13 min once); A's and B's runs
+  ~3.3 ms (hard or soft; x0.93 from the allocator settings, same A/B) and a test image ~1.9 ms, so the 30
+  (method, labels, seed) series cost 30 * 550 * E * 3.3 ms + 300 * n_test * 1.9 ms = 54.5*E + 0.57*n_test
+  CPU-s. E = 100 epochs, n_test = 2000 (class-balanced, the same for every method) = ~6600 CPU-s, ~3400 s
+  wall in 2 single-threaded processes.
+- total ~5100 s (85 min) wall with the teacher cached (the cpu teacher adds ~13 min once); A's and B's runs
   condense in parallel single-threaded workers (`--workers`), which a 2-core CPU runs ~1.2x faster than one
-  2-thread process. Knobs: +10 outer
-  loops = +2400 CPU-s (~+24 min); +10 eval epochs = +580 CPU-s (~+5 min). The protocol's E = 300 on the full
-  test split would need ~21000 CPU-s for the evaluation alone.
+  2-thread process. Knobs: +10 outer loops = +1900 CPU-s (~+19 min); +10 eval epochs = +545 CPU-s (~+5 min).
+  The protocol's E = 300 on the full test split would need ~22000 CPU-s for the evaluation alone.
 """
 
 from condenser.bench.cells import Cell, CellCache
