@@ -22,7 +22,6 @@ import torch
 from condenser.condense import CondenseConfig, CondenseResult, condense
 from condenser.data import ImageDataset
 from condenser.errors import CondenserError
-from condenser.methods.formation import decode
 from condenser.registry import Registry
 
 
@@ -39,17 +38,11 @@ class SizedSets:
     runs: list[CondenseResult]
 
     def get(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images and labels of size n (stored images: decode with `decoded` when factor > 1)."""
+        """Stored images and labels of size n (f*f patches each when factor > 1: condenser.methods.formation)."""
         if n not in self.sets:
             raise CondenserError(f"baseline {self.name}: no set of size {n}; sizes 1..{self.ipc_max}")
         images = self.sets[n]
         return images, torch.arange(self.num_classes).repeat(n)
-
-    def decoded(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training samples of size n: each stored image decoded into factor**2 images."""
-        images, labels = self.get(n)
-        dec = decode(images, self.factor)
-        return dec.reshape(-1, *dec.shape[2:]), labels.repeat_interleave(self.factor * self.factor)
 
     @property
     def images_per_class_stored(self) -> int:

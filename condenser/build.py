@@ -35,12 +35,11 @@ from condenser.data.arrays import register
 from condenser.device import resolve_device
 from condenser.distributed import current
 from condenser.errors import CondenserError
-from condenser.methods import METHODS
 from condenser.paths import cache_root, runs_dir
 from condenser.profiles import Profile, get_profile
 from condenser.progress import stage
 from condenser.relabel import RelabelConfig, relabel
-from condenser.stages import STAGES, StageInterrupted, StageResult
+from condenser.stages import STAGES, StageResult
 from condenser.teacher import Teacher, TeacherConfig, load_teacher, train_teacher
 
 
@@ -244,6 +243,8 @@ def relabel_and_pack(
                 temperature=relabel_cfg.temperature, trainer=trainer, provenance=provenance)
 
 
+@STAGES.register("dm")
+@STAGES.register("gm")
 def condense_stage(cfg: BuildConfig, profile: Profile, train: ImageDataset, log: Callable[[str], None],
                    stop_after: int | None, seconds: dict[str, float]) -> StageResult:
     """gm/dm: teacher (for the soft labels) -> the condense loop with the multisize wrapper."""
@@ -260,8 +261,6 @@ def condense_stage(cfg: BuildConfig, profile: Profile, train: ImageDataset, log:
     t0 = time.time()
     result = condense(ccfg, train, run_dir=run_dir_for(ccfg, cfg.dataset, train.fingerprint), stop_after=stop_after)
     seconds["condense"] = time.time() - t0
-    if not result.finished:
-        raise BuildInterrupted(f"stopped after outer loop {result.outer_loops_done}; rerun to resume")
     provenance = {
         "method": "multisize" if ccfg.multisize else ccfg.method,
         "base_method": ccfg.method,
@@ -301,7 +300,8 @@ def build(
     data: ArraySource | None = None,
 ) -> BuildOutput:
     """Run the whole pipeline and write `out`: from `cfg.dataset`, or from `data`
-    (condenser.data.from_arrays). `stop_after` (outer loops) simulates an interrupt."""
+    (condenser.data.from_arrays). `stop_after` (outer loops or recover chunks) simulates an interrupt:
+    condenser.resume.Interrupted, and rerunning resumes."""
     cfg = with_data(cfg, data)
     if cfg.soft_labels not in ("teacher", "none"):
         raise CondenserError(f"--soft-labels must be 'teacher' or 'none', got {cfg.soft_labels!r}")
@@ -329,20 +329,3 @@ def build(
     if current().is_main:
         log(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return BuildOutput(path=path, result=result, teacher=staged.teacher, seconds=seconds)
-
-
-class BuildInterrupted(StageInterrupted):
-    """The build stopped on purpose (`stop_after`); rerunning the same command resumes it."""
-
-
-def _register_stages() -> None:
-    """gm/dm (and any condense-loop method) build through `condense_stage`; the decoupled methods register
-    their own stages on import."""
-    import condenser.statmatch.stage  # noqa: F401
-
-    for name in METHODS.names():
-        if name not in STAGES:
-            STAGES.add(name, condense_stage)
-
-
-_register_stages()

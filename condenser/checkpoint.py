@@ -1,4 +1,7 @@
-"""Atomic, resumable checkpoints: the file at a path is either the old one or the complete new one."""
+"""Atomic torch/safetensors writes and safe loads: the file at a path is the old one or the complete new one.
+
+The checkpoint/resume mechanism built on these (identity, RNG state, `Interrupted`) is condenser.resume.
+"""
 
 from __future__ import annotations
 
@@ -49,15 +52,3 @@ def config_hash(config: dict) -> str:
     blob = json.dumps(config, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
-
-def rng_state(*generators: torch.Generator) -> dict:
-    return {
-        "torch": torch.get_rng_state(),
-        "generators": [g.get_state() for g in generators],
-    }
-
-
-def restore_rng_state(state: dict, *generators: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    for g, s in zip(generators, state["generators"], strict=True):
-        g.set_state(s)

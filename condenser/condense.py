@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -46,20 +45,27 @@ from typing import Any
 
 import torch
 
-from condenser.checkpoint import atomic_torch_save, config_hash, restore_rng_state, rng_state, safe_torch_load
+from condenser.checkpoint import config_hash
 from condenser.data import ImageDataset
 from condenser.device import amp_dtype, resolve_device
-from condenser.distributed import DistContext, current, rank_dir
-from condenser.errors import CheckpointError, CondenserError
-from condenser.methods import METHODS, MaskedSGD, StepContext, init_synthetic
+from condenser.distributed import DistContext, current
+from condenser.errors import CondenserError
+from condenser.methods import METHODS, BaseMethod, MaskedSGD, StepContext, SyntheticSet, init_synthetic
 from condenser.methods.formation import decode
 from condenser.methods.real import RealPool
 from condenser.models import build_model
 from condenser.multisize import Multisize, MultisizeConfig
+from condenser.resume import (
+    Checkpoint,
+    Interrupted,
+    StopAfter,
+    agreed_state,
+    restore_rng_state,
+    rng_state,
+    run_identity,
+)
 
-CHECKPOINT_NAME = "condense.pt"
-PREVIOUS_NAME = "condense.prev.pt"  # the checkpoint before the latest: ranks that died one save apart agree on it
-CHECKPOINT_VERSION = 2  # 2: per-class generators
+CHECKPOINT_NAME = "condense.pt"  # the previous one is kept beside it (condense.prev.pt, condenser.resume)
 
 
 class CondenseConfigError(CondenserError, ValueError):
@@ -127,7 +133,6 @@ class CondenseResult:
     config: dict
     init_indices: torch.Tensor  # int64 [C, ipc*f*f] dataset indices of the initial real images
     outer_loops_done: int
-    finished: bool
 
     def prefix(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The IPC-n prefix: stored images and labels of image numbers 0..n-1 of every class."""
@@ -222,6 +227,36 @@ def _make_reinit(factory: Callable[[], torch.nn.Module], generator: torch.Genera
     return reinit
 
 
+@dataclass
+class _Run:
+    """One condensation's live state: what the outer loops advance and what a checkpoint saves."""
+
+    cfg: CondenseConfig
+    dist: DistContext
+    device: torch.device
+    method: BaseMethod
+    classes: list[int]  # this process's share of the classes (contiguous)
+    generator: torch.Generator  # shared: networks, the gm network's real batches
+    class_gens: list[torch.Generator]  # one per class of `classes`
+    syn: SyntheticSet
+    optimizer: MaskedSGD
+    objective: Multisize | None
+    model: torch.nn.Module
+    pool: RealPool
+    ctx: StepContext
+    match_ctx: Callable[[], Any]
+    done: int = 0  # outer loops finished
+    elapsed: float = 0.0  # seconds spent in outer loops, over every call
+
+    @property
+    def own(self) -> slice:
+        return slice(self.classes[0], self.classes[-1] + 1)
+
+    @property
+    def draw_gens(self) -> torch.Generator | list[torch.Generator]:
+        return self.class_gens if getattr(self.method, "class_separable", False) else self.generator
+
+
 def condense(
     cfg: CondenseConfig,
     train_set: ImageDataset,
@@ -234,179 +269,189 @@ def condense(
 ) -> CondenseResult:
     """Condense `train_set` to `cfg.ipc` images per class; resumable when `run_dir` is given.
 
-    `stop_after=k` checkpoints and returns after outer loop k (a partial result, `finished=False`);
+    `stop_after=k` checkpoints and raises condenser.resume.Interrupted once k outer loops ran in this call;
     `on_outer_loop(t, info)` is called after each outer loop's checkpoint (it may raise to interrupt);
     info holds the loss, the MLS record (if one was selected), the live images [N, K, ...] of this
     process's classes `info["classes"]` (read only) and the frozen prefix per class for the next loop.
     `dist` (default: `condenser.distributed.current()`) shards the classes over the ranks of a process
     group; every rank returns the whole, gathered result.
     """
-    ctx_dist = dist if dist is not None else current()
-    device = resolve_device(cfg.device)
-    spec = train_set.spec
-    num_classes, (_, height, _) = spec.num_classes, spec.image_shape
-    method = METHODS.get(cfg.method)(allow_flip=spec.allow_flip, **_method_settings(cfg))
-    if ctx_dist.sharded:
-        if not getattr(method, "class_separable", False):
-            raise CondenseConfigError(
-                f"method {cfg.method!r} matches all classes in one batch and cannot be sharded over "
-                f"{ctx_dist.world_size} processes; run it in one process")
-        if ctx_dist.world_size > num_classes:
-            raise CondenseConfigError(f"{ctx_dist.world_size} processes for {num_classes} classes: every rank "
-                                      "needs at least one class; use fewer processes")
-    classes = list(ctx_dist.shard(num_classes))
-    own = slice(classes[0], classes[-1] + 1)  # shards are contiguous
-    generator = torch.Generator().manual_seed(cfg.seed)  # shared: networks, the gm network's real batches
-    class_gens = [torch.Generator().manual_seed(class_seed(cfg.seed, c)) for c in classes]
-    draw_gens = class_gens if getattr(method, "class_separable", False) else generator
+    run = _start(cfg, train_set, dist if dist is not None else current())
+    checkpoint = Checkpoint.in_run_dir(run_dir, CHECKPOINT_NAME, _identity(cfg, train_set, run.dist),
+                                       "condensation run", run.dist, keep_previous=True)
+    _restore(run, agreed_state(checkpoint, run.dist, "outer_loop"))
+    stop, first, t_run = StopAfter(stop_after), run.done, time.perf_counter()
+    bar = _Progress()
+    bar.start(progress and run.dist.is_main, cfg.outer_loops, run.done, f"condense {cfg.method} ipc{cfg.ipc}")
+    try:
+        for t in range(run.done + 1, cfg.outer_loops + 1):
+            t0 = time.perf_counter()
+            loss, record = _outer_loop(run, t)
+            run.elapsed += time.perf_counter() - t0
+            run.done = t
+            stopping = stop.count(t, cfg.outer_loops)
+            if checkpoint is not None and (_checkpoint_due(cfg, t) or stopping):
+                checkpoint.save(_state(run))
+            bar.update(t, loss, _mls_text(run.objective))
+            if on_outer_loop is not None:
+                on_outer_loop(t, {"loss": loss, "mls": record.as_dict() if record else None,
+                                  "images": run.syn.data.detach(), "classes": run.classes,
+                                  "frozen": _frozen(run.objective)})
+            if stopping:
+                raise Interrupted(f"condense {cfg.method} ipc{cfg.ipc}", "outer loops", t, cfg.outer_loops)
+    finally:
+        bar.stop()
+    return _result(run, time.perf_counter() - t_run, run.done - first)
 
+
+def _check_shardable(cfg: CondenseConfig, method: BaseMethod, dist: DistContext, num_classes: int) -> None:
+    """Classes can be split over ranks only for a class-separable method, with one class per rank at least."""
+    if not dist.sharded:
+        return
+    if not getattr(method, "class_separable", False):
+        raise CondenseConfigError(
+            f"method {cfg.method!r} matches all classes in one batch and cannot be sharded over "
+            f"{dist.world_size} processes; run it in one process")
+    if dist.world_size > num_classes:
+        raise CondenseConfigError(f"{dist.world_size} processes for {num_classes} classes: every rank "
+                                  "needs at least one class; use fewer processes")
+
+
+def _image_lr(cfg: CondenseConfig, method: BaseMethod, dataset: ImageDataset, device: torch.device
+              ) -> float | torch.Tensor:
+    """The images' SGD lr; a method that gives it for [0, 1] pixels gets it per channel in normalised units."""
+    lr = cfg.lr_img if cfg.lr_img is not None else method.default_lr_img(cfg.ipc, dataset.spec.image_shape[1])
+    if not method.lr_in_pixel_units:
+        return lr
+    # x_norm = (x - m)/s: the same trajectory as SGD on [0,1] pixels
+    std = torch.tensor(dataset.spec.std, dtype=torch.float32, device=device).view(-1, 1, 1)
+    return lr / std**2
+
+
+def _autocasts(cfg: CondenseConfig, method: BaseMethod, device: torch.device
+               ) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """(the run's AMP context, the one the matching loss runs under)."""
+    amp = amp_dtype(device) if cfg.amp else None
+    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else contextlib.nullcontext
+    return autocast, autocast if method.autocast_matching else contextlib.nullcontext
+
+
+def _start(cfg: CondenseConfig, train_set: ImageDataset, dist: DistContext) -> _Run:
+    """Everything a fresh run starts from, in the order its random draws are made (results depend on it)."""
+    device = resolve_device(cfg.device)
+    num_classes = train_set.spec.num_classes
+    method = METHODS.get(cfg.method)(allow_flip=train_set.spec.allow_flip, **_method_settings(cfg))
+    _check_shardable(cfg, method, dist, num_classes)
+    classes = list(dist.shard(num_classes))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    class_gens = [torch.Generator().manual_seed(class_seed(cfg.seed, c)) for c in classes]
     syn = init_synthetic(train_set, cfg.ipc, cfg.factor, cfg.init, cfg.init_offset, class_gens, device,
                          classes=classes)
-    lr = cfg.lr_img if cfg.lr_img is not None else method.default_lr_img(cfg.ipc, height)
-    if method.lr_in_pixel_units:  # x_norm = (x - m)/s: the same trajectory as SGD on [0,1] pixels
-        std = torch.tensor(spec.std, dtype=torch.float32, device=device).view(-1, 1, 1)
-        lr_t: float | torch.Tensor = lr / std**2
-    else:
-        lr_t = lr
     syn.clamp_()
-    optimizer = MaskedSGD(syn.data, lr_t, cfg.mom_img)
+    optimizer = MaskedSGD(syn.data, _image_lr(cfg, method, train_set, device), cfg.mom_img)
     objective = None
     if cfg.multisize and cfg.ipc > 1:
         ms_cfg = MultisizeConfig(cfg.subset_weight, cfg.period, cfg.freeze, cfg.class_wise)
         objective = Multisize(method, cfg.ipc, num_classes, syn.per_image, ms_cfg, device)
-
     factory = _model_factory(cfg, train_set)
     with torch.random.fork_rng(devices=[]):
         model = factory().to(device)
-    amp = amp_dtype(device) if cfg.amp else None
-    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else contextlib.nullcontext
-    match_ctx = autocast if method.autocast_matching else contextlib.nullcontext
+    autocast, match_ctx = _autocasts(cfg, method, device)
     pool = RealPool(train_set, device)
     ctx = StepContext(real=pool, generator=generator, num_classes=num_classes,
                       reinit=_make_reinit(factory, generator), autocast=autocast)
+    return _Run(cfg, dist, device, method, classes, generator, class_gens, syn, optimizer, objective, model, pool,
+                ctx, match_ctx)
 
-    identity: dict[str, Any] = {"config": cfg.result_hash(), "data": dataset_fingerprint(train_set)}
-    if ctx_dist.sharded:
-        identity["shard"] = [ctx_dist.world_size, ctx_dist.rank]
-    run_hash = config_hash(identity)
-    ckpt_dir = rank_dir(run_dir, ctx_dist) if run_dir is not None else None
-    ckpt_path = ckpt_dir / CHECKPOINT_NAME if ckpt_dir is not None else None
-    done, elapsed = 0, 0.0
-    state = _resume_state(ckpt_dir, run_hash, ctx_dist) if ckpt_dir is not None else None
-    if state is not None:
-        with torch.no_grad():
-            syn.data.copy_(state["images"].to(device))
-        optimizer.load_state_dict(state["optimizer"])
-        if objective is not None:
-            objective.selector.load_state_dict(state["mls"])
-        restore_rng_state(state["rng"], generator, *class_gens)
-        done, elapsed = int(state["outer_loop"]), float(state["elapsed_s"])
 
-    def save(t: int) -> None:
-        if ckpt_path is None:
-            return
-        if ckpt_path.exists():
-            os.replace(ckpt_path, ckpt_path.with_name(PREVIOUS_NAME))
-        atomic_torch_save({
-            "version": CHECKPOINT_VERSION, "hash": run_hash, "config": cfg.to_dict(), "outer_loop": t,
-            "images": syn.data.detach().cpu(), "optimizer": optimizer.state_dict(),
-            "mls": objective.selector.state_dict() if objective is not None else None,
-            "rng": rng_state(generator, *class_gens), "elapsed_s": elapsed, "classes": classes,
-        }, ckpt_path)
+def _identity(cfg: CondenseConfig, train_set: ImageDataset, dist: DistContext) -> str:
+    return run_identity(cfg.result_hash(), dataset_fingerprint(train_set), dist)
 
-    every = cfg.checkpoint_every or cfg.period
-    labels = torch.tensor(classes, device=device)
-    sync_model = ctx_dist.sharded and device.type == "cuda"  # CUDA kernels may differ bitwise between ranks
-    reduce = (lambda d: ctx_dist.all_reduce_sum(d, "all-reduce of the MLS distances")) if ctx_dist.sharded else None
-    bar = _Progress()
-    bar.start(progress and ctx_dist.is_main, cfg.outer_loops, done, f"condense {cfg.method} ipc{cfg.ipc}")
-    loops_this_run, t_run = 0, time.perf_counter()
-    try:
-        for t in range(done + 1, cfg.outer_loops + 1):
-            t0 = time.perf_counter()
-            method.prepare_model(model, ctx)
-            measuring = objective is not None and objective.selector.measuring(t)
-            mask = objective.trainable_mask(device) if objective is not None else None
-            mask = mask[:, own] if mask is not None else None
-            loss = torch.zeros((), device=device)
-            for _ in range(cfg.inner_loops):
-                real = pool.class_batch(classes, cfg.batch_real, class_gens)
-                real_aug, syn_aug = method.siamese(real, syn.decoded(), draw_gens)
-                with match_ctx():
-                    if objective is not None:
-                        loss = objective.loss(model, syn_aug, real_aug, labels, measure=measuring)
-                    else:
-                        loss = method.match(model, syn_aug, method.target(model, real_aug, labels), labels)
-                optimizer.zero_grad()
-                torch.autograd.backward(loss, inputs=[syn.data])
-                optimizer.step(mask)
-                method.train_model_step(model, ctx)
-                if sync_model:
-                    ctx_dist.broadcast_module(model)
-            syn.clamp_()  # the reference code clamps at the start of the next loop; same images, and
-            # clamping here means a prefix frozen from the next loop on is already final
-            record = objective.end_outer_loop(t, reduce) if objective is not None else None
-            # the one host sync of this outer loop (and, sharded, the heartbeat that notices a failed rank)
-            loss_value = float(ctx_dist.all_reduce_sum(loss.detach().float(), f"all-reduce of loop {t}'s loss"))
-            elapsed += time.perf_counter() - t0
-            loops_this_run += 1
-            stopping = stop_after is not None and t >= stop_after and t < cfg.outer_loops
-            if t % every == 0 or t == cfg.outer_loops or stopping:
-                save(t)
-            done = t
-            bar.update(t, loss_value, _mls_text(objective))
-            if on_outer_loop is not None:
-                on_outer_loop(t, {"loss": loss_value, "mls": record.as_dict() if record else None,
-                                  "images": syn.data.detach(), "classes": classes, "frozen": _frozen(objective)})
-            if stopping:
-                break
-    finally:
-        bar.stop()
 
-    wall = time.perf_counter() - t_run
-    timings = {
-        "elapsed_s": elapsed, "outer_loops_this_run": loops_this_run,
-        "seconds_per_outer_loop": wall / loops_this_run if loops_this_run else None,
-        "device": str(device), "threads": torch.get_num_threads(), "world_size": ctx_dist.world_size,
+def _checkpoint_due(cfg: CondenseConfig, t: int) -> bool:
+    """Every `checkpoint_every` outer loops (default: the MLS period) and after the last one."""
+    return t % (cfg.checkpoint_every or cfg.period) == 0 or t == cfg.outer_loops
+
+
+def _state(run: _Run) -> dict[str, Any]:
+    """What a checkpoint saves: images, optimiser momentum, MLS selector, every generator, progress."""
+    return {
+        "config": run.cfg.to_dict(), "outer_loop": run.done, "images": run.syn.data.detach().cpu(),
+        "optimizer": run.optimizer.state_dict(),
+        "mls": run.objective.selector.state_dict() if run.objective is not None else None,
+        "rng": rng_state(run.generator, *run.class_gens), "elapsed_s": run.elapsed, "classes": run.classes,
     }
-    history = [r.as_dict() for r in objective.selector.history] if objective is not None else []
-    images = syn.data.detach().transpose(0, 1).contiguous()  # [K, N, ...]: this rank's classes as rows
-    images = ctx_dist.all_gather_rows(images, "gather of the condensed images").transpose(0, 1)  # [N, C, ...]
-    init = ctx_dist.all_gather_rows(syn.init_indices, "gather of the initial image indices")
+
+
+def _restore(run: _Run, state: dict[str, Any] | None) -> None:
+    """Put a saved `_state` back into a freshly started run (None: nothing to resume)."""
+    if state is None:
+        return
+    with torch.no_grad():
+        run.syn.data.copy_(state["images"].to(run.device))
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.objective is not None:
+        run.objective.selector.load_state_dict(state["mls"])
+    restore_rng_state(state["rng"], run.generator, *run.class_gens)
+    run.done, run.elapsed = int(state["outer_loop"]), float(state["elapsed_s"])
+
+
+def _outer_loop(run: _Run, t: int) -> tuple[float, Any]:
+    """Outer loop t: E inner steps on a fresh network, clamping, MLS selection; (loss, MLS record or None)."""
+    objective, dist = run.objective, run.dist
+    run.method.prepare_model(run.model, run.ctx)
+    measuring = objective is not None and objective.selector.measuring(t)
+    mask = objective.trainable_mask(run.device) if objective is not None else None
+    mask = mask[:, run.own] if mask is not None else None
+    labels = torch.tensor(run.classes, device=run.device)
+    loss = torch.zeros((), device=run.device)
+    for _ in range(run.cfg.inner_loops):
+        loss = _inner_step(run, labels, measuring, mask)
+    run.syn.clamp_()  # the reference code clamps at the start of the next loop; same images, and
+    # clamping here means a prefix frozen from the next loop on is already final
+    reduce = (lambda d: dist.all_reduce_sum(d, "all-reduce of the MLS distances")) if dist.sharded else None
+    record = objective.end_outer_loop(t, reduce) if objective is not None else None
+    # the one host sync of this outer loop (and, sharded, the heartbeat that notices a failed rank)
+    return float(dist.all_reduce_sum(loss.detach().float(), f"all-reduce of loop {t}'s loss")), record
+
+
+def _inner_step(run: _Run, labels: torch.Tensor, measuring: bool, mask: torch.Tensor | None) -> torch.Tensor:
+    """One image update of every class: real batch, siamese augmentation, (multisize) loss, masked SGD step."""
+    method, model, objective = run.method, run.model, run.objective
+    real = run.pool.class_batch(run.classes, run.cfg.batch_real, run.class_gens)
+    real_aug, syn_aug = method.siamese(real, run.syn.decoded(), run.draw_gens)
+    with run.match_ctx():
+        if objective is not None:
+            loss = objective.loss(model, syn_aug, real_aug, labels, measure=measuring)
+        else:
+            loss = method.match(model, syn_aug, method.target(model, real_aug, labels), labels)
+    run.optimizer.zero_grad()
+    torch.autograd.backward(loss, inputs=[run.syn.data])
+    run.optimizer.step(mask)
+    method.train_model_step(model, run.ctx)
+    if run.dist.sharded and run.device.type == "cuda":  # CUDA kernels may differ bitwise between ranks
+        run.dist.broadcast_module(model)
+    return loss
+
+
+def _result(run: _Run, wall: float, loops: int) -> CondenseResult:
+    """The whole result on every rank: this rank's classes gathered with the others' (sharded)."""
+    cfg, dist = run.cfg, run.dist
+    timings = {
+        "elapsed_s": run.elapsed, "outer_loops_this_run": loops,
+        "seconds_per_outer_loop": wall / loops if loops else None,
+        "device": str(run.device), "threads": torch.get_num_threads(), "world_size": dist.world_size,
+    }
+    history = [r.as_dict() for r in run.objective.selector.history] if run.objective is not None else []
+    images = run.syn.data.detach().transpose(0, 1).contiguous()  # [K, N, ...]: this rank's classes as rows
+    images = dist.all_gather_rows(images, "gather of the condensed images").transpose(0, 1)  # [N, C, ...]
+    init = dist.all_gather_rows(run.syn.init_indices, "gather of the initial image indices")
+    num_classes = run.ctx.num_classes
     return CondenseResult(
         images=images.reshape(-1, *images.shape[2:]).cpu().clone(), labels=torch.arange(num_classes).repeat(cfg.ipc),
         ipc=cfg.ipc, num_classes=num_classes, factor=cfg.factor, mls_history=history, timings=timings,
-        config=cfg.to_dict(), init_indices=init.clone(), outer_loops_done=done,
-        finished=done >= cfg.outer_loops,
+        config=cfg.to_dict(), init_indices=init.clone(), outer_loops_done=run.done,
     )
-
-
-def _resume_state(directory: Path, run_hash: str, ctx: DistContext) -> dict | None:
-    """The checkpoint to resume from: the latest outer loop that every rank has saved (None: start afresh).
-
-    Each rank keeps its latest and previous checkpoint; ranks that stopped one save apart agree on the
-    older one. A checkpoint of another run (config, data, shard or version) is an error, never reused.
-    """
-    states: dict[int, dict] = {}
-    for name in (CHECKPOINT_NAME, PREVIOUS_NAME):
-        path = directory / name
-        if not path.exists():
-            continue
-        state = safe_torch_load(path)
-        if state.get("version") != CHECKPOINT_VERSION or state.get("hash") != run_hash:
-            raise CheckpointError(
-                f"{path} belongs to a different run (version {state.get('version')}, config/data hash "
-                f"{state.get('hash')}; this run: version {CHECKPOINT_VERSION}, hash {run_hash}); use another run "
-                "directory or delete it")
-        states[int(state["outer_loop"])] = state
-    latest = max(states, default=0)
-    target = min(r[0] for r in ctx.all_gather_ints([latest], "agreeing on the outer loop to resume from"))
-    if target == 0:
-        return None
-    if target not in states:
-        raise CheckpointError(f"rank {ctx.rank}: checkpoints in {directory} hold outer loops {sorted(states)}, but the "
-                              f"ranks can only all resume from loop {target}; delete {directory.parent} to restart")
-    return states[target]
 
 
 def _frozen(objective: Multisize | None) -> list[int] | None:

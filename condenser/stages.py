@@ -3,7 +3,11 @@
 A stage takes the build settings and the real training set and returns the IPC-major images, the models
 whose ensemble labels them, and what the header should record. `STAGES` maps every buildable method name
 to its stage (gm/dm: the condense loop with the multisize wrapper; sre2l/gvbsm/teddy: the decoupled
-statistics-matching engine), so the build dispatches by lookup, not by an if-chain.
+statistics-matching engine), so the build dispatches by lookup, not by an if-chain. Stages register beside
+their definition (condenser.build, condenser.statmatch.stage), modules that import this one, so the first
+lookup imports them (condenser.registry providers).
+
+A stage stopped on purpose (`stop_after`) raises condenser.resume.Interrupted from the loop it runs.
 """
 
 from __future__ import annotations
@@ -14,16 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from condenser.errors import CondenserError
 from condenser.registry import Registry
 
 if TYPE_CHECKING:
     from condenser.condense import CondenseResult
     from condenser.teacher import Teacher
-
-
-class StageInterrupted(CondenserError):
-    """A stage stopped on purpose (`stop_after`); rerunning the same command resumes it."""
 
 
 @dataclass
@@ -36,4 +35,4 @@ class StageResult:
 
 # (cfg: BuildConfig, profile: Profile, train: ImageDataset, log, stop_after, seconds) -> StageResult
 Stage = Callable[..., StageResult]
-STAGES: Registry[Stage] = Registry("build method")
+STAGES: Registry[Stage] = Registry("build method", providers=("condenser.build", "condenser.statmatch.stage"))

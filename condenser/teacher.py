@@ -20,15 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from condenser.augment import DSA, DSAConfig
-from condenser.checkpoint import (
-    atomic_save_safetensors,
-    atomic_torch_save,
-    atomic_write_bytes,
-    config_hash,
-    restore_rng_state,
-    rng_state,
-    safe_torch_load,
-)
+from condenser.checkpoint import atomic_save_safetensors, atomic_write_bytes, config_hash
 from condenser.data import ImageDataset, data_fingerprint, load_dataset
 from condenser.device import resolve_device
 from condenser.errors import CheckpointError
@@ -36,6 +28,7 @@ from condenser.models import build_model
 from condenser.paths import teacher_dir
 from condenser.profiles import TeacherBudget, get_profile
 from condenser.progress import progress_bar
+from condenser.resume import Checkpoint, Interrupted, StopAfter, restore_rng_state, rng_state, run_identity
 from condenser.training import TensorSource, accuracy, one_hot, sgd, train_epoch
 from formats.atomic import remove_stale_temps
 
@@ -107,18 +100,24 @@ def _cap(ds: ImageDataset, limit: int | None) -> ImageDataset:
     return ds.subset(idx)
 
 
+def teacher_checkpoint(config: TeacherConfig, root: Path | None = None) -> Checkpoint:
+    """The in-progress checkpoint of a teacher run, which only this configuration and data may resume."""
+    return Checkpoint(teacher_paths(config, root)[2], run_identity(config.as_dict(), config.data),
+                      "teacher configuration")
+
+
 def train_teacher(
     config: TeacherConfig,
     data_root: str | Path | None = None,
     device: str = "auto",
     root: Path | None = None,
-    stop_after_epochs: int | None = None,
+    stop_after: int | None = None,
     log: Callable[[str], None] = print,
 ) -> Teacher:
     """Train (or resume, or load from the cache) the teacher described by `config`.
 
-    `stop_after_epochs` ends the run early after that many epochs *in this call*, leaving a
-    resumable checkpoint: it is how tests simulate an interrupt.
+    `stop_after=k` raises condenser.resume.Interrupted once k epochs ran in this call, leaving a resumable
+    checkpoint: how tests simulate an interrupt, and how the prior pool snapshots a run epoch by epoch.
     """
     if data_root is not None and config.data_root is None:
         config = replace(config, data_root=str(data_root))
@@ -127,15 +126,45 @@ def train_teacher(
         remove_stale_temps(target)
     if weights_path.exists() and meta_path.exists():
         return load_teacher(weights_path)
+    run = _start(config, resolve_device(device))
+    checkpoint = teacher_checkpoint(config, root)
+    _restore(run, checkpoint.load(), log)
+    started = time.time()
+    _train_epochs(run, checkpoint, StopAfter(stop_after), log)
+    teacher = _finish(run, weights_path, meta_path, time.time() - started)
+    checkpoint.remove()
+    log(f"teacher {config.name}: test accuracy {teacher.test_accuracy:.2f}% -> {weights_path}")
+    return teacher
 
-    dev = resolve_device(device)
+
+@dataclass
+class _TeacherRun:
+    """A teacher's training state: what the epochs advance and what a checkpoint saves."""
+
+    config: TeacherConfig
+    device: torch.device
+    train: ImageDataset
+    test: ImageDataset
+    mean: torch.Tensor
+    std: torch.Tensor
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    source: TensorSource
+    steps_per_epoch: int
+    epoch: int = 0  # epochs finished
+    history: list[dict] = field(default_factory=list)
+
+
+def _start(config: TeacherConfig, dev: torch.device) -> _TeacherRun:
+    """Data, network, optimiser and schedule of a fresh run, seeded in the order results depend on."""
     budget = config.budget
     train = _cap(load_dataset(config.dataset, "train", root=config.data_root), budget.max_train)
     test = _cap(load_dataset(config.dataset, "test", root=config.data_root), budget.max_test)
     spec = train.spec
     mean = torch.tensor(spec.mean).view(1, -1, 1, 1).to(dev)
     std = torch.tensor(spec.std).view(1, -1, 1, 1).to(dev)
-
     torch.manual_seed(config.seed)
     model = build_model(config.arch, spec.image_shape, spec.num_classes, **config.model_kwargs).to(dev)
     optimizer = sgd(model, budget.lr, budget.momentum, budget.weight_decay)
@@ -152,56 +181,52 @@ def train_teacher(
         std=std,
         augment=(lambda x, g: dsa(x, generator=g)) if dsa else None,
     )
+    return _TeacherRun(config, dev, train, test, mean, std, model, optimizer, scheduler, generator, source,
+                       steps_per_epoch)
 
-    digest = config_hash(config.as_dict())
-    start_epoch, history = 0, []
-    if ckpt_path.exists():
-        state = safe_torch_load(ckpt_path)
-        if state.get("config_hash") != digest:
-            raise CheckpointError(
-                f"{ckpt_path} belongs to a different teacher configuration; delete it to start over"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        restore_rng_state(state["rng"], generator)
-        start_epoch, history = int(state["epoch"]), list(state["history"])
-        log(f"resuming teacher {config.name} after epoch {start_epoch}/{budget.epochs}")
 
-    started = time.time()
-    epochs_run = 0
+def _state(run: _TeacherRun) -> dict:
+    """What a checkpoint saves after an epoch: weights, optimiser, schedule, the batch-order generator."""
+    return {"epoch": run.epoch, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "rng": rng_state(run.generator), "history": run.history}
+
+
+def _restore(run: _TeacherRun, state: dict | None, log: Callable[[str], None]) -> None:
+    """Continue from a saved `_state` (None: start at epoch 0)."""
+    if state is None:
+        return
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    restore_rng_state(state["rng"], run.generator)
+    run.epoch, run.history = int(state["epoch"]), list(state["history"])
+    log(f"resuming teacher {run.config.name} after epoch {run.epoch}/{run.config.budget.epochs}")
+
+
+def _train_epochs(run: _TeacherRun, checkpoint: Checkpoint, stop: StopAfter, log: Callable[[str], None]) -> None:
+    """The remaining epochs under one progress bar, checkpointing after each (Interrupted on `stop`)."""
+    budget, name = run.config.budget, run.config.name
     with progress_bar() as progress:
-        task = progress.add_task(
-            f"teacher {config.name}",
-            total=budget.epochs * steps_per_epoch,
-            completed=start_epoch * steps_per_epoch,
-        )
-        for epoch in range(start_epoch, budget.epochs):
+        task = progress.add_task(f"teacher {name}", total=budget.epochs * run.steps_per_epoch,
+                                 completed=run.epoch * run.steps_per_epoch)
+        while run.epoch < budget.epochs:
             loss = train_epoch(
-                model, source, optimizer, budget.batch_size, generator, dev,
-                step_scheduler=scheduler, on_step=lambda: progress.advance(task),
+                run.model, run.source, run.optimizer, budget.batch_size, run.generator, run.device,
+                step_scheduler=run.scheduler, on_step=lambda: progress.advance(task),
             )
-            history.append({"epoch": epoch + 1, "loss": loss})
-            log(f"teacher {config.name}: epoch {epoch + 1}/{budget.epochs} loss {loss:.4f}")
-            progress.update(task, description=f"teacher {config.name} epoch {epoch + 1} loss {loss:.3f}")
-            atomic_torch_save(
-                {
-                    "config_hash": digest,
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": rng_state(generator),
-                    "history": history,
-                },
-                ckpt_path,
-            )
-            epochs_run += 1
-            interrupted = stop_after_epochs is not None and epochs_run >= stop_after_epochs
-            if interrupted and epoch + 1 < budget.epochs:
-                raise TeacherInterrupted(f"stopped after epoch {epoch + 1} on request; rerun to resume")
+            run.epoch += 1
+            run.history.append({"epoch": run.epoch, "loss": loss})
+            log(f"teacher {name}: epoch {run.epoch}/{budget.epochs} loss {loss:.4f}")
+            progress.update(task, description=f"teacher {name} epoch {run.epoch} loss {loss:.3f}")
+            checkpoint.save(_state(run))
+            if stop.count(run.epoch, budget.epochs):
+                raise Interrupted(f"teacher {name}", "epochs", run.epoch, budget.epochs)
 
-    test_acc = accuracy(model, test.images, test.labels, dev, mean, std)
+
+def _finish(run: _TeacherRun, weights_path: Path, meta_path: Path, seconds: float) -> Teacher:
+    """Score the trained teacher on the test split and store it (safetensors + JSON sidecar, atomically)."""
+    config, spec = run.config, run.train.spec
+    test_acc = accuracy(run.model, run.test.images, run.test.labels, run.device, run.mean, run.std)
     meta = {
         "config": config.as_dict(),
         "dataset": config.dataset,
@@ -210,21 +235,16 @@ def train_teacher(
         "num_classes": spec.num_classes,
         "model_kwargs": config.model_kwargs,
         "test_accuracy": test_acc,
-        "train_images": len(train),
-        "test_images": len(test),
-        "history": history,
-        "train_seconds_this_call": time.time() - started,
-        "device": str(dev),
+        "train_images": len(run.train),
+        "test_images": len(run.test),
+        "history": run.history,
+        "train_seconds_this_call": seconds,
+        "device": str(run.device),
     }
-    atomic_save_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, weights_path)
+    state = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
+    atomic_save_safetensors(state, weights_path)
     atomic_write_bytes(meta_path, json.dumps(meta, indent=2).encode())
-    ckpt_path.unlink(missing_ok=True)
-    log(f"teacher {config.name}: test accuracy {test_acc:.2f}% -> {weights_path}")
-    return Teacher(model=model.eval(), meta=meta)
-
-
-class TeacherInterrupted(CheckpointError):
-    """Raised by `stop_after_epochs`: the run stopped on purpose and can be resumed."""
+    return Teacher(model=run.model.eval(), meta=meta)
 
 
 def load_teacher(weights_path: str | Path, device: str = "auto") -> Teacher:

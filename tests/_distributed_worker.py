@@ -18,6 +18,7 @@ from condenser.data import synthetic
 from condenser.distributed import rank_dir, session
 from condenser.models import build_model
 from condenser.relabel import RelabelConfig, relabel
+from condenser.resume import Interrupted
 from condenser.statmatch.objective import MatchConfig, StatMatchObjective
 from condenser.statmatch.pool import PoolMember, TeacherPool
 from condenser.statmatch.recover import CHECKPOINT_NAME as RECOVER_CHECKPOINT
@@ -63,7 +64,11 @@ def main(out: Path) -> None:
     torch.set_num_threads(1)
     with session("cpu") as dist:
         run = out / "run"
-        part = condense(CONDENSE, dataset(), run, progress=False, stop_after=2)
+        try:
+            condense(CONDENSE, dataset(), run, progress=False, stop_after=2)
+            stopped = None
+        except Interrupted as exc:  # every rank stops after the same outer loop
+            stopped = (exc.done, exc.total)
         whole = condense(CONDENSE, dataset(), run, progress=False)  # resumes at loop 3
         # Rank 1 dies one save behind rank 0: its latest checkpoint is lost, its previous one survives.
         mine = rank_dir(run, dist)
@@ -73,7 +78,7 @@ def main(out: Path) -> None:
         rec = recovered(out / "recover")
         views = labelled(whole.images)
         torch.save({
-            "part_done": part.outer_loops_done, "part_finished": part.finished,
+            "stopped": stopped,
             "resumed_loops": whole.timings["outer_loops_this_run"],
             "again_loops": again.timings["outer_loops_this_run"],
             "images": whole.images, "again": again.images, "history": whole.mls_history, "recovered": rec,

@@ -8,8 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 import formats
-from condenser.build import BuildConfig, BuildInterrupted, build
+from condenser.build import BuildConfig, build
 from condenser.cli import app
+from condenser.resume import Interrupted
 
 TINY = {"outer_loops": 4, "inner_loops": 1, "period": 2, "n_data": 32, "batch_real": 8, "width": 8}
 
@@ -40,11 +41,11 @@ def test_interrupted_build_resumes_to_the_same_images(tmp_path, monkeypatch):
     monkeypatch.setenv("MULTISIZE_CACHE", str(tmp_path / "cache-straight"))
     straight = build(_config(seed=1), tmp_path / "a.mdc", log=lambda _: None)
     monkeypatch.setenv("MULTISIZE_CACHE", str(tmp_path / "cache-resumed"))
-    with pytest.raises(BuildInterrupted):
+    with pytest.raises(Interrupted):
         build(_config(seed=1, condense_overrides=TINY | {"period": 1}), tmp_path / "x.mdc", log=lambda _: None,
               stop_after=1)
     # A different config is a different run directory: the interrupted run above must not leak into this one.
-    with pytest.raises(BuildInterrupted):
+    with pytest.raises(Interrupted, match="2 of 4 outer loops"):
         build(_config(seed=1), tmp_path / "b.mdc", log=lambda _: None, stop_after=2)
     assert not (tmp_path / "b.mdc").exists()  # nothing written for an unfinished build
     resumed = build(_config(seed=1), tmp_path / "b.mdc", log=lambda _: None)

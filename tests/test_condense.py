@@ -10,6 +10,7 @@ from condenser.data import synthetic
 from condenser.errors import CheckpointError
 from condenser.methods import MethodConfigError, build_method, init_synthetic
 from condenser.models import build_model
+from condenser.resume import Interrupted
 
 TINY = dict(ipc=3, outer_loops=4, inner_loops=2, period=2, batch_real=4, n_data=16, width=8, depth=2,
             device="cpu")
@@ -42,7 +43,7 @@ def fmnist_small():
 
 def test_result_layout_is_ipc_major(tiny_set):
     res = condense(CondenseConfig(method="dm", **TINY), tiny_set, progress=False)
-    assert isinstance(res, CondenseResult) and res.finished and res.outer_loops_done == 4
+    assert isinstance(res, CondenseResult) and res.outer_loops_done == 4
     assert res.images.shape == (9, 1, 8, 8) and res.images.dtype == torch.float32
     assert res.labels.tolist() == [0, 1, 2] * 3  # record r = i*C + c
     images, labels = res.prefix(2)
@@ -79,8 +80,9 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_set, method, how):
 
     run = tmp_path / "run"
     if how == "stop_after":
-        part = condense(cfg, tiny_set, run, progress=False, stop_after=2)
-        assert not part.finished and part.outer_loops_done == 2
+        with pytest.raises(Interrupted, match="2 of 4 outer loops") as stopped:
+            condense(cfg, tiny_set, run, progress=False, stop_after=2)
+        assert (stopped.value.done, stopped.value.total) == (2, 4)
     else:
         class Killed(Exception):
             pass
@@ -92,7 +94,7 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_set, method, how):
         with pytest.raises(Killed):
             condense(cfg, tiny_set, run, progress=False, on_outer_loop=kill)
     resumed = condense(cfg, tiny_set, run, progress=False)
-    assert resumed.finished
+    assert resumed.outer_loops_done == 4
     assert resumed.timings["outer_loops_this_run"] == (2 if how == "stop_after" else 1)
     assert torch.equal(resumed.images, whole.images)
     assert resumed.mls_history == whole.mls_history
@@ -102,8 +104,9 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_set, method, how):
 
 def test_resume_refuses_another_config(tmp_path, tiny_set):
     run = tmp_path / "run"
-    condense(CondenseConfig(method="dm", **TINY), tiny_set, run, progress=False, stop_after=2)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(Interrupted):
+        condense(CondenseConfig(method="dm", **TINY), tiny_set, run, progress=False, stop_after=2)
+    with pytest.raises(CheckpointError, match="different condensation run"):
         condense(CondenseConfig(method="dm", seed=1, **TINY), tiny_set, run, progress=False)
 
 

@@ -16,6 +16,7 @@ from condenser.errors import CheckpointError
 from condenser.evaluate.losses import STUDENT_LOSSES, mse_gt
 from condenser.models import build_model
 from condenser.relabel import RelabelConfig, relabel, teacher_probabilities
+from condenser.resume import Interrupted
 from condenser.statmatch import (
     SAMPLERS,
     StatMatchObjective,
@@ -26,7 +27,7 @@ from condenser.statmatch import (
 )
 from condenser.statmatch.cache import compute_conv_stats, load_conv_stats
 from condenser.statmatch.order import apply_order
-from condenser.statmatch.recover import RecoverInterrupted, initial_images
+from condenser.statmatch.recover import initial_images
 from condenser.statmatch.stats import channel_stats, patch_stats
 from condenser.statmatch.teachers import PoolContext, build_pool
 
@@ -136,7 +137,7 @@ def test_each_method_lowers_its_matching_loss(method, pools, small_train):
     objective.close()
     after = measure(result.images)
     probe.close()
-    assert result.images.shape == (20, 1, 28, 28) and result.finished
+    assert result.images.shape == (20, 1, 28, 28)
     assert after[0] < before[0] and after[1] < before[1], (method, before, after)
     # pixels stay inside the valid range
     lo, hi = (0 - 0.2860) / 0.3530, (1 - 0.2860) / 0.3530
@@ -189,7 +190,7 @@ def test_recover_resumes_to_the_same_images(pools, small_train, tmp_path):
     s, pool, stats = pools["sre2l"]
     cfg = dataclasses.replace(s.recover_config(iterations=5, seed=3), batch_images=10)  # one IPC index per chunk
     straight = recover(StatMatchObjective(pool, cfg.match, stats), small_train, 2, cfg, torch.device("cpu"))
-    with pytest.raises(RecoverInterrupted):
+    with pytest.raises(Interrupted, match="1 of 2 IPC indices"):
         recover(StatMatchObjective(pool, cfg.match, stats), small_train, 2, cfg, torch.device("cpu"),
                 run_dir=tmp_path, stop_after=1)
     resumed = recover(StatMatchObjective(pool, cfg.match, stats), small_train, 2, cfg, torch.device("cpu"),

@@ -133,7 +133,7 @@ def test_sharded_condense_resume_recover_and_relabel_equal_one_process(tmp_path)
     ref = reference()
     for k in range(2):
         got = torch.load(tmp_path / f"rank-{k}.pt", weights_only=False)
-        assert (got["part_done"], got["part_finished"]) == (2, False)
+        assert got["stopped"] == (2, 4)
         assert got["resumed_loops"] == 2 and got["again_loops"] == 1
         assert torch.equal(got["images"], ref["images"]) and torch.equal(got["again"], ref["images"])
         assert got["history"] == ref["history"]

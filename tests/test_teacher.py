@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from condenser.profiles import get_profile
-from condenser.teacher import TeacherConfig, TeacherInterrupted, load_teacher, teacher_paths, train_teacher
+from condenser.resume import Interrupted
+from condenser.teacher import TeacherConfig, load_teacher, teacher_paths, train_teacher
 
 
 def _config() -> TeacherConfig:
@@ -17,8 +18,8 @@ def test_interrupted_teacher_resumes_to_the_same_weights(tmp_path):
     config = _config()
     straight = train_teacher(config, root=tmp_path / "a", device="cpu", log=lambda _: None)
 
-    with pytest.raises(TeacherInterrupted):
-        train_teacher(config, root=tmp_path / "b", device="cpu", stop_after_epochs=1, log=lambda _: None)
+    with pytest.raises(Interrupted, match="1 of 3 epochs"):
+        train_teacher(config, root=tmp_path / "b", device="cpu", stop_after=1, log=lambda _: None)
     weights, meta, ckpt = teacher_paths(config, tmp_path / "b")
     assert ckpt.exists() and not weights.exists()
     resumed = train_teacher(config, root=tmp_path / "b", device="cpu", log=lambda _: None)
@@ -48,8 +49,8 @@ def test_a_checkpoint_from_another_config_is_refused(tmp_path):
     from condenser.errors import CheckpointError
 
     config = _config()
-    with pytest.raises(TeacherInterrupted):
-        train_teacher(config, root=tmp_path, device="cpu", stop_after_epochs=1, log=lambda _: None)
+    with pytest.raises(Interrupted):
+        train_teacher(config, root=tmp_path, device="cpu", stop_after=1, log=lambda _: None)
     other = replace(config, seed=1)
     _, _, ckpt_other = teacher_paths(other, tmp_path)
     ckpt_other.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ augmented tensors without recomputing the real statistics (mdc.md §2.3).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -54,7 +54,6 @@ class StepContext:
     num_classes: int
     reinit: Callable[[nn.Module], None]
     autocast: Callable[[], Any]
-    extra: dict = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -68,7 +67,6 @@ class BaseMethod(Protocol):
     """
 
     name: str
-    matching_strategy: str  # DSA strategy of the siamese draw on [real; syn]
     lr_in_pixel_units: bool  # lr_img is given for [0,1] pixels (IDC) rather than normalized space (DM)
     autocast_matching: bool  # whether target/match may run under the run's AMP autocast
     # class_separable: the loss is a sum of per-class terms, each depending only on its class's images, real
@@ -126,7 +124,10 @@ def as_class_batch(syn: torch.Tensor, real: torch.Tensor, label: int | torch.Ten
 
 
 MethodFactory = Callable[..., BaseMethod]
-METHODS: Registry[MethodFactory] = Registry("condensation method")
+# Each method registers itself beside its class (@METHODS.register); the statistics-matching method lives in
+# condenser.statmatch, which imports this package, so it is a provider the first lookup imports.
+METHODS: Registry[MethodFactory] = Registry(
+    "condensation method", providers=("condenser.methods.gm", "condenser.methods.dm", "condenser.statmatch.joint"))
 
 
 def build_method(name: str, allow_flip: bool = True, **settings: Any) -> BaseMethod:

@@ -16,6 +16,7 @@ from torch import nn
 
 from condenser.augment import DSA, DSAConfig
 from condenser.methods.base import (
+    METHODS,
     Generators,
     StepContext,
     as_class_batch,
@@ -33,6 +34,7 @@ class DMSettings:
     fresh_net_every_step: bool = True  # DM draws a new random network per iteration
 
 
+@METHODS.register("dm")
 class DistributionMatching:
     name = "dm"
     Settings = DMSettings

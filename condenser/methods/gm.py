@@ -27,7 +27,14 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from condenser.augment import DSA, DSAConfig, cutmix
-from condenser.methods.base import Generators, MethodConfigError, StepContext, as_class_batch, siamese_per_class
+from condenser.methods.base import (
+    METHODS,
+    Generators,
+    MethodConfigError,
+    StepContext,
+    as_class_batch,
+    siamese_per_class,
+)
 from condenser.models import Classifier
 from condenser.training import soft_cross_entropy
 
@@ -95,6 +102,7 @@ class GMTarget:
         return GMTarget([g.index_select(0, index) for g in self.grads], means)
 
 
+@METHODS.register("gm")
 class GradientMatching:
     name = "gm"
     Settings = GMSettings

@@ -11,10 +11,10 @@ from condenser.statmatch.cache import cached_conv_stats, compute_conv_stats, loa
 from condenser.statmatch.objective import MatchConfig, NoStatisticsError, StatMatchObjective
 from condenser.statmatch.order import herd, herding_order
 from condenser.statmatch.pool import SAMPLERS, PoolMember, TeacherPool
-from condenser.statmatch.recover import RecoverConfig, RecoverInterrupted, RecoverResult, recover
+from condenser.statmatch.recover import RecoverConfig, RecoverResult, recover
 from condenser.statmatch.settings import PRESETS, DecoupledSettings, settings_for
 
 __all__ = ["PRESETS", "SAMPLERS", "DecoupledSettings", "MatchConfig", "NoStatisticsError", "PoolMember",
-           "RecoverAugConfig", "RecoverConfig", "RecoverInterrupted", "RecoverResult", "StatMatchObjective",
+           "RecoverAugConfig", "RecoverConfig", "RecoverResult", "StatMatchObjective",
            "TeacherPool", "cached_conv_stats", "compute_conv_stats", "herd", "herding_order", "load_conv_stats",
            "model_hash", "recover", "recover_augment", "settings_for"]

@@ -40,10 +40,10 @@ class JointSettings:
     pool_hash: str = ""  # identity of the teachers' weights, so a retrained pool never resumes a stale run
 
 
+@METHODS.register(METHOD_NAME)
 class JointStatMatch:
     name = METHOD_NAME
     Settings = JointSettings
-    matching_strategy = "recover"
     lr_in_pixel_units = False
     autocast_matching = False  # statistics distances stay in float32
     class_separable = False  # BN statistics of one batch of all classes: not shardable by class
@@ -123,6 +123,3 @@ class JointStatMatch:
         syn, real, labels = as_class_batch(syn, real, label)
         return self.match(model, syn, None, labels)
 
-
-if METHOD_NAME not in METHODS:
-    METHODS.add(METHOD_NAME, JointStatMatch)

@@ -28,7 +28,7 @@ from condenser.distributed import current
 from condenser.methods import MethodConfigError
 from condenser.paths import runs_dir
 from condenser.registry import Registry
-from condenser.stages import STAGES, StageInterrupted, StageResult
+from condenser.stages import STAGES, StageResult
 from condenser.statmatch.cache import cached_conv_stats, model_hash
 from condenser.statmatch.joint import METHOD_NAME, JointStatMatch  # noqa: F401  (registers the joint method)
 from condenser.statmatch.objective import StatMatchObjective
@@ -74,7 +74,7 @@ def per_ipc_schedule(method: str, cfg: Any, profile: Any, train: ImageDataset, p
         timings={"elapsed_s": rr.seconds, "device": str(resolve_device(cfg.device)),
                  "threads": torch.get_num_threads()},
         config={"method": method, "schedule": "per-ipc", "recover": asdict(rcfg)},
-        init_indices=torch.zeros(c, 0, dtype=torch.int64), outer_loops_done=iterations, finished=rr.finished)
+        init_indices=torch.zeros(c, 0, dtype=torch.int64), outer_loops_done=iterations)
     return result, extra
 
 
@@ -144,8 +144,6 @@ def decoupled_stage(method: str):
         schedule = SCHEDULES.get(s.schedule)
         result, extra = schedule(method, cfg, profile, train, pool, stats, paths, run_hash, stop_after)
         seconds["condense"] = time.time() - t0
-        if not result.finished:
-            raise StageInterrupted(f"{method}: stopped early on request; rerun the same command to resume")
         first = pool.members[0]
         describe = pool.describe()
         provenance = {
@@ -158,6 +156,5 @@ def decoupled_stage(method: str):
     return stage
 
 
-for _name in PRESETS.names():
-    if _name not in STAGES:
-        STAGES.add(_name, decoupled_stage(_name))
+for _name in PRESETS.names():  # one stage per preset, registered beside the stage's definition
+    STAGES.add(_name, decoupled_stage(_name))

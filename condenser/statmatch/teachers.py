@@ -4,7 +4,7 @@
   evaluation network is untouched).
 - `backbones` (G-VBSM): several architectures trained at small scale, one sampled per step.
 - `prior` (Teddy): checkpoints of ONE training run, taken after the stage epochs: the run is driven
-  epoch by epoch through train_teacher's resumable `stop_after_epochs` and each checkpoint is snapshotted.
+  epoch by epoch through train_teacher's resumable `stop_after` and each checkpoint is snapshotted.
 - `post` (Teddy): copies of a trained BN teacher with a random fraction of every conv's filters pruned
   (torch.nn.utils.prune), optionally fine-tuned with the masks in place, then BN statistics re-estimated
   on real images (the zeroed channels would otherwise carry stale running statistics).
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from condenser.checkpoint import atomic_save_safetensors, atomic_write_bytes, config_hash, safe_torch_load
+from condenser.checkpoint import atomic_save_safetensors, atomic_write_bytes, config_hash
 from condenser.data import ImageDataset, load_dataset
 from condenser.device import resolve_device
 from condenser.errors import CheckpointError
@@ -32,14 +32,15 @@ from condenser.methods.base import MethodConfigError
 from condenser.models import build_model
 from condenser.paths import cache_root
 from condenser.registry import Registry
+from condenser.resume import Interrupted
 from condenser.statmatch.hooks import BN_TYPES
 from condenser.statmatch.pool import PoolMember, TeacherPool
 from condenser.statmatch.settings import DecoupledSettings
 from condenser.teacher import (
     Teacher,
     TeacherConfig,
-    TeacherInterrupted,
     load_teacher,
+    teacher_checkpoint,
     teacher_paths,
     train_teacher,
 )
@@ -142,7 +143,6 @@ def prior_pool(ctx: PoolContext, s: DecoupledSettings) -> list[PoolMember]:
     snap = {e: pool_dir / "snapshots" / f"epoch-{e:03d}" / "teacher.safetensors" for e in stages}
     done = all(p.exists() for p in snap.values())
     root = pool_dir / "run" if teacher_paths(cfg)[0].exists() and not done else None
-    ckpt = teacher_paths(cfg, root)[2]
     spec = ctx.train.spec
 
     def snapshot(epoch: int, model: nn.Module) -> None:
@@ -154,10 +154,10 @@ def prior_pool(ctx: PoolContext, s: DecoupledSettings) -> list[PoolMember]:
 
     while not all(p.exists() for p in snap.values()):
         try:
-            final = train_teacher(cfg, data_root=ctx.data_root, device=ctx.device, root=root, stop_after_epochs=1,
+            final = train_teacher(cfg, data_root=ctx.data_root, device=ctx.device, root=root, stop_after=1,
                                   log=ctx.log)
-        except TeacherInterrupted:
-            state = safe_torch_load(ckpt)
+        except Interrupted:
+            state = teacher_checkpoint(cfg, root).load()
             model = build_model(cfg.arch, spec.image_shape, spec.num_classes, **cfg.model_kwargs)
             model.load_state_dict(state["model"])
             snapshot(int(state["epoch"]), model.to(resolve_device(ctx.device)))
