@@ -39,10 +39,6 @@ def get_source(name: str) -> DatasetSource:
     return DATASETS.get(name)
 
 
-def dataset_names() -> list[str]:
-    return DATASETS.names()
-
-
 def get_spec(name: str = DEFAULT_DATASET, root: str | Path | None = None) -> DatasetSpec:
     """The dataset's spec. Static for registered names (no files needed), except that Tiny-ImageNet
     reads its class names from the data when found under `root`; imagefolder reads its folder."""

@@ -47,7 +47,6 @@ class DistributionMatching:
         strategy = self.settings.matching_strategy
         if not allow_flip:
             strategy = "_".join(p for p in strategy.split("_") if p != "flip")
-        self.matching_strategy = strategy
         self._match_aug = DSA(DSAConfig(strategy=strategy), allow_flip=allow_flip)
 
     def default_lr_img(self, ipc: int, resolution: int) -> float:

@@ -113,7 +113,6 @@ class GradientMatching:
     def __init__(self, allow_flip: bool = True, **settings: Any) -> None:
         self.settings: GMSettings = make_settings(GMSettings, settings, self.name)
         s = self.settings
-        self.matching_strategy = s.matching_strategy
         self._match_aug = DSA(DSAConfig(strategy=s.matching_strategy), allow_flip=allow_flip)
         self._train_aug = (DSA(DSAConfig(strategy=s.train_strategy), allow_flip=allow_flip)
                            if s.train_strategy else None)
