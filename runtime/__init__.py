@@ -13,11 +13,12 @@ from runtime.budget import Budget
 from runtime.bundle import TrainerBundle
 from runtime.config import TrainConfig
 from runtime.data import load_test_data
-from runtime.dataset import Batch, Dataset
+from runtime.dataset import Batch, Dataset, Sample
 from runtime.errors import (
     BackendError,
     BudgetError,
     BundleError,
+    CheckpointError,
     ConfigError,
     DataError,
     DivergedError,
@@ -29,7 +30,7 @@ from runtime.loader import load
 from runtime.train import Model, evaluate, train
 
 __all__ = [
-    "BackendError", "Batch", "Budget", "BudgetError", "BundleError", "ConfigError", "DataError", "Dataset",
-    "DivergedError", "Model", "RuntimeError_", "TrainConfig", "TrainerBundle", "TrainerError", "ViewError",
-    "errors", "evaluate", "load", "load_test_data", "train",
+    "BackendError", "Batch", "Budget", "BudgetError", "BundleError", "CheckpointError", "ConfigError",
+    "DataError", "Dataset", "DivergedError", "Model", "RuntimeError_", "Sample", "TrainConfig", "TrainerBundle",
+    "TrainerError", "ViewError", "errors", "evaluate", "load", "load_test_data", "train",
 ]

@@ -26,17 +26,13 @@ import numpy as np
 from formats.atomic import atomic_write_bytes
 from runtime.backends.base import ModelSpec
 from runtime.config import TrainConfig
-from runtime.errors import ConfigError, RuntimeError_
+from runtime.errors import CheckpointError, ConfigError
 
 FORMAT = "multisize-model"
 VERSION = 1
 _F32 = np.dtype("<f4")
 _I64 = np.dtype("<i8")
 MAX_CHECKPOINT_BYTES = 1 << 32  # far above any device model; a larger file is refused before reading
-
-
-class CheckpointError(RuntimeError_, ValueError):
-    """A checkpoint cannot be read (malformed, other format or version) or does not fit this run."""
 
 
 @dataclass

@@ -42,9 +42,13 @@ class DivergedError(RuntimeError_):
     """Training produced a non-finite loss (learning rate too high, broken data)."""
 
 
+class CheckpointError(RuntimeError_, ValueError):
+    """A model checkpoint cannot be read (malformed, other format or version) or does not fit this run."""
+
+
 class DataError(RuntimeError_, ValueError):
     """Test data cannot be read or has the wrong shape for the model."""
 
 
-__all__ = ["BackendError", "BudgetError", "BundleError", "ConfigError", "DataError", "DivergedError", "RuntimeError_",
-           "TrainerError", "ViewError"]
+__all__ = ["BackendError", "BudgetError", "BundleError", "CheckpointError", "ConfigError", "DataError",
+           "DivergedError", "RuntimeError_", "TrainerError", "ViewError"]
