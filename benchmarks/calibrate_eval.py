@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--cutmix", type=float, nargs="+", default=[0.5], help="CutMix probabilities to try.")
     parser.add_argument("--batch", type=int, nargs="+", default=[64])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="Run seeds first-seed .. first-seed+seeds-1.")
     parser.add_argument("--subset-seed", type=int, default=0)
     parser.add_argument("--max-test", type=int, default=2000)
     parser.add_argument("--profile", default="cpu")
@@ -99,7 +100,7 @@ def main() -> None:
             for p in args.cutmix:
                 for batch in args.batch:
                     budget = replace(base, epochs=epochs, cutmix_p=p, batch_size=batch, max_test=None)
-                    for seed in range(args.seeds):
+                    for seed in range(args.first_seed, args.first_seed + args.seeds):
                         key = f"ipc{ipc}-e{epochs}-cm{p}-b{batch}-s{seed}"
                         if key in _done(args.out):  # another process may have run it
                             continue
