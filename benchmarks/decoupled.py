@@ -1,6 +1,6 @@
 """Decoupled methods (sre2l, gvbsm, teddy): the random-real control and the results table.
 
-    # the control of numbers.md §5: random real images, labelled by the SAME teachers with the SAME views
+    # the control of docs/RESULTS.md: random real images, labelled by the SAME teachers with the SAME views
     python benchmarks/decoupled.py control /tmp/decoupled/sre2l.mdc --out /tmp/decoupled/sre2l-control.mdc
     condenser eval /tmp/decoupled/sre2l-control.mdc --sizes 1,2,5,10 --labels soft --profile cpu
     # what the herding order is worth: the SAME images put back in recovery order, relabelled the same way

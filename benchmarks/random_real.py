@@ -1,4 +1,4 @@
-"""Evaluation protocol on a random real subset (the honest control of numbers.md §5).
+"""Evaluation protocol on a random real subset (the honest control of docs/RESULTS.md).
 
     python benchmarks/random_real.py --dataset fashion-mnist --ipc 10 --profile cpu --seeds 3
 

@@ -1,4 +1,4 @@
-"""The multisize paper's baselines (mdc.md §1.4), as per-size training sets comparable with MDC.
+"""The multisize paper's baselines (MDC paper §3.2), as per-size training sets comparable with MDC.
 
 - A: a separate condensation per size n = 1..N (ℂ_n^{[n]}); the reference for each size, not nested,
   N(N+1)/2 images per class stored.

@@ -74,7 +74,7 @@ class CondenseConfigError(CondenserError, ValueError):
 
 @dataclass(frozen=True)
 class CondenseConfig:
-    """One condensation run. Names follow mdc.md: T outer loops, E inner steps, Δt period."""
+    """One condensation run. Names follow the MDC paper's Algorithm 1: T outer loops, E inner steps, Δt period."""
 
     method: str = "gm"
     ipc: int = 10

@@ -3,16 +3,16 @@
 loss = base(S, B) + weight * base(S_[n*], B), where S_[n*] is the Most Learnable Subset: the
 prefix whose feature distance to the real batch changed the most since the previous selection
 (Eq. 8-9). The subset term reuses the real batch, the real-side statistics and the augmented
-tensors of the base term (mdc.md §2.3), and runs on the MLS prefix alone where the base method can
+tensors of the base term (MDC paper Eq. 4), and runs on the MLS prefix alone where the base method can
 (`match_prefix`). Distances are squared L2 between batch-mean features of
 the last feature layer (`model.features`), for every prefix 1..N-1 from ONE forward pass of the
-synthetic batch (prefix means by cumulative sums). Following the official code (mdc.md §2.5, A6),
+synthetic batch (prefix means by cumulative sums). Following the official code (docs/multisize.md),
 they are measured during the outer loops t == 1 and t % period == 0 only, averaged over that loop's
 inner steps and over classes (or per class, class-wise). Selection happens at the end of those
 loops: after loop 1 the MLS is 1 and loop 1's distances become the reference, so loop 1 runs
 without a subset term; later, n* = argmax |F_t - F_ref| (ties towards smaller n).
 
-Freezing keeps earlier MLS images from being damaged by larger subsets (§2.6):
+Freezing keeps earlier MLS images from being damaged by larger subsets (MDC paper §3.3.2):
 - `paper` (Eq. 10, default): n_new > n_prev freezes S_[n_prev]; n_new < n_prev unfreezes; equal keeps.
 - `code` (reg_ipcx.py): a size that ended a period without being re-selected is marked keep-freeze;
   the frozen prefix is the largest keep-freeze size below the current MLS.

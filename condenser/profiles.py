@@ -1,6 +1,6 @@
 """Compute profiles: one named set of budgets for teacher training, evaluation and condensation.
 
-`paper` is the multisize paper's protocol (mdc.md §2.8-2.9), `cpu` the reduced budgets that fit a
+`paper` is the multisize paper's protocol (MDC paper §4.1, Appendix B.1), `cpu` the reduced budgets that fit a
 2-core machine, `smoke` the seconds-long budgets of the tests. Every result records the profile it ran
 under (`Profile.as_dict()`), so a number is never separated from the budget that produced it.
 """
@@ -26,7 +26,7 @@ class TeacherBudget:
 
 @dataclass(frozen=True)
 class EvalBudget:
-    """The pinned evaluation protocol (DESIGN.md): SGD 0.01 / 0.9 / 5e-4, multi-step LR, DSA + CutMix."""
+    """The pinned evaluation protocol (docs/multisize.md): SGD 0.01 / 0.9 / 5e-4, multi-step LR, DSA + CutMix."""
 
     epochs: int
     batch_size: int = 64
@@ -47,7 +47,7 @@ class EvalBudget:
 
 @dataclass(frozen=True)
 class CondenseBudget:
-    """Budgets of one condensation (mdc.md §2.8 names: T outer loops, E inner, Δt period)."""
+    """Budgets of one condensation (MDC Algorithm 1 names: T outer loops, E inner, Δt period)."""
 
     method: str = "gm"
     outer_loops: int = 2000
@@ -158,7 +158,7 @@ def get_profile(name: str) -> Profile:
 
 
 def default_profile_name() -> str:
-    """`paper` where a GPU is present, `cpu` otherwise (DESIGN.md)."""
+    """`paper` where a GPU is present, `cpu` otherwise (README "Server")."""
     import torch
 
     return "paper" if torch.cuda.is_available() else "cpu"

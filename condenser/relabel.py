@@ -3,7 +3,7 @@
 A view is an augmentation of one stored image (an integer crop box resized back to full size, an
 optional flip, an optional CutMix partner) plus the teacher's output on exactly those pixels. Storing
 the parameters with the label lets a device replay the views the teacher saw, with no coupling to a
-sampler seed or batch size (SRe2L's FKD labels are tied to both; anchors.md §2).
+sampler seed or batch size (SRe2L's FKD labels, SRe2L paper §2 "Relabel", are tied to both).
 
 Nesting: a record's CutMix partner is drawn from IPC blocks up to its own, so every prefix that holds
 a record also holds its partner. View 0 of every record is the plain image (its "hard" soft label).

@@ -68,7 +68,7 @@ def test_bench_writes_json_markdown_png_whose_numbers_agree(tmp_path, monkeypatc
             ref = statistics.fmean(data["table"]["C"][lab][n]["mean"] for n in ("1", "2"))
             assert data["summary"][m][lab]["avg"] == pytest.approx(avg, abs=1e-3)
             assert data["summary"][m][lab]["diff"] == pytest.approx(avg - ref, abs=1e-3)
-    # A's IPC-1 run is B's first run (mdc.md §1.4): the same images, so the same hard-label numbers
+    # A's IPC-1 run is B's first run (docs/multisize.md): the same images, so the same hard-label numbers
     assert data["table"]["A"]["hard"]["1"]["accuracies"] == data["table"]["B"]["hard"]["1"]["accuracies"]
     assert data["table"]["A"]["hard"]["2"]["accuracies"] == data["table"]["C"]["hard"]["2"]["accuracies"]  # and C
     md = out.paths["markdown"].read_text()

@@ -99,7 +99,7 @@ def test_config_errors_are_typed():
         MultisizeConfig(period=0)
 
 
-# --- freeze rules (mdc.md §2.6) ---------------------------------------------------------------------
+# --- freeze rules (MDC paper §3.3.2, Eq. 10) --------------------------------------------------------
 
 
 def _frozen_paper(sequence: list[int]) -> list[int]:

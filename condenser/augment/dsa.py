@@ -1,7 +1,7 @@
 """DSA: differentiable siamese augmentation (Zhao & Bilen 2021), batched, in pure torch.
 
 Policy for a strategy string such as "color_crop_cutout_flip_scale_rotate" (the IDC/MDC
-reading of DSA, see reference mdc.md §2.2/§2.9 and anchors.md §1.5):
+reading of DSA, MDC paper Appendix B.1 "Augmentation"):
 
 1. color   (if listed): brightness, then saturation, then contrast, always applied;
 2. flip    (if listed and the dataset allows it): horizontal flip with probability 0.5;

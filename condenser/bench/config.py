@@ -11,11 +11,11 @@ from condenser.evaluate.sizes import LABEL_MODES
 from condenser.profiles import Profile, get_profile
 
 # Every method the benchmark knows, in table order: the paper's three baselines, MDC, and the honest
-# control (a random real subset of the same size; numbers.md §5).
+# control (a random real subset of the same size; docs/RESULTS.md).
 METHODS: tuple[str, ...] = ("A", "B", "C", "mdc", "random")
 DISPLAY_NAMES = {"A": "A (separate per size)", "B": "B (N IPC-1 runs)", "C": "C (one run, prefixes)",
                  "mdc": "MDC (ours)", "random": "Random real"}
-REFERENCE = "C"  # Diff. is measured against Baseline C (mdc.md §3: "the change in average versus Baseline C")
+REFERENCE = "C"  # Diff. is measured against Baseline C (MDC paper Table 2, column "Diff.")
 
 
 class BenchConfigError(CondenserError, ValueError):

@@ -42,7 +42,7 @@ def random_sets(train: ImageDataset, ipc: int, seed: int) -> SizedSets:
 
 
 def equivalent_runs(ipc: int) -> list[tuple[str, str]]:
-    """Baseline runs that are the same process (mdc.md §1.4 notes; A's IPC-N number equals C's in every
+    """Baseline runs that are the same process (docs/multisize.md; A's IPC-N number equals C's in every
     table): A's IPC-1 run is B's first run, and A's IPC-N run is C."""
     return [("A-ipc1", "B-run0"), (f"A-ipc{ipc}", "C")]
 

@@ -1,4 +1,4 @@
-"""`condenser baseline A|B|C`: the multisize paper's baselines as files (mdc.md §1.4).
+"""`condenser baseline A|B|C`: the multisize paper's baselines as files (MDC paper §3.2).
 
 B and C are nested: one .mdc whose IPC-n prefix is size n. A is one condensation per size, not nested:
 a directory with ipc-1.mdc ... ipc-N.mdc.

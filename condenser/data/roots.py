@@ -1,4 +1,4 @@
-"""Where dataset files are looked for, in a fixed order (DESIGN.md "Data without network").
+"""Where dataset files are looked for, in a fixed order (README "Data").
 
 Order: the explicit root (`--data-root`), `$MULTISIZE_DATA`, the user cache
 (`<condenser cache>/data`: `$MULTISIZE_CACHE/data`, else `$XDG_CACHE_HOME/multisize/data`,

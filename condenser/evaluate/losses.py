@@ -1,7 +1,7 @@
 """Student losses on soft-label views, chosen by `EvalBudget.loss` (one training loop for all of them).
 
 - `soft_ce`: cross-entropy against the stored probabilities (the project's default).
-- `mse_gt`: G-VBSM's MSE on logits + γ·CE with the hard label (gvbsm.md §2.8; element-mean MSE as in its
+- `mse_gt`: G-VBSM's MSE on logits + γ·CE with the hard label (G-VBSM paper §3.3; element-mean MSE as in its
   code, A15). Views store probabilities p = softmax(z/T), which fix the teacher logits only up to a
   per-row constant, so the regression target is T·log p centred per row, compared with the centred
   student logits (softmax ignores that constant too). p is floored at 1e-4 (about the topk-u8 codec's

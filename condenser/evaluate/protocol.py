@@ -1,8 +1,8 @@
 """The pinned evaluation protocol: train a fresh network on a small image set, report last-epoch accuracy.
 
-DESIGN.md "Evaluation protocol": ConvNet-D3, SGD lr 0.01 / momentum 0.9 / wd 5e-4, multi-step LR at
-2/3 and 5/6 of training (gamma 0.2), DSA + CutMix, **last-epoch** test accuracy (never best-on-test),
-mean ± std over seeds. The budget (`EvalBudget`) is written into every result.
+MDC paper §4.1 and docs/multisize.md "Evaluation protocol": ConvNet-D3, SGD lr 0.01 / momentum 0.9 /
+wd 5e-4, multi-step LR at 2/3 and 5/6 of training (gamma 0.2), DSA + CutMix, **last-epoch** test
+accuracy (never best-on-test), mean ± std over seeds. The budget (`EvalBudget`) is written into every result.
 """
 
 from __future__ import annotations

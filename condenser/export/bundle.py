@@ -24,7 +24,7 @@ from runtime.bundle import SGDConfig, TrainerBundle, TrainerMeta, build_params
 
 @dataclass(frozen=True)
 class ExportSettings:
-    """What `condenser export-trainer` exports. Defaults: the evaluation protocol's SGD (DESIGN.md)."""
+    """What `condenser export-trainer` exports. Defaults: the evaluation protocol's SGD (docs/multisize.md)."""
 
     arch: str = "convnet"
     in_shape: tuple[int, int, int] = (1, 28, 28)

@@ -5,7 +5,7 @@ The condensation loop (condenser.condense) owns the images, the optimiser, the s
 siamese augmentation draw; the method owns what is matched and how the network evolves. The loss
 is split into `target` (real side, computed once per step) and `match` (synthetic side, weighted
 per sample) so the multisize wrapper can add its subset term on the same real batch and the same
-augmented tensors without recomputing the real statistics (mdc.md §2.3).
+augmented tensors without recomputing the real statistics (MDC paper Eq. 4).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """IDC multi-formation: one stored image holds f x f downsampled patches, decoded to f*f training images.
 
-Nesting unit (DESIGN.md): the **stored image**. Decoded sample `i * f*f + k` is patch `k` (row-major)
+Nesting unit (docs/format.md §4): the **stored image**. Decoded sample `i * f*f + k` is patch `k` (row-major)
 of stored image `i`, so the IPC-n prefix is the first `n * f*f` decoded samples of a class and all
 patches of stored image i belong to prefix i. The official MDC code decodes patch-major
 (decoded `k * N + i`), which makes its IPC-1 prefix the top-left patches of stored images 0..f*f-1
-(mdc.md §1.5, A1); we do not follow it because a device loads stored images, not patches.
+(docs/multisize.md); we do not follow it because a device loads stored images, not patches.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`gm`: IDC-style gradient matching (the multisize paper's base method, mdc.md §2.2).
+"""`gm`: IDC-style gradient matching (the multisize paper's base method, MDC §4.1).
 
 Per class, the loss is sum over conv layers of ||grad_W CE(real) - grad_W CE(syn)||^2 (4-D conv
 weights only; biases, norms and the head are not matched; "mse" in the reference code is this

@@ -114,7 +114,7 @@ class MaskedSGD:
     """SGD with momentum (torch.optim.SGD semantics, no dampening) where masked entries are frozen.
 
     Zeroing a frozen image's gradient is not enough: its momentum buffer would keep moving it
-    (mdc.md A9d). Here a frozen entry's buffer is reset to 0 and its value is copied through
+    (docs/multisize.md). Here a frozen entry's buffer is reset to 0 and its value is copied through
     unchanged, so frozen pixels are bit-identical across steps and restart without stale momentum
     when unfrozen. `lr` may be a tensor broadcast over the parameter (per-channel learning rates).
     """

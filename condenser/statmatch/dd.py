@@ -3,7 +3,7 @@
 For a class group X (n images, average-pooled to at most 32x32 and flattened), the eigenvalues of the
 n x n Gram matrix X X^T are pushed towards softmax(λ/τ) by KL(sg(softmax(λ/τ)) || softmax(λ)), which
 raises the spectrum's entropy, i.e. the rank of the group. Literal by default (no spectrum
-normalisation, which saturates on raw pixels; gvbsm.md §9); `normalize` divides λ by its mean.
+normalisation, which saturates on raw pixels; G-VBSM paper §3.1); `normalize` divides λ by its mean.
 
 Nested variant (the per-IPC schedule): image i of a class is densified against the *detached* images
 0..i-1 of its class, so a prefix never depends on later images and each new image adds a direction the
