@@ -2,7 +2,7 @@
 
 SRe2L's "multi-crop optimisation": each step sees a random region of the images resized to full size,
 so the teacher is matched on views like the ones it was trained on and only the cropped pixels move.
-The reference draws one box and one flip for the whole batch (ambiguity A8); `per_image` draws one per
+The reference draws one box and one flip for the whole batch (docs/methods.md); `per_image` draws one per
 image. Crop and flip are one affine resampling (`grid_sample`), so both modes cost one batched op.
 """
 

@@ -7,7 +7,7 @@
 w_1 = first_multiplier (the reference's ×10 on the first layer), 1 elsewhere. SRe2L is one teacher with
 conv_weight = 0 and ema = 0; G-VBSM adds conv statistics, the SDS-form EMA, random conv drop and one
 backbone per step; Teddy averages over a random subset of a weak-teacher pool (ensemble CE on the mean
-logits, BN distances averaged over teachers: Teddy A9/A10). Every term is a sum over the G independent
+logits, BN distances averaged over teachers: Teddy paper §3.3). Every term is a sum over the G independent
 statistics groups of the batch, so each group's gradient is what it would be alone.
 """
 

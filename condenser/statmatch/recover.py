@@ -50,7 +50,7 @@ class RecoverConfig:
     iterations: int = 1000
     lr: float = 0.1  # Adam lr in normalised pixel units (SRe2L Tiny 0.1)
     betas: tuple[float, float] = (0.5, 0.9)
-    weight_decay: float = 0.0  # reference code: 0 (paper tables: 1e-4, ambiguity A6)
+    weight_decay: float = 0.0  # reference code: 0 (paper tables: 1e-4; docs/methods.md)
     batch_images: int = 500  # images per forward pass: max(1, batch_images // C) IPC indices
     init: str = "noise"  # noise (SRe2L) | real (one random real image per class and index)
     aug: RecoverAugConfig = field(default_factory=RecoverAugConfig)
