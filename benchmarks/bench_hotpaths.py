@@ -28,7 +28,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"  # before numpy and torch start their thread pools
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
@@ -140,44 +139,21 @@ def peak_row(n: int, rates: list[float]) -> Row:
 
 
 def condensation_step(method_name: str, measuring: bool) -> Callable[[], None]:
-    """One inner step of condense() (condenser/condense.py) on Fashion-MNIST, all 10 classes at IPC 10,
-    ConvNet-D3 width 128, with the multisize subset term at MLS 5: its loop body, with its helpers."""
+    """One inner step of condense() (condenser/condense.py's own `_start` and `_inner_step`) on Fashion-MNIST,
+    all 10 classes at IPC 10, ConvNet-D3 width 128, the multisize subset term at MLS 5."""
     import torch
 
-    from condenser.condense import CondenseConfig, _make_reinit, _method_settings, _model_factory, class_seed
+    from condenser.condense import CondenseConfig, _inner_step, _start
     from condenser.data import load_dataset
-    from condenser.methods import METHODS, MaskedSGD, StepContext, init_synthetic
-    from condenser.methods.real import RealPool
-    from condenser.multisize import Multisize, MultisizeConfig
+    from condenser.distributed import current
 
     train = load_dataset("fashion-mnist", "train")
     cfg = CondenseConfig(method=method_name, ipc=IPC, batch_real=BATCH_REAL, n_data=GM_N_DATA, device="cpu")
-    classes = list(range(train.spec.num_classes))
-    method = METHODS.get(method_name)(allow_flip=train.spec.allow_flip, **_method_settings(cfg))
-    generator = torch.Generator().manual_seed(0)
-    class_gens = [torch.Generator().manual_seed(class_seed(0, c)) for c in classes]
-    syn = init_synthetic(train, IPC, 1, "first", 0, class_gens, "cpu")
-    optimizer = MaskedSGD(syn.data, method.default_lr_img(IPC, 28), cfg.mom_img)
-    objective = Multisize(method, IPC, len(classes), syn.per_image, MultisizeConfig(period=cfg.period), "cpu")
-    objective.selector.current = [MLS]
-    factory = _model_factory(cfg, train)
-    model = factory()
-    pool = RealPool(train, torch.device("cpu"))
-    ctx = StepContext(real=pool, generator=generator, num_classes=len(classes),
-                      reinit=_make_reinit(factory, generator), autocast=contextlib.nullcontext)
-    labels = torch.tensor(classes)
-    method.prepare_model(model, ctx)
-
-    def step() -> None:
-        real = pool.class_batch(classes, BATCH_REAL, class_gens)
-        real_aug, syn_aug = method.siamese(real, syn.decoded(), class_gens)
-        loss = objective.loss(model, syn_aug, real_aug, labels, measure=measuring)
-        optimizer.zero_grad()
-        torch.autograd.backward(loss, inputs=[syn.data])
-        optimizer.step(None)
-        method.train_model_step(model, ctx)
-
-    return step
+    run = _start(cfg, train, current())
+    run.objective.selector.current = [MLS]  # the state after a selection of MLS 5
+    run.method.prepare_model(run.model, run.ctx)
+    labels = torch.tensor(run.classes)
+    return lambda: _inner_step(run, labels, measuring, None)
 
 
 def condensation_rows(names: list[str], repeats: int, peak: float) -> list[Row]:
