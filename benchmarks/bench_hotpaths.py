@@ -3,7 +3,7 @@
     python benchmarks/bench_hotpaths.py                 # the table (3 repeats of every measurement)
     python benchmarks/bench_hotpaths.py --quick         # 1 repeat, no measuring-step rows: under a minute
     python benchmarks/bench_hotpaths.py --json          # one object keyed by hot path
-    python benchmarks/bench_hotpaths.py --only dm,gm --no-alloc-tuning    # dm and gm without formats/_alloc.py
+    python benchmarks/bench_hotpaths.py --only dm,gm --no-alloc-tuning    # dm and gm without formats/alloc.py
 
 Everything runs single-threaded (OMP_NUM_THREADS=1, torch.set_num_threads(1), onnxruntime 1 thread). The
 unit is CPU time (user + sys of this process, resource.getrusage), the median of --repeats measurements,
@@ -16,7 +16,7 @@ container paths have no FLOPs: their peer is dd on the same file, and share_of_p
 The onnx step needs the trainer bundle that `bench_runtime.py make-file` exports (about 1.5 min on 2 busy
 cores); it is made once in --dir and reused, and torch.compile reuses inductor's on-disk cache, so --quick
 takes under a minute of CPU time from the second run on (more wall time when the cores are busy). The
-process configures the allocator as the condenser and runtime entry points do (formats/_alloc.py) unless
+process configures the allocator as the condenser and runtime entry points do (formats/alloc.py) unless
 --no-alloc-tuning.
 """
 
@@ -322,7 +322,7 @@ def main() -> None:
     args.repeats = args.repeats or (1 if args.quick else 3)
     alloc = False
     if not args.no_alloc_tuning:
-        from formats._alloc import configure_allocator
+        from formats.alloc import configure_allocator
 
         alloc = configure_allocator()
     load = os.getloadavg()[0]

@@ -22,7 +22,7 @@ from condenser.methods.formation import decode
 from condenser.methods.gm import GradientMatching
 from condenser.models import build_model
 from condenser.multisize import Multisize, MultisizeConfig
-from formats import _alloc
+from formats import alloc
 
 K, IPC = 3, 4
 
@@ -152,29 +152,29 @@ def test_fixed_seed_gm_condensation_ends_with_the_old_paths_images(monkeypatch):
 
 def test_allocator_settings_reach_mallopt():
     calls: list[tuple[int, int]] = []
-    ok = _alloc.configure_allocator({}, lambda p, v: calls.append((p, v)) or 1)
-    assert ok and calls == [(_alloc.M_MMAP_MAX, 0), (_alloc.M_TRIM_THRESHOLD, -1)]
+    ok = alloc.configure_allocator({}, lambda p, v: calls.append((p, v)) or 1)
+    assert ok and calls == [(alloc.M_MMAP_MAX, 0), (alloc.M_TRIM_THRESHOLD, -1)]
 
 
 @pytest.mark.parametrize("env", [{"MALLOC_MMAP_MAX_": "65536"}, {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"}])
 def test_allocator_leaves_a_users_settings_alone(env):
     calls: list[tuple[int, int]] = []
-    assert not _alloc.configure_allocator(env, lambda p, v: calls.append((p, v)) or 1)
+    assert not alloc.configure_allocator(env, lambda p, v: calls.append((p, v)) or 1)
     assert calls == []
 
 
 def test_allocator_reports_a_refused_setting():
-    assert not _alloc.configure_allocator({}, lambda p, v: 0)
+    assert not alloc.configure_allocator({}, lambda p, v: 0)
 
 
 def test_allocator_is_a_no_op_off_glibc(monkeypatch):
-    monkeypatch.setattr(_alloc.sys, "platform", "darwin")
-    assert _alloc._glibc_mallopt() is None
+    monkeypatch.setattr(alloc.sys, "platform", "darwin")
+    assert alloc._glibc_mallopt() is None
 
 
 _FAULTS = textwrap.dedent("""
     import ctypes, resource, sys
-    from formats._alloc import configure_allocator
+    from formats.alloc import configure_allocator
     if sys.argv[1] == "tuned":
         assert configure_allocator()
     libc = ctypes.CDLL(None)
@@ -193,7 +193,7 @@ _FAULTS = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or _alloc._glibc_mallopt() is None, reason="glibc only")
+@pytest.mark.skipif(not sys.platform.startswith("linux") or alloc._glibc_mallopt() is None, reason="glibc only")
 def test_allocator_stops_refaulting_freed_large_blocks():
     """A 64 MiB temporary allocated again faults its 16384 pages in again by default, not once tuned."""
     run = lambda mode: int(subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True,  # noqa: E731

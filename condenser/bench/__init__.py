@@ -5,7 +5,7 @@ seconds measured on the 2-core dev machine (ConvNet-D3 width 128, 28x28):
 - condensation: 20 new runs (MDC, C, B: 10, A: 10 minus its IPC-1 run = B's first and its IPC-10 run = C).
   A DM inner step (batch_real 64 per class) costs ~0.85 + 0.03*ipc s, so one step of every run is ~19.2 s;
   150 steps (15 outer x 10 inner, MLS period 3) = ~2900 CPU-s, ~1700 s wall with 2 intra-op threads (~1.7x).
-  (The idle fit was 1.06 + 0.04*ipc before the condenser configured glibc malloc (formats/_alloc.py); that
+  (The idle fit was 1.06 + 0.04*ipc before the condenser configured glibc malloc (formats/alloc.py); that
   removed the step's kernel time, x0.79 at IPC 1 and x0.77 at IPC 10 in one same-run A/B with
   benchmarks/bench_hotpaths.py's dm step on the loaded machine, and the fit is scaled by those ratios.)
 - evaluation: 5 methods x 10 sizes x 2 label modes x 3 seeds = 300 trainings. A training image-epoch costs

@@ -26,7 +26,7 @@ from condenser.bench.cells import Cell, CellCache, read_prefix, run_cell
 from condenser.condense import CondenseConfig, condense
 from condenser.data import ImageDataset, load_dataset
 from condenser.profiles import EvalBudget
-from formats._alloc import configure_allocator
+from formats.alloc import configure_allocator
 
 
 @dataclass(frozen=True)

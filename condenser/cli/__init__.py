@@ -17,11 +17,11 @@ from condenser.cli import (  # noqa: F401  (importing registers the commands)
     teacher,
 )
 from condenser.cli.app import app
-from formats._alloc import configure_allocator
+from formats.alloc import configure_allocator
 
 
 def main() -> None:
-    configure_allocator()  # before any large allocation: see formats/_alloc.py
+    configure_allocator()  # before any large allocation: see formats/alloc.py
     app()
 
 
