@@ -16,19 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runtime.torch_losses import soft_cross_entropy
+
 
 class BatchSource(Protocol):
     def __len__(self) -> int: ...
 
     def batch(self, idx: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None):
-    """Cross-entropy against probability rows; equals KL(targets || softmax) up to a constant."""
-    per_sample = -(targets * F.log_softmax(logits, dim=-1)).sum(dim=-1)
-    if weights is None:
-        return per_sample.mean()
-    return (per_sample * weights).sum() / weights.sum()
 
 
 @dataclass

@@ -7,8 +7,7 @@ from condenser.export.train_step import (
     export_inference,
     export_train_step,
     graph_names,
-    weighted_soft_ce,
 )
 
 __all__ = ["ExportError", "ExportSettings", "UnsupportedOpError", "decomposition_table", "export_inference",
-           "export_train_step", "export_trainer", "graph_names", "initial_model", "weighted_soft_ce"]
+           "export_train_step", "export_trainer", "graph_names", "initial_model"]

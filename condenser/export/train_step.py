@@ -25,6 +25,7 @@ from condenser.export.errors import ExportError
 from condenser.export.fusions import fuse_narrow_conv_instance_norm
 from condenser.export.translations import reset_running_inputs, translation_table
 from runtime.bundle import SGDConfig
+from runtime.torch_losses import soft_cross_entropy
 
 OPSET = 18
 
@@ -50,10 +51,6 @@ def graph_names(param_names: list[str]) -> GraphNames:
     )
 
 
-def weighted_soft_ce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """sum_i w_i * CE(t_i, softmax(z_i)) / sum_i w_i; zero weights mask the padding of a partial batch."""
-    ce = -(targets * torch.log_softmax(logits, dim=-1)).sum(-1)
-    return (weights * ce).sum() / weights.sum()
 
 
 def exportable_param_names(model: nn.Module) -> list[str]:
@@ -149,7 +146,7 @@ def trace_train_step(model: nn.Module, batch_size: int, in_shape: tuple[int, int
     def step(lr, x, targets, weights, *state):
         params = [p.requires_grad_() for p in state[:n]]
         logits = functional_call(model, dict(zip(names, params, strict=True)), (x,))
-        loss = weighted_soft_ce(logits, targets, weights)
+        loss = soft_cross_entropy(logits, targets, weights)  # the server's and the runtime's loss
         grads = torch.autograd.grad(loss, params)
         bufs = [momentum * b + (g + wd * p) for p, g, b in zip(params, grads, state[n:], strict=True)]
         new_params = [p - lr * b for p, b in zip(params, bufs, strict=True)]

@@ -77,9 +77,10 @@ class TorchTrainer:
                       for a in (x, targets, weights))
         for group in self.opt.param_groups:
             group["lr"] = float(lr)
+        from runtime.torch_losses import soft_cross_entropy
+
         logits = self.model(xt)
-        ce = -(tt * torch.log_softmax(logits, dim=-1)).sum(-1)
-        loss = (wt * ce).sum() / wt.sum()
+        loss = soft_cross_entropy(logits, tt, wt)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
