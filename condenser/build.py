@@ -119,17 +119,23 @@ def run_dir_for(ccfg: CondenseConfig, dataset: str, fingerprint: str | None = No
 
 
 def exporter_digest() -> str:
-    """A digest of the exporter's source files (condenser/export/*.py and the model builders it traces)."""
+    """A digest of the exporter's source: condenser/export/*.py, condenser/models/*.py, and the runtime modules it
+    traces or encodes with (the network definitions, the loss, the bundle layout)."""
     import hashlib
 
     import condenser.export
     import condenser.models
+    import runtime.bundle
+    import runtime.models
+    import runtime.torch_losses
 
+    sources = [s for package in (condenser.export, condenser.models)
+               for s in sorted(Path(package.__file__).parent.glob("*.py"))]
+    sources += [Path(m.__file__) for m in (runtime.bundle, runtime.models, runtime.torch_losses)]
     h = hashlib.sha256()
-    for package in (condenser.export, condenser.models):
-        for source in sorted(Path(package.__file__).parent.glob("*.py")):
-            h.update(source.name.encode())
-            h.update(source.read_bytes())
+    for source in sources:
+        h.update(source.name.encode())
+        h.update(source.read_bytes())
     return h.hexdigest()[:16]
 
 

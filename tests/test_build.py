@@ -142,6 +142,20 @@ def test_exporter_digest_is_stable_and_covers_the_traced_model_builders(tmp_path
     assert exporter_digest() != digest
 
 
+@pytest.mark.parametrize("module", ["runtime.models", "runtime.torch_losses", "runtime.bundle"])
+def test_exporter_digest_covers_the_runtime_modules_the_graphs_come_from(tmp_path, monkeypatch, module):
+    import importlib
+
+    from condenser.build import exporter_digest
+
+    mod = importlib.import_module(module)
+    digest = exporter_digest()
+    edited = tmp_path / Path(mod.__file__).name
+    edited.write_text(Path(mod.__file__).read_text() + "\n# an edit\n")
+    monkeypatch.setattr(mod, "__file__", str(edited))
+    assert exporter_digest() != digest
+
+
 def test_the_embedded_trainer_has_the_profiles_evaluation_width(tmp_path, monkeypatch):
     import condenser.build as build_module
     from condenser.profiles import get_profile
