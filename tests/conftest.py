@@ -34,3 +34,17 @@ def fmnist_test():
     from condenser.data import load_dataset
 
     return load_dataset("fashion-mnist", "test")
+
+
+@pytest.fixture
+def bounded_memory(request):
+    """Resident memory grows by less than the module's MEMORY_BOUND (bytes) during the test (sampled, generous).
+
+    The hostile-input modules use it on every test: a bad input must fail without a blow-up, not only fail.
+    """
+    from formats.testing import PeakRSS
+
+    bound = getattr(request.module, "MEMORY_BOUND", 256 << 20)
+    with PeakRSS() as rss:
+        yield
+    assert rss.growth < bound, f"resident memory grew by {rss.growth >> 20} MiB (bound {bound >> 20} MiB)"

@@ -33,6 +33,8 @@ from formats.header import pack_preamble
 from formats.layout import PREAMBLE_SIZE, align
 from formats.testing import make_data
 
+pytestmark = pytest.mark.usefixtures("bounded_memory")
+MEMORY_BOUND = 512 << 20  # per test, checked by tests/conftest.py bounded_memory
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -539,6 +541,7 @@ def test_failure_message_reports_a_timeout_only_when_there_was_one() -> None:
 DEAD_RANK = """
 import os, sys, time, torch
 from condenser.distributed import session
+
 with session("cpu", timeout_s=600) as dist:
     if dist.rank == 1:
         time.sleep(0.3)

@@ -20,7 +20,9 @@ import formats
 import runtime
 from formats.testing import assert_prefix_equal, make_data, patch_arrays, with_header
 
-pytestmark = pytest.mark.filterwarnings("error")  # a numpy warning on hostile data is a bug too
+pytestmark = [pytest.mark.filterwarnings("error"),  # a numpy warning on hostile data is a bug too
+              pytest.mark.usefixtures("bounded_memory")]
+MEMORY_BOUND = 64 << 20  # per test, checked by tests/conftest.py bounded_memory
 C, IPC = 3, 3
 
 

@@ -20,6 +20,9 @@ import formats
 import runtime
 from formats.testing import assert_prefix_equal, make_data
 
+pytestmark = pytest.mark.usefixtures("bounded_memory")
+MEMORY_BOUND = 64 << 20  # per test, checked by tests/conftest.py bounded_memory
+
 BUNDLE = b"bundle-bytes" * 3
 
 

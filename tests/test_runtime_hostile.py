@@ -37,6 +37,9 @@ from runtime.cli import _shown
 from runtime.cli import main as cli_main
 from runtime.errors import BundleError, TrainerError
 
+pytestmark = pytest.mark.usefixtures("bounded_memory")
+MEMORY_BOUND = 512 << 20  # per test, checked by tests/conftest.py bounded_memory
+
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE, K, B = (1, 8, 8), 3, 4
 VARIANTS = {  # together they emit every op of onnx_check.ALLOWED_OPS
