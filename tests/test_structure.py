@@ -17,8 +17,8 @@ MAX_LINES = 80
 # The three loops with resume, checkpointing, progress and sharding: one screen each, side jobs one call each.
 ONE_SCREEN = {"condenser/condense.py::condense": 60, "condenser/teacher.py::train_teacher": 60,
               "condenser/statmatch/recover.py::recover": 60}
-# Being edited concurrently; shrink next (issue 12 item 6).
-ALLOWED = {"condenser/cli/eval.py::eval_file"}
+# Functions allowed over MAX_LINES (none now; an entry must name a real offender).
+ALLOWED: set[str] = set()
 
 
 def function_lengths(root: Path, packages: tuple[str, ...] = PACKAGES) -> dict[str, int]:

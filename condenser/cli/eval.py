@@ -216,6 +216,32 @@ def run_cells(file: Path, paths: dict[str, Path], sizes: list[int], modes: list[
                              on_plan=planned, on_cell=finished)
 
 
+def eval_results(file: Path, paths: dict, tables: dict, plan: ControlPlanT | None, no_control: str | None,
+                 protocol: str, prof: ProfileT, budget: EvalBudget, modes: list[str], test: ImageDataset,
+                 dataset: str) -> dict:
+    """The sidecar record: the file's table, its control's, and the budget that produced both."""
+    scored = scored_images(test, budget)
+    caption = budget_line(protocol, prof, budget, modes, scored, len(test))
+    control_record = None if plan is None else {"sizes": tables.get("control", {}), "file": str(paths["control"]),
+                                                "method": "random", "labels": "the file's teacher, views and codec"}
+    return {"sizes": tables["file"], "protocol": asdict(budget), "protocol_name": protocol, "budget": caption,
+            "profile": prof.name, "dataset": dataset, "arch": "convnet", "test_images": scored,
+            "control": control_record, "control_note": no_control}
+
+
+def store_results(file: Path, results: dict, json_path: Path, write: bool) -> None:
+    """FILE.eval.json always; the file's header too only with --write."""
+    from condenser.evaluate.sizes import write_results
+    from formats.atomic import atomic_write_bytes
+
+    if write:
+        write_results(file, results, json_path)
+        typer.echo(f"table written into {file} and {json_path}")
+    else:
+        atomic_write_bytes(json_path, json.dumps(results, indent=2).encode())
+        typer.echo(f"table written to {json_path} ({file} unchanged; --write also stores it in the file)")
+
+
 @app.command("eval")
 def eval_file(
     file: Annotated[Path, typer.Argument(help="A .mdc file.", exists=True, dir_okay=False)],
@@ -264,9 +290,7 @@ def eval_file(
     from condenser.data import load_dataset
     from condenser.data.trusted import header_dataset
     from condenser.evaluate.controls import ensure_control
-    from condenser.evaluate.sizes import write_results
     from condenser.profiles import get_profile
-    from formats.atomic import atomic_write_bytes
 
     prof = get_profile(resolve_profile(profile))
     budget = eval_budget(prof, protocol, epochs, seeds, max_test, loss, gamma)
@@ -289,17 +313,6 @@ def eval_file(
         log(f"no random-real control: {no_control}")
     test = load_dataset(dataset, "test", root=root)
     tables = run_cells(file, paths, wanted, modes, budget, test, dataset, root, device, workers)
-    scored = scored_images(test, budget)
-    caption = budget_line(protocol, prof, budget, modes, scored, len(test))
-    control_record = None if plan is None else {"sizes": tables.get("control", {}), "file": str(paths["control"]),
-                                                "method": "random", "labels": "the file's teacher, views and codec"}
-    results = {"sizes": tables["file"], "protocol": asdict(budget), "protocol_name": protocol, "budget": caption,
-               "profile": prof.name, "dataset": dataset, "arch": "convnet", "test_images": scored,
-               "control": control_record, "control_note": no_control}
-    Console().print(results_table(results, table_title(file, plan), caption))
-    if write:
-        write_results(file, results, json_path)
-        typer.echo(f"table written into {file} and {json_path}")
-    else:
-        atomic_write_bytes(json_path, json.dumps(results, indent=2).encode())
-        typer.echo(f"table written to {json_path} ({file} unchanged; --write also stores it in the file)")
+    results = eval_results(file, paths, tables, plan, no_control, protocol, prof, budget, modes, test, dataset)
+    Console().print(results_table(results, table_title(file, plan), results["budget"]))
+    store_results(file, results, json_path, write)
