@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from condenser.data import ImageDataset
+from condenser.methods.selection import herding_order
 
 
 @torch.no_grad()
@@ -35,22 +36,6 @@ def real_class_means(model: nn.Module, train: ImageDataset, per_class: int, seed
     sums = torch.zeros(c, feats.shape[1], device=feats.device).index_add_(0, labels, feats)
     counts = torch.bincount(labels, minlength=c).clamp_min(1).to(feats.dtype)
     return sums / counts[:, None]
-
-
-def herding_order(features: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
-    """features [C, N, D], means [C, D] -> [C, N]: per class, the image indices in herding order."""
-    c, n, _ = features.shape
-    rows = torch.arange(c, device=features.device)
-    total = torch.zeros_like(means)
-    taken = torch.zeros(c, n, dtype=torch.bool, device=features.device)
-    order = []
-    for k in range(1, n + 1):
-        dist = (((total[:, None] + features) / k - means[:, None]) ** 2).sum(-1)  # [C, N]
-        pick = dist.masked_fill(taken, float("inf")).argmin(1)
-        order.append(pick)
-        taken[rows, pick] = True
-        total = total + features[rows, pick]
-    return torch.stack(order, 1)
 
 
 def apply_order(images: torch.Tensor, order: torch.Tensor) -> torch.Tensor:

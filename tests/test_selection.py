@@ -1,0 +1,52 @@
+"""Nested selection of real images (condenser/methods/selection.py): herding and k-means orders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from condenser.data import load_dataset
+from condenser.methods.base import MethodConfigError
+from condenser.methods.selection import herd_pool, kmeans_centres, select_class, select_indices
+
+
+def test_herding_first_pick_is_nearest_the_mean_and_prefix_means_track_it():
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(200, 8, generator=g)
+    order = herd_pool(feats, 20)
+    mean = feats.mean(0)
+    assert order[0] == ((feats - mean) ** 2).sum(1).argmin()
+    assert len(set(order.tolist())) == 20
+    herd_err = ((feats[order].cumsum(0) / torch.arange(1, 21)[:, None] - mean) ** 2).sum(1)
+    rand_err = ((feats[:20].cumsum(0) / torch.arange(1, 21)[:, None] - mean) ** 2).sum(1)
+    assert (herd_err[4:] < rand_err[4:]).all()  # the prefix mean approaches the class mean faster than file order
+
+
+def test_kmeans_picks_one_point_per_cluster():
+    g = torch.Generator().manual_seed(1)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    feats = torch.cat([c + 0.1 * torch.randn(30, 2, generator=g) for c in centres])
+    picks = kmeans_centres(feats, 3, torch.Generator().manual_seed(0))
+    assert sorted((picks // 30).tolist()) == [0, 1, 2]
+    assert kmeans_centres(feats[:2], 5, torch.Generator()).tolist() == [0, 1]  # k >= points: all of them
+
+
+def test_select_class_is_nested_distinct_and_rejects_unknown():
+    feats = torch.randn(50, 4, generator=torch.Generator().manual_seed(2))
+    for how in ("herding", "kmeans"):
+        pos = select_class(feats, 7, how, torch.Generator().manual_seed(0))
+        assert pos.shape == (7,) and len(set(pos.tolist())) == 7
+    with pytest.raises(MethodConfigError, match="unknown selection 'best'"):
+        select_class(feats, 3, "best", torch.Generator())
+
+
+def test_select_indices_rows_are_the_class_and_deterministic():
+    train = load_dataset("synthetic:4:1x8x8", "train")
+    embedder = lambda x: x.flatten(1)  # noqa: E731 - pixels as features
+    idx = select_indices(train, 3, "herding", embedder, pool=20, generator=torch.Generator().manual_seed(0))
+    again = select_indices(train, 3, "herding", embedder, pool=20, generator=torch.Generator().manual_seed(0))
+    assert idx.shape == (4, 3) and torch.equal(idx, again)
+    for c in range(4):
+        assert (train.labels[idx[c]] == c).all()
+    with pytest.raises(MethodConfigError, match="selecting 100000"):
+        select_indices(train, 100000, "kmeans", embedder)
