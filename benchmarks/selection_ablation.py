@@ -53,38 +53,45 @@ def prefix_views(views: Views, n: int) -> Views:
     return Views(**{k: (v[:n] if isinstance(v, np.ndarray) else v) for k, v in vars(views).items()})
 
 
+def score(how: str, images: torch.Tensor, ctx: dict, args: argparse.Namespace) -> None:
+    """Relabel `images` (IPC-major, normalised) and train every requested size and label mode on them."""
+    c, teacher, budget = ctx["classes"], ctx["teacher"], ctx["budget"]
+    labels = torch.arange(c).repeat(images.shape[0] // c)
+    rcfg = RelabelConfig(views=args.views, flip=ctx["train"].spec.allow_flip, seed=0)
+    views = relabel(images, [teacher.model], c, rcfg, "cpu")
+    for size in args.sizes:
+        for mode in args.labels:
+            key = f"{how}/{size}/{mode}/{args.epochs}/{args.seeds}/{args.loss}"
+            if key in ctx["done"]:
+                continue
+            n = size * c
+            started = time.process_time()
+            if mode == "hard":
+                res = evaluate_images(images[:n], labels[:n], ctx["test"], budget, device="cpu")
+            else:
+                res = evaluate_views(images[:n], prefix_views(views, n), ctx["test"], replace(budget, loss=args.loss),
+                                     device="cpu", labels=labels[:n])
+            row = {"key": key, "selection": how, "size": size, "labels": mode, "epochs": args.epochs,
+                   "loss": args.loss, "accuracies": res.accuracies, "mean": round(res.mean, 2),
+                   "std": round(res.std, 2), "cpu_seconds": round(time.process_time() - started, 1),
+                   "teacher": teacher.meta.get("config"), "teacher_accuracy": teacher.test_accuracy}
+            with Path(args.out).open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            print(f"{how:8s} IPC {size:2d} {mode}: {res.mean:.2f} ± {res.std:.2f}", flush=True)
+
+
 def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    done = {json.loads(line)["key"] for line in out.read_text().splitlines()} if out.exists() else set()
     train = load_dataset(args.dataset, "train")
-    test = load_dataset(args.dataset, "test")
-    teacher = load_teacher(args.teacher, device="cpu")
-    budget = replace(get_profile(args.profile).quick_budget, epochs=args.epochs, seeds=args.seeds)
-    c = train.spec.num_classes
-    rcfg = RelabelConfig(views=args.views, flip=train.spec.allow_flip, seed=0)
+    ctx = {"train": train, "test": load_dataset(args.dataset, "test"), "classes": train.spec.num_classes,
+           "teacher": load_teacher(args.teacher, device="cpu"),
+           "budget": replace(get_profile(args.profile).quick_budget, epochs=args.epochs, seeds=args.seeds),
+           "done": {json.loads(line)["key"] for line in out.read_text().splitlines()} if out.exists() else set()}
     for how in args.sets:
-        images = nested_images(train, args.ipc, how, teacher.model, args.pool)
-        labels = torch.arange(c).repeat(args.ipc)
-        views = relabel(images, [teacher.model], c, rcfg, "cpu")
-        for size in args.sizes:
-            for mode in args.labels:
-                key = f"{how}/{size}/{mode}/{args.epochs}/{args.seeds}/{args.loss}"
-                if key in done:
-                    continue
-                n = size * c
-                started = time.process_time()
-                if mode == "hard":
-                    res = evaluate_images(images[:n], labels[:n], test, budget, device="cpu")
-                else:
-                    res = evaluate_views(images[:n], prefix_views(views, n), test, replace(budget, loss=args.loss),
-                                         device="cpu", labels=labels[:n])
-                row = {"key": key, "selection": how, "size": size, "labels": mode, "epochs": args.epochs,
-                       "loss": args.loss, "accuracies": res.accuracies, "mean": round(res.mean, 2),
-                       "std": round(res.std, 2), "cpu_seconds": round(time.process_time() - started, 1),
-                       "teacher": teacher.meta.get("config"), "teacher_accuracy": teacher.test_accuracy}
-                with out.open("a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-                print(f"{how:8s} IPC {size:2d} {mode}: {res.mean:.2f} ± {res.std:.2f}", flush=True)
+        score(how, nested_images(train, args.ipc, how, ctx["teacher"].model, args.pool), ctx, args)
+    for item in args.images:  # NAME=PATH: a torch file holding IPC-major normalised images (a condensed set)
+        name, _, path = item.partition("=")
+        score(name, torch.load(path, weights_only=True), ctx, args)
 
 
 def report(path: Path) -> str:
@@ -109,13 +116,15 @@ def main() -> None:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 5, 10])
-    parser.add_argument("--sets", nargs="+", default=list(SELECTIONS), choices=SELECTIONS)
+    parser.add_argument("--sets", nargs="*", default=list(SELECTIONS), choices=SELECTIONS)
     parser.add_argument("--labels", nargs="+", default=["soft"], choices=["soft", "hard"])
     parser.add_argument("--loss", default="soft_ce")
     parser.add_argument("--views", type=int, default=10)
     parser.add_argument("--pool", type=int, default=2000, help="candidate real images per class")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--images", nargs="*", default=[], metavar="NAME=PATH",
+                        help="also score these sets (torch files of IPC-major normalised images)")
     parser.add_argument("--out", default="selection.jsonl")
     parser.add_argument("--report", type=Path, help="print the Markdown table of a results file and exit")
     args = parser.parse_args()

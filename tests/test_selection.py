@@ -50,3 +50,22 @@ def test_select_indices_rows_are_the_class_and_deterministic():
         assert (train.labels[idx[c]] == c).all()
     with pytest.raises(MethodConfigError, match="selecting 100000"):
         select_indices(train, 100000, "kmeans", embedder)
+
+
+def test_init_modes_select_on_the_given_features_and_need_them():
+    from condenser.methods.synthetic import init_indices, init_synthetic
+
+    train = load_dataset("synthetic:4:1x8x8", "train")
+    embedder = lambda x: x.flatten(1)  # noqa: E731
+    gens = [torch.Generator().manual_seed(c) for c in range(4)]
+    idx = init_indices(train, 2, mode="herding", generator=gens, embedder=embedder)
+    expected = torch.cat([select_indices(train, 2, "herding", embedder, generator=torch.Generator().manual_seed(c),
+                                         classes=[c]) for c in range(4)])
+    assert torch.equal(idx, expected)
+    offset = init_indices(train, 1, mode="herding", offset=1, generator=[torch.Generator().manual_seed(c)
+                                                                         for c in range(4)], embedder=embedder)
+    assert torch.equal(offset[:, 0], idx[:, 1])  # offset skips the first images of the same order
+    syn = init_synthetic(train, 2, mode="kmeans", embedder=embedder)
+    assert syn.data.shape == (2, 4, 1, 8, 8) and syn.init_indices.shape == (4, 2)
+    with pytest.raises(MethodConfigError, match="init 'herding' selects real images"):
+        init_indices(train, 2, mode="herding")

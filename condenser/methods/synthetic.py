@@ -16,8 +16,9 @@ import torch
 from condenser.data import ImageDataset, normalize
 from condenser.methods.base import Generators, MethodConfigError, per_class_generators
 from condenser.methods.formation import check_factor, decode, encode
+from condenser.methods.selection import SELECTIONS, Embedder, select_indices
 
-INIT_MODES = ("first", "random")
+INIT_MODES = ("first", "random", *SELECTIONS)
 
 
 @dataclass
@@ -64,18 +65,22 @@ def pixel_bounds(dataset: ImageDataset, device: torch.device) -> tuple[torch.Ten
 
 
 def init_indices(dataset: ImageDataset, ipc: int, factor: int = 1, mode: str = "first", offset: int = 0,
-                 generator: Generators = None, classes: Sequence[int] | None = None) -> torch.Tensor:
+                 generator: Generators = None, classes: Sequence[int] | None = None,
+                 embedder: Embedder | None = None) -> torch.Tensor:
     """Dataset indices [K, ipc*f*f] of the real images each of `classes` (default: all) starts from.
 
     `first`: images offset*f*f ... in dataset order (IDC/MDC code; deterministic). `random`: a seeded
     permutation of the class, skipping offset*f*f images (Baseline B's runs use disjoint blocks), from one
-    generator (drawn in class order) or one generator per class.
+    generator (drawn in class order) or one generator per class. `herding` / `kmeans`: a nested selection
+    on `embedder`'s features (condenser/methods/selection.py), the first offset*f*f of it skipped.
     """
     if mode not in INIT_MODES:
         raise MethodConfigError(f"unknown init mode {mode!r}; known: {', '.join(INIT_MODES)}")
     per = factor * factor
     need, start = ipc * per, offset * per
     classes = list(range(dataset.spec.num_classes)) if classes is None else list(classes)
+    if mode in SELECTIONS:
+        return _selected(dataset, start, need, mode, generator, classes, embedder)
     gens = per_class_generators(generator, len(classes)) or [generator] * len(classes)
     rows = []
     for c, g in zip(classes, gens, strict=True):
@@ -92,16 +97,28 @@ def init_indices(dataset: ImageDataset, ipc: int, factor: int = 1, mode: str = "
     return torch.stack(rows)
 
 
+def _selected(dataset: ImageDataset, start: int, need: int, mode: str, generator: Generators,
+              classes: list[int], embedder: Embedder | None) -> torch.Tensor:
+    """Rows of a nested selection, one class (and one generator) at a time so class shards agree."""
+    if embedder is None:
+        raise MethodConfigError(f"init {mode!r} selects real images on a network's features; none was given "
+                                "(a build passes its teacher)")
+    gens = per_class_generators(generator, len(classes)) or [generator] * len(classes)
+    return torch.cat([select_indices(dataset, start + need, mode, embedder, generator=g, classes=[c])[:, start:]
+                      for c, g in zip(classes, gens, strict=True)])
+
+
 def init_synthetic(dataset: ImageDataset, ipc: int, factor: int = 1, mode: str = "first", offset: int = 0,
                    generator: Generators = None,
-                   device: torch.device | str = "cpu", classes: Sequence[int] | None = None) -> SyntheticSet:
+                   device: torch.device | str = "cpu", classes: Sequence[int] | None = None,
+                   embedder: Embedder | None = None) -> SyntheticSet:
     """Synthetic images of `classes` (default: all) initialised from real ones (IDC "mix" tiling if factor > 1)."""
     if ipc < 1:
         raise MethodConfigError(f"ipc must be >= 1, got {ipc}")
     device = torch.device(device)
     _, height, width = dataset.spec.image_shape
     check_factor(factor, height, width)
-    indices = init_indices(dataset, ipc, factor, mode, offset, generator, classes)  # [K, N*f*f]
+    indices = init_indices(dataset, ipc, factor, mode, offset, generator, classes, embedder)  # [K, N*f*f]
     num_classes, per = indices.shape[0], factor * factor
     real = dataset.normalized(indices.reshape(-1))  # [C*N*f*f, ch, H, W]
     real = real.view(num_classes, ipc, per, *real.shape[1:]).transpose(0, 1)  # [N, C, f*f, ...]
