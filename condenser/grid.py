@@ -3,6 +3,8 @@
 numpy + formats + Pillow only (no torch, and outside condenser.bench, whose package imports torch), so
 `condenser show` starts in well under a second. Rows are labelled with the class names and columns with
 the IPC index k (column k is image number k of every class: the images the IPC-k prefix adds).
+A multi-formation file (docs/format.md §4.1) is drawn as stored (each tile an f x f grid of patches), or,
+decoded, with one column per training image, labelled `i.p` (patch p of stored image i).
 """
 
 from __future__ import annotations
@@ -56,8 +58,18 @@ def _label(name: object) -> str:
     return text if len(text) <= MAX_NAME_CHARS else text[: MAX_NAME_CHARS - 2] + ".."
 
 
-def labelled_grid(grid: np.ndarray, class_names: Sequence[str], tile: tuple[int, int], pad: int) -> np.ndarray:
-    """`grid` with the class names left of the rows and the IPC index (1..n) above the columns."""
+def column_labels(columns: int, factor: int = 1, decoded: bool = False) -> list[str]:
+    """The IPC index 1..n of every column, or for decoded training images `i.p`: patch p of stored image i."""
+    if not decoded or factor == 1:
+        return [str(i + 1) for i in range(columns)]
+    ff = factor * factor
+    return [f"{i // ff + 1}.{i % ff + 1}" for i in range(columns)]
+
+
+def labelled_grid(grid: np.ndarray, class_names: Sequence[str], tile: tuple[int, int], pad: int,
+                  columns: Sequence[str] | None = None) -> np.ndarray:
+    """`grid` with the class names left of the rows and `columns` (default: the IPC index 1..n) above the
+    columns."""
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
@@ -66,6 +78,7 @@ def labelled_grid(grid: np.ndarray, class_names: Sequence[str], tile: tuple[int,
     name_w = max(int(font.getlength(n)) for n in names)
     th, tw = tile
     ipc = (grid.shape[1] - pad) // (tw + pad)
+    columns = list(columns) if columns is not None else column_labels(ipc)
     left, top = name_w + 2 * TEXT_GAP, text_h + 2 * TEXT_GAP
     colour = 0 if grid.ndim == 2 else (0, 0, 0)
     canvas = Image.new("L" if grid.ndim == 2 else "RGB", (left + grid.shape[1], top + grid.shape[0]), 255)
@@ -75,9 +88,10 @@ def labelled_grid(grid: np.ndarray, class_names: Sequence[str], tile: tuple[int,
         y = top + pad + c * (th + pad) + (th - text_h) // 2
         draw.text((TEXT_GAP, y), name, fill=colour, font=font)
     pitch = tw + pad
-    every = max(1, math.ceil((font.getlength(str(ipc)) + TEXT_GAP) / pitch))  # no overlapping numbers
+    widest = max(font.getlength(label) for label in columns)
+    every = max(1, math.ceil((widest + TEXT_GAP) / pitch))  # no overlapping numbers
     for i in range(0, ipc, every):
-        label = str(i + 1)
+        label = columns[i]
         x = left + pad + i * pitch + (tw - int(font.getlength(label))) // 2
         draw.text((x, TEXT_GAP), label, fill=colour, font=font)
     return np.asarray(canvas)
@@ -92,16 +106,18 @@ def png_bytes(grid: np.ndarray) -> bytes:
 
 
 def show_file(path: str | Path, out: str | Path, ipc: int | None = None, pad: int = 2, scale: int = 1,
-              labels: bool = True) -> np.ndarray:
-    """Write the grid of `path`'s IPC-`ipc` prefix (default: every stored block) to the PNG `out`."""
+              labels: bool = True, decoded: bool = False) -> np.ndarray:
+    """Write the grid of `path`'s IPC-`ipc` prefix (default: every stored block) to the PNG `out`: its stored
+    images, or with `decoded` the training images they decode to (one column per decoded sample)."""
     with formats.open_mdc(path) as reader:
         k = ipc or reader.blocks_present
-        prefix = reader.read(k)
+        prefix = reader.read(k, formation="decoded" if decoded else "stored")
         pixels_meta = reader.header["pixels"]
         class_names = reader.spec.class_names
     pixels = to_uint8(prefix.images, pixels_meta["mean"], pixels_meta["std"])
     grid = image_grid(pixels, prefix.num_classes, pad=pad, scale=scale)
     if labels:
-        grid = labelled_grid(grid, class_names, (pixels.shape[2] * scale, pixels.shape[3] * scale), pad)
+        columns = column_labels(len(prefix) // prefix.num_classes, prefix.formation_factor, decoded)
+        grid = labelled_grid(grid, class_names, (pixels.shape[2] * scale, pixels.shape[3] * scale), pad, columns)
     atomic_write_bytes(out, png_bytes(grid))
     return grid

@@ -8,6 +8,11 @@ sampler seed or batch size (SRe2L's FKD labels, SRe2L paper §2 "Relabel", are t
 Nesting: a record's CutMix partner is drawn from IPC blocks up to its own, so every prefix that holds
 a record also holds its partner. View 0 of every record is the plain image (its "hard" soft label).
 
+Multi-formation (factor f > 1): the views are taken of the decoded training images (what the student
+sees; formats/formation.py order, f*f*C of them per block), partners among the decoded images of blocks up
+to the record's own, and the views are returned in the file's layout: f*f*V per stored image
+(docs/format.md §6).
+
 Under torchrun every rank draws the same view parameters (cheap, one generator) and labels a contiguous
 share of the teacher batches; the targets are gathered on every rank. The batches are the ones a single
 process runs, so the labels are bit-identical to a single-process relabel (on CPU).
@@ -17,15 +22,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+import formats
 from condenser.distributed import DistContext, current
+from condenser.methods.formation import decode
 from condenser.progress import track
 from formats import Views
+from formats.formation import regroup_views
 from runtime.torch_views import apply_views
 
 
@@ -66,9 +74,10 @@ def _mix_boxes(n: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:
     return torch.stack([top, left, bottom - top, right - left], dim=1)
 
 
-def sample_view_params(num_records: int, num_classes: int, image_hw: tuple[int, int], cfg: RelabelConfig,
+def sample_view_params(num_records: int, block_records: int, image_hw: tuple[int, int], cfg: RelabelConfig,
                        generator: torch.Generator) -> dict[str, np.ndarray]:
-    """View parameters for every record (IPC-major), view 0 being the identity view."""
+    """View parameters for every record (IPC-major, `block_records` per IPC block: C, or f*f*C decoded
+    records), view 0 being the identity view."""
     h, w = image_hw
     v = cfg.views
     n = num_records * v
@@ -77,7 +86,7 @@ def sample_view_params(num_records: int, num_classes: int, image_hw: tuple[int, 
         else torch.zeros(num_records, v, dtype=torch.bool)
     # Partner: uniform over the records of blocks 0..own block, excluding the record itself.
     records = torch.arange(num_records).repeat_interleave(v)
-    pool = (records // num_classes + 1) * num_classes  # records [0, pool) are in every prefix with r
+    pool = (records // block_records + 1) * block_records  # records [0, pool) are in every prefix with r
     draw = torch.floor(torch.rand(n, generator=generator) * (pool - 1)).long()
     partner = draw + (draw >= records).long()  # skip r itself
     use_mix = (torch.rand(n, generator=generator) < cfg.mix_p) & (pool > 1)
@@ -107,6 +116,16 @@ def teacher_probabilities(teachers: Sequence[nn.Module], x: torch.Tensor, temper
     return torch.stack(probs).mean(0)
 
 
+def training_images(images: torch.Tensor, num_classes: int, factor: int) -> torch.Tensor:
+    """Stored images [k*C, ...] -> the training images they decode to, in decoded-record order [k*f*f*C, ...]
+    (formats/formation.py); f = 1: `images` themselves."""
+    if factor == 1:
+        return images
+    decoded = decode(images, factor)  # [k*C, f*f, ch, H, W]
+    k = images.shape[0] // num_classes
+    return decoded.reshape(k, num_classes, *decoded.shape[1:]).transpose(1, 2).reshape(-1, *images.shape[1:])
+
+
 @torch.no_grad()
 def relabel(
     images: torch.Tensor,
@@ -115,22 +134,34 @@ def relabel(
     cfg: RelabelConfig = RelabelConfig(),
     device: torch.device | str = "cpu",
     dist: DistContext | None = None,
+    factor: int = 1,
 ) -> Views:
     """Soft-label views for `images` (normalised, IPC-major [N, C, H, W]); targets are probabilities.
 
-    `dist` (default: `condenser.distributed.current()`) shards the teacher batches over its ranks.
+    `factor` > 1: `images` are stored multi-formation images; cfg.views views of each decoded training
+    image, returned in the stored layout [N, f*f*cfg.views] (module docstring). `dist` (default:
+    `condenser.distributed.current()`) shards the teacher batches over its ranks.
     """
     ctx = dist if dist is not None else current()
     if isinstance(teachers, nn.Module):
         teachers = [teachers]
     teachers = [t.to(device) for t in teachers]
     generator = torch.Generator().manual_seed(cfg.seed)
-    num_records = images.shape[0]
-    params = sample_view_params(num_records, num_classes, tuple(images.shape[2:]), cfg, generator)
-    v = cfg.views
+    src = training_images(images.detach().to(device), num_classes, factor)
+    num_records = src.shape[0]
+    params = sample_view_params(num_records, num_classes * factor * factor, tuple(images.shape[2:]), cfg,
+                                generator)
+    targets = _label_views(src, params, teachers, num_classes, cfg, ctx)
+    views = Views(targets=targets.view(num_records, cfg.views, num_classes).numpy(), **params)
+    return regroup_views(views, num_classes, factor, to_decoded=False)
+
+
+def _label_views(src: torch.Tensor, params: dict[str, np.ndarray], teachers: Sequence[nn.Module], num_classes: int,
+                 cfg: RelabelConfig, ctx: DistContext) -> torch.Tensor:
+    """The teachers' probabilities [n * V, K] on every view of `src`, this rank's batches gathered."""
+    num_records, v = src.shape[0], cfg.views
     flat = {k: a.reshape(num_records * v, *a.shape[2:]) for k, a in params.items()}
     records = np.repeat(np.arange(num_records), v)
-    src = images.detach().to(device)
     total = num_records * v
     batches = ctx.shard((total + cfg.batch_size - 1) // cfg.batch_size)  # this rank's contiguous batches
     lo, hi = batches.start * cfg.batch_size, min(batches.stop * cfg.batch_size, total)
@@ -140,5 +171,14 @@ def relabel(
         x = apply_views(src, records[sl], flat["crop"][sl], flat["flip"][sl], flat["mix_partner"][sl],
                         flat["mix_box"][sl])
         targets[start - lo: sl.stop - lo] = teacher_probabilities(teachers, x, cfg.temperature).cpu()
-    targets = ctx.all_gather_rows(targets, "gather of the soft labels")
-    return Views(targets=targets.view(num_records, v, num_classes).numpy(), **params)
+    return ctx.all_gather_rows(targets, "gather of the soft labels")
+
+
+def relabel_provenance(cfg: RelabelConfig, views: Views, num_classes: int, image_hw: tuple[int, int], factor: int,
+                       codec: str, topk: int | None) -> dict:
+    """What a file records about its soft labels: the settings, views per decoded and per stored image, and
+    the label bytes per stored image (view parameters + codec arrays, exactly as the writer stores them)."""
+    nbytes = formats.label_nbytes(views, num_classes, image_hw, codec=codec, topk=topk, label_kind="probs",
+                                  temperature=cfg.temperature, factor=factor)
+    return {**asdict(cfg), "formation_factor": factor, "views_per_decoded_image": cfg.views,
+            "views_per_stored_image": views.num_views, "label_bytes_per_stored_image": nbytes / len(views)}

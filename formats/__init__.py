@@ -22,7 +22,7 @@ from formats.errors import (
 from formats.layout import DEFAULT_MAX_DECODE_BYTES, FORMAT_MAJOR, FORMAT_MINOR, MAGIC
 from formats.reader import MDCReader, open_mdc
 from formats.targets import CompactTargets
-from formats.writer import encode, set_results, update_header, write_mdc
+from formats.writer import encode, label_nbytes, set_results, update_header, write_mdc
 
 __all__ = [
     "CODECS", "Codec", "CodecParams", "get_codec",
@@ -30,5 +30,5 @@ __all__ = [
     "FormatError", "BadMagicError", "BudgetError", "ChecksumError", "DecodeLimitError", "InconsistentHeaderError",
     "InvalidDataError", "SourceError", "TruncatedError", "UnknownCodecError", "UnsupportedVersionError",
     "DEFAULT_MAX_DECODE_BYTES", "FORMAT_MAJOR", "FORMAT_MINOR", "MAGIC",
-    "MDCReader", "open_mdc", "encode", "set_results", "update_header", "write_mdc",
+    "MDCReader", "open_mdc", "encode", "label_nbytes", "set_results", "update_header", "write_mdc",
 ]

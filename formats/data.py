@@ -70,15 +70,22 @@ class MDCData:
 
 @dataclass
 class Prefix:
-    """The IPC-k prefix: the first k*C records, decoded."""
+    """The IPC-k prefix: the first k*C records, decoded.
+
+    As read (`MDCReader.read`), records are the stored images. With `formation="decoded"` (or
+    formats.formation.decode_prefix) they are the k*f*f*C training images of a multi-formation file
+    (docs/format.md §4.1) and `stored_images` holds the k*C stored ones.
+    """
 
     ipc: int
-    images: np.ndarray  # float32 normalized [k*C, *image_shape]
-    labels: np.ndarray  # int64 [k*C]
+    images: np.ndarray  # float32 normalized [k*C, *image_shape] (decoded: [k*f*f*C, ...])
+    labels: np.ndarray  # int64 [k*C] (decoded: [k*f*f*C])
     views: Views | None
     num_classes: int
     label_kind: str | None = None  # of views.targets
     temperature: float | None = None
+    formation_factor: int = 1
+    stored_images: np.ndarray | None = None  # set by the decoded read: float32 [k*C, *image_shape]
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

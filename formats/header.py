@@ -389,6 +389,9 @@ def parse_header(raw: dict[str, Any]) -> Header:
         raise _bad("nesting", "expected a map")
     factor = _formation_factor(nesting, shape)
     views = _views_info(raw, c)
+    if views is not None and views.count % (factor * factor):
+        raise _bad("views.count", f"{views.count} views per stored image do not split into the "
+                                  f"{factor * factor} patches of formation factor {factor}")
 
     layout = _map(raw, "layout", "")
     alignment = _int(layout, "alignment", "layout.", lo=1)

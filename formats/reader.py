@@ -11,6 +11,7 @@ from numpy.lib.stride_tricks import as_strided
 from formats.codecs import get_codec
 from formats.data import Prefix, RawPrefix
 from formats.errors import BudgetError, ChecksumError, InvalidDataError, TruncatedError
+from formats.formation import decode_prefix
 from formats.header import Header, Preamble, parse_header, parse_preamble, unpack_header
 from formats.layout import DEFAULT_MAX_DECODE_BYTES, PREAMBLE_SIZE
 from formats.pixels import decode_pixels
@@ -22,6 +23,7 @@ _COPY_CHUNK = 16 << 20
 _READ_CHUNK = 4 << 20
 VIEW_PARAM_BYTES = 16 + 1 + 4 + 16 + 4  # decoded crop, flip, partner, mix box, mix lam per view
 TargetsMode = Literal["dense", "compact"]
+FormationMode = Literal["stored", "decoded"]
 
 
 def budget_int(ipc: Any) -> int:
@@ -107,18 +109,22 @@ class MDCReader:
         ipc = self._check_budget(ipc)
         return self.block_range(ipc - 1)[1]
 
-    def decoded_nbytes(self, ipc: int, *, targets: TargetsMode = "dense") -> int:
-        """Memory that read(ipc, targets=...) returns: float32 images, int64 labels, the decoded view
-        parameters, and dense float32 targets [n, V, K] or (compact) the codec's stored arrays.
+    def decoded_nbytes(self, ipc: int, *, targets: TargetsMode = "dense", formation: FormationMode = "stored") -> int:
+        """Memory that read(ipc, targets=..., formation=...) returns: float32 images, int64 labels, the
+        decoded view parameters, and dense float32 targets [n, V, K] or (compact) the codec's stored arrays;
+        formation="decoded" adds the f*f decoded images and labels per stored image.
 
         Known from the header alone; read() compares it with max_bytes before allocating anything.
         """
         ipc = self._check_budget(ipc)
         _check_mode(targets)
+        _check_formation(formation)
         s = self.spec
         n = ipc * self.num_classes
         c, h, w = s.image_shape
         total = n * (c * h * w * 4 + 8)
+        if formation == "decoded" and s.formation_factor > 1:
+            total += n * s.formation_factor ** 2 * (c * h * w * 4 + 8)
         if s.views is not None:
             total += n * s.views.count * VIEW_PARAM_BYTES
             if targets == "dense":
@@ -130,18 +136,28 @@ class MDCReader:
 
     # ---------------------------------------------------------------------------------- reading
     def read(self, ipc: int, *, verify: bool = True, targets: TargetsMode = "dense",
-             max_bytes: int | None = DEFAULT_MAX_DECODE_BYTES) -> Prefix:
+             max_bytes: int | None = DEFAULT_MAX_DECODE_BYTES, formation: FormationMode = "stored") -> Prefix:
         """The IPC-`ipc` prefix (records 0 .. ipc*C-1), decoded to float32 normalized images.
 
         targets="dense" decodes the soft labels to float32 [n, V, K]; "compact" keeps them as stored
-        (formats.targets.CompactTargets: rows decode when indexed). DecodeLimitError, before anything is
-        read, when decoded_nbytes(ipc, targets=...) exceeds max_bytes (default 1 GiB; None: no limit).
+        (formats.targets.CompactTargets: rows decode when indexed). formation="decoded" returns the
+        training images of a multi-formation file (formats.formation.decode_prefix: k*f*f*C records, views
+        per decoded image, the stored images in `stored_images`); "stored" the stored records.
+        DecodeLimitError, before anything is read, when decoded_nbytes(ipc, targets=..., formation=...)
+        exceeds max_bytes (default 1 GiB; None: no limit).
         """
         ipc = self._check_budget(ipc)
         _check_mode(targets)
+        _check_formation(formation)
         limit = _max_bytes(max_bytes)
         self._check_present(ipc)
-        check_decode(self.decoded_nbytes(ipc, targets=targets), limit, f"IPC-{ipc} of {self.path}")
+        check_decode(self.decoded_nbytes(ipc, targets=targets, formation=formation), limit,
+                     f"IPC-{ipc} of {self.path}")
+        prefix = self._read_stored(ipc, verify, targets, limit)
+        return decode_prefix(prefix) if formation == "decoded" else prefix
+
+    def _read_stored(self, ipc: int, verify: bool, targets: TargetsMode, limit: int | None) -> Prefix:
+        """read() of the stored records, after its checks."""
         raw = self.read_raw(ipc, verify=verify)
         s = self.spec
         c = s.num_classes
@@ -159,10 +175,10 @@ class MDCReader:
             compact = self._targets(a, n, limit)
             flat = {k: a[k].reshape(n, *a[k].shape[2:]) for k in VIEW_ARRAYS}
             views = decode_views(flat, compact if targets == "compact" else np.asarray(compact), c,
-                                 s.image_shape[1:])
+                                 s.image_shape[1:], s.formation_factor)
         return Prefix(ipc=ipc, images=images, labels=labels, views=views, num_classes=c,
                       label_kind=s.views.label_kind if s.views else None,
-                      temperature=s.views.temperature if s.views else None)
+                      temperature=s.views.temperature if s.views else None, formation_factor=s.formation_factor)
 
     def _targets(self, a: dict[str, np.ndarray], n: int, limit: int | None) -> CompactTargets:
         """The codec's stored arrays of n records, copied out of the read buffer and checked (section 7)."""
@@ -316,6 +332,11 @@ class MDCReader:
 def _check_mode(targets: Any) -> None:
     if targets not in ("dense", "compact"):
         raise ValueError(f"targets must be 'dense' or 'compact', got {targets!r}")
+
+
+def _check_formation(formation: Any) -> None:
+    if formation not in ("stored", "decoded"):
+        raise ValueError(f"formation must be 'stored' or 'decoded', got {formation!r}")
 
 
 def open_mdc(source: MDCSource) -> MDCReader:

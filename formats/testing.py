@@ -16,6 +16,7 @@ import numpy as np
 
 from formats.codecs import CodecParams, get_codec, index_dtype
 from formats.data import MDCData, Prefix, Views
+from formats.formation import regroup_views
 from formats.header import pack_header, pack_preamble
 from formats.layout import PREAMBLE_SIZE, align
 from formats.pixels import decode_pixels, encode_pixels
@@ -70,8 +71,12 @@ def random_views(rng: np.random.Generator, n: int, v: int, num_classes: int, hw:
 def make_data(*, num_classes: int = 3, ipc_max: int = 2, image_shape: tuple[int, int, int] = (1, 4, 4),
               pixel_encoding: str = "uint8", views: int = 2, codec: str = "topk-u8", topk: int | None = 2,
               label_kind: str = "probs", temperature: float = 1.0, mix: bool = True,
-              trainer_bundle: bytes | None = None, seed: int = 0) -> MDCData:
-    """A small random MDCData; views=0 stores no views."""
+              trainer_bundle: bytes | None = None, seed: int = 0, formation_factor: int = 1) -> MDCData:
+    """A small random MDCData; views=0 stores no views.
+
+    formation_factor f > 1: `views` views per decoded training image, partners among decoded records,
+    stored in the file's layout (f*f*views per stored image, formats/formation.py).
+    """
     rng = np.random.default_rng(seed)
     c, h, w = image_shape
     n = num_classes * ipc_max
@@ -86,14 +91,17 @@ def make_data(*, num_classes: int = 3, ipc_max: int = 2, image_shape: tuple[int,
     labels = np.tile(np.arange(num_classes, dtype=np.int64), ipc_max)
     v = None
     if views:
-        logits = teacher_logits(rng, labels, views, num_classes)
+        ff = formation_factor * formation_factor
+        decoded_labels = np.tile(np.arange(num_classes, dtype=np.int64), ipc_max * ff)
+        logits = teacher_logits(rng, decoded_labels, views, num_classes)
         targets = softmax(logits, temperature) if label_kind == "probs" else logits
-        v = random_views(rng, n, views, num_classes, (h, w), targets, mix=mix)
+        v = random_views(rng, n * ff, views, num_classes * ff, (h, w), targets, mix=mix)
+        v = regroup_views(v, num_classes, formation_factor, to_decoded=False)
     return MDCData(dataset="synthetic", class_names=[f"class{i}" for i in range(num_classes)],
                    image_shape=image_shape, images=raw, labels=labels, mean=mean, std=std,
                    pixel_encoding=pixel_encoding, views=v, codec=codec, topk=topk, label_kind=label_kind,
                    temperature=temperature, trainer_bundle=trainer_bundle,
-                   provenance={"method": "synthetic", "seed": seed})
+                   provenance={"method": "synthetic", "seed": seed}, formation_factor=formation_factor)
 
 
 def expected_prefix(data: MDCData, ipc: int) -> Prefix:
@@ -117,12 +125,13 @@ def expected_prefix(data: MDCData, ipc: int) -> Prefix:
                       targets=targets.reshape(n, v, c))
     return Prefix(ipc=ipc, images=images, labels=np.asarray(data.labels[:n], np.int64), views=views,
                   num_classes=c, label_kind=data.label_kind if views else None,
-                  temperature=float(data.temperature) if views else None)
+                  temperature=float(data.temperature) if views else None,
+                  formation_factor=int(data.formation_factor))
 
 
 def assert_prefix_equal(a: Prefix, b: Prefix) -> None:
     """Exact equality of two prefixes (arrays bit for bit)."""
-    assert a.ipc == b.ipc and a.num_classes == b.num_classes
+    assert a.ipc == b.ipc and a.num_classes == b.num_classes and a.formation_factor == b.formation_factor
     np.testing.assert_array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.labels, b.labels)
     assert (a.views is None) == (b.views is None)

@@ -43,17 +43,23 @@ def _shape(name: str, a: np.ndarray, want: tuple[int, ...]) -> np.ndarray:
     return a
 
 
-def check_partners(partner: np.ndarray, num_classes: int, first_record: int = 0) -> None:
-    """-1 or a record whose IPC block is not after the record's own block (so it is in every prefix)."""
+def check_partners(partner: np.ndarray, num_classes: int, first_record: int = 0, factor: int = 1) -> None:
+    """-1 or a record whose IPC block is not after the record's own block (so it is in every prefix).
+
+    With multi-formation (factor f > 1) partners are decoded records, f*f*C of them per block
+    (docs/format.md §6).
+    """
     n, v = partner.shape
     own_block = (first_record + np.arange(n)) // num_classes
+    per_block = num_classes * factor * factor
     p = partner.astype(np.int64)
-    bad = (p < -1) | ((p >= 0) & (p // num_classes > own_block[:, None]))
+    bad = (p < -1) | ((p >= 0) & (p // per_block > own_block[:, None]))
     if bad.any():
         r, j = (int(t[0]) for t in np.nonzero(bad))
+        what = "record" if factor == 1 else "decoded record"
         raise InvalidDataError(
-            f"views.mix_partner[{first_record + r}, {j}] = {int(p[r, j])}: a partner must be -1 or a record "
-            f"in block <= {int(own_block[r])} (record // num_classes)")
+            f"views.mix_partner[{first_record + r}, {j}] = {int(p[r, j])}: a partner must be -1 or a {what} "
+            f"in block <= {int(own_block[r])} ({what} // {per_block})")
 
 
 def check_boxes(crop: np.ndarray, partner: np.ndarray, box: np.ndarray, image_hw: tuple[int, int]) -> None:
@@ -72,12 +78,19 @@ def check_boxes(crop: np.ndarray, partner: np.ndarray, box: np.ndarray, image_hw
         raise InvalidDataError(f"views.mix_box of mixed views must be whole pixels inside the {h}x{w} view")
 
 
-def encode_views(views: Views, n: int, num_classes: int, image_hw: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Validate writer input and return the stored view-parameter arrays, each [n, V, ...]."""
+def encode_views(views: Views, n: int, num_classes: int, image_hw: tuple[int, int],
+                 factor: int = 1) -> dict[str, np.ndarray]:
+    """Validate writer input and return the stored view-parameter arrays, each [n, V, ...].
+
+    factor f > 1: V = f*f groups of views, one per patch, partners decoded records (docs/format.md §6).
+    """
     flip = np.asarray(views.flip)
     if flip.ndim != 2 or flip.shape[0] != n or flip.shape[1] < 1:
         raise InvalidDataError(f"views.flip must have shape [{n}, V] with V >= 1, got {list(flip.shape)}")
     v = flip.shape[1]
+    if v % (factor * factor):
+        raise InvalidDataError(f"views.flip has {v} views per stored image; formation factor {factor} needs a "
+                               f"multiple of {factor * factor} (one group per patch)")
     crop = _shape("crop", views.crop, (n, v, 4)).astype(np.float32)
     box = _shape("mix_box", views.mix_box, (n, v, 4)).astype(np.float32)
     lam = _shape("mix_lam", views.mix_lam, (n, v)).astype(np.float32)
@@ -87,7 +100,7 @@ def encode_views(views: Views, n: int, num_classes: int, image_hw: tuple[int, in
     for name, a in (("crop", crop), ("mix_box", box), ("mix_lam", lam)):
         if not np.isfinite(a).all():
             raise InvalidDataError(f"views.{name} contains NaN or infinity")
-    check_partners(partner, num_classes)
+    check_partners(partner, num_classes, factor=factor)
     check_boxes(crop, partner, box, image_hw)
     if ((lam < 0) | (lam > 1)).any():
         raise InvalidDataError("views.mix_lam must lie in [0, 1]")
@@ -107,7 +120,7 @@ def _first(bad: np.ndarray) -> tuple[int, int]:
 
 
 def decode_views(arrays: dict[str, np.ndarray], targets: Any, num_classes: int,
-                 image_hw: tuple[int, int]) -> Views:
+                 image_hw: tuple[int, int], factor: int = 1) -> Views:
     """Stored view arrays [n, V, ...] -> a Views with the API dtypes, after the same checks as the writer's.
 
     Blocks pass their checksum first, so this only fires on a file written wrong (or crafted), not on
@@ -127,7 +140,7 @@ def decode_views(arrays: dict[str, np.ndarray], targets: Any, num_classes: int,
     if ((lam < 0) | (lam > 1)).any():
         r, j = _first((lam < 0) | (lam > 1))
         raise InvalidDataError(f"views.mix_lam[{r}, {j}] = {float(lam[r, j])} is outside [0, 1]")
-    check_partners(partner, num_classes)
+    check_partners(partner, num_classes, factor=factor)
     check_boxes(crop, partner, box, image_hw)
     return Views(crop=crop, flip=flip.astype(bool), mix_partner=partner, mix_box=box, mix_lam=lam,
                  targets=targets)

@@ -13,8 +13,9 @@ import numpy as np
 
 from formats.atomic import atomic_write
 from formats.codecs import CodecParams, get_codec
-from formats.data import MDCData
+from formats.data import MDCData, Views
 from formats.errors import InvalidDataError
+from formats.formation import check_factor
 from formats.header import STRUCTURAL_KEYS, pack_header, pack_preamble, parse_header
 from formats.layout import (
     ALIGNMENT,
@@ -93,13 +94,40 @@ def _check_basics(data: MDCData) -> tuple[int, int]:
         raise InvalidDataError(f"mean and std need {shape[0]} values each")
     if not all(1e-6 <= s <= 1e6 for s in data.std) or not all(abs(m) <= 1e6 for m in data.mean):
         raise InvalidDataError("std must lie in [1e-6, 1e6] and |mean| <= 1e6")
-    f = int(data.formation_factor)
-    if f < 1 or shape[1] % f or shape[2] % f:
-        raise InvalidDataError(f"formation_factor {f} must be >= 1 and divide the image size {shape[1:]}")
+    check_factor(data.formation_factor, shape[1:])
     bundle = data.trainer_bundle
     if bundle is not None and not isinstance(bundle, (bytes, bytearray, memoryview)):
         raise InvalidDataError("trainer_bundle must be bytes or None")
     return n, c
+
+
+def encode_labels(views: Views, n: int, num_classes: int, image_hw: tuple[int, int], *, codec: str,
+                  topk: int | None, label_kind: str, temperature: float,
+                  factor: int = 1) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Validate and encode the soft-label views of n records: the stored arrays ([n, V, ...] each) and the
+    header's `views` map."""
+    c = num_classes
+    stored = encode_views(views, n, c, image_hw, factor)
+    v = views.num_views
+    kind = get_codec(codec)
+    params = CodecParams(c, topk if kind.uses_topk else None, label_kind, float(temperature))
+    kind.check_params(params)
+    targets = np.asarray(views.targets)
+    if targets.shape != (n, v, c):
+        raise InvalidDataError(f"views.targets must have shape [{n}, {v}, {c}], got {list(targets.shape)}")
+    for name, a in kind.encode(targets.reshape(n * v, c), params).items():
+        stored[name] = a.reshape(n, v, *a.shape[1:])
+    header = {"count": v, "codec": kind.name, "topk": params.topk, "label_kind": params.label_kind,
+              "temperature": params.temperature}
+    return stored, header
+
+
+def label_nbytes(views: Views, num_classes: int, image_hw: tuple[int, int], *, codec: str, topk: int | None,
+                 label_kind: str, temperature: float, factor: int = 1) -> int:
+    """Bytes that the views' parameters and soft labels take in a file, all records together."""
+    stored, _ = encode_labels(views, len(views), num_classes, image_hw, codec=codec, topk=topk,
+                              label_kind=label_kind, temperature=temperature, factor=factor)
+    return sum(a.nbytes for a in stored.values())
 
 
 def encode(data: MDCData, created: str | None = None) -> Encoded:
@@ -112,20 +140,10 @@ def encode(data: MDCData, created: str | None = None) -> Encoded:
     }
     views_hdr = None
     if data.views is not None:
-        stored.update(encode_views(data.views, n, c, shape[1:]))
-        v = data.views.num_views
-        codec = get_codec(data.codec)
-        topk = data.topk if codec.uses_topk else None
-        params = CodecParams(c, topk, data.label_kind, float(data.temperature))
-        codec.check_params(params)
-        targets = np.asarray(data.views.targets)
-        if targets.shape != (n, v, c):
-            raise InvalidDataError(
-                f"views.targets must have shape [{n}, {v}, {c}], got {list(targets.shape)}")
-        for name, a in codec.encode(targets.reshape(n * v, c), params).items():
-            stored[name] = a.reshape(n, v, *a.shape[1:])
-        views_hdr = {"count": v, "codec": codec.name, "topk": params.topk, "label_kind": params.label_kind,
-                     "temperature": params.temperature}
+        labels, views_hdr = encode_labels(data.views, n, c, shape[1:], codec=data.codec, topk=data.topk,
+                                          label_kind=data.label_kind, temperature=data.temperature,
+                                          factor=int(data.formation_factor))
+        stored.update(labels)
     return assemble(data, stored, views_hdr, created)
 
 

@@ -1,11 +1,13 @@
 """Budgets: which IPC prefix a device loads, given an integer size, seconds of training, or memory.
 
-Formulas (n_k = k * num_classes records in the IPC-k prefix, B = batch size, E = epochs):
+Formulas (n_k = k * f*f * num_classes training records in the IPC-k prefix, f = the formation factor,
+B = batch size, E = epochs, V = views per stored image, so V / (f*f) per training record):
 
     seconds(k) = E * ceil(n_k / B) * step_seconds
-    bytes(k)   = n_k * record_bytes + 2 * k * block_bytes + trainer_bytes
+    bytes(k)   = n_k * record_bytes + [f > 1] k * num_classes * C*H*W*4 (the stored images, kept)
+                 + 2 * k * block_bytes + trainer_bytes
     record_bytes = C*H*W*4 (float32 image) + 8 (int64 label)
-                   + V * (16 crop + 1 flip + 4 partner + 16 mix box + 4 mix lam + 4*K targets)
+                   + V/(f*f) * (16 crop + 1 flip + 4 partner + 16 mix box + 4 mix lam + 4*K targets)
 
 step_seconds (median of a few steps of the chosen trainer on a synthetic batch of the file's shape,
 view replay included) and trainer_bytes (resident memory the trainer adds: sessions, state,
@@ -79,16 +81,29 @@ class FileFacts:
     blocks_present: int  # complete blocks in the file (a cut file holds fewer than ipc_max)
     num_classes: int
     image_shape: tuple[int, int, int]
-    num_views: int
+    num_views: int  # per stored image (the header's views.count)
     block_bytes: int
+    formation_factor: int = 1  # each stored image decodes to f*f training records (docs/format.md §4.1)
+
+    @property
+    def per_stored(self) -> int:
+        """Training records per stored image: f*f."""
+        return self.formation_factor ** 2
+
+    def records(self, k: int) -> int:
+        """Training records of the IPC-k prefix: what training iterates over."""
+        return k * self.num_classes * self.per_stored
 
     @property
     def record_bytes(self) -> int:
         c, h, w = self.image_shape
-        return c * h * w * 4 + 8 + self.num_views * (VIEW_PARAM_BYTES + 4 * self.num_classes)
+        views = self.num_views // self.per_stored
+        return c * h * w * 4 + 8 + views * (VIEW_PARAM_BYTES + 4 * self.num_classes)
 
     def prefix_bytes(self, k: int) -> int:
-        return k * self.num_classes * self.record_bytes + 2 * k * self.block_bytes
+        c, h, w = self.image_shape
+        stored = k * self.num_classes * c * h * w * 4 if self.formation_factor > 1 else 0
+        return self.records(k) * self.record_bytes + stored + 2 * k * self.block_bytes
 
 
 def check_int_budget(budget: Any, ipc_max: int | None = None) -> int:
@@ -120,7 +135,7 @@ def choose_ipc(budget: Budget, facts: FileFacts, epochs: int, batch_size: int,
     rows = []
     best = 0
     for k in range(1, facts.blocks_present + 1):
-        n = k * facts.num_classes
+        n = facts.records(k)
         row: dict[str, Any] = {"ipc": k, "records": n}
         fits = True
         if budget.seconds is not None:

@@ -94,10 +94,13 @@ class Dataset:
     """The IPC-k prefix of a .mdc file, decoded: what a device trains on.
 
     Records are IPC-major (record r = i * C + c), so `images[:k*C]` of a larger prefix is this one.
+    With multi-formation (factor f > 1, docs/format.md §4.1) the records are the decoded training images:
+    k*f*f per class, decoded sample j = i*f*f + p of class c at record j*C + c, so `images[:k*f*f*C]` of a
+    larger prefix is this one; `stored_images` are the k*C images the file stores, `ipc` counts those.
     `item_labels`, `view_seed` and `epoch` say what ``ds[i]`` returns (see the module docstring).
     """
 
-    images: np.ndarray  # float32 normalised [n, C, H, W]
+    images: np.ndarray  # float32 normalised [n, C, H, W]: the training images (decoded when f > 1)
     labels: np.ndarray  # int64 [n]
     ipc: int
     num_classes: int
@@ -116,19 +119,37 @@ class Dataset:
     item_labels: str = "auto"  # what ds[i] serves: auto (soft when the file has views), soft or hard
     view_seed: int = 0  # with `epoch`, picks the view of ds[i]
     epoch: int = 0
+    formation_factor: int = 1  # f: each stored image decodes to f*f training images
+    stored_images: np.ndarray | None = None  # float32 [n / (f*f), C, H, W] as stored; None: `images` (f = 1)
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.shape[0] != self.labels.shape[0]:
             raise ConfigError(f"images {self.images.shape} and labels {self.labels.shape} do not match")
+        self._check_formation()
         if self.views is not None:
             check_views(self.views, len(self), tuple(self.images.shape[2:]))
+
+    def _check_formation(self) -> None:
+        """`stored_images` defaults to `images` at f = 1, and holds len(self) / (f*f) images of their shape."""
+        f = self.formation_factor
+        if isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f < 1:
+            raise ConfigError(f"formation_factor must be a positive integer, got {f!r}")
+        if self.stored_images is None:
+            if f != 1:
+                raise ConfigError(f"formation_factor {f} needs the stored_images the training images decode from")
+            self.stored_images = self.images
+        stored = self.stored_images
+        if stored.shape[1:] != self.images.shape[1:] or stored.shape[0] * f * f != len(self):
+            raise ConfigError(f"stored_images {stored.shape} do not decode to the {len(self)} training images "
+                              f"{self.images.shape} at formation factor {f}")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def __repr__(self) -> str:
+        formation = f", formation_factor={self.formation_factor}" if self.formation_factor > 1 else ""
         return (f"Dataset({self.dataset or 'mdc'!s}, ipc={self.ipc}, n={len(self)}, "
-                f"classes={self.num_classes}, image_shape={self.image_shape}, views={self.num_views})")
+                f"classes={self.num_classes}, image_shape={self.image_shape}, views={self.num_views}{formation})")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -22,7 +22,7 @@ def file_facts(reader: Any) -> FileFacts:
     return FileFacts(ipc_max=reader.ipc_max, blocks_present=reader.blocks_present,
                      num_classes=reader.num_classes, image_shape=tuple(s.image_shape),
                      num_views=s.views.count if s.views is not None else 0,
-                     block_bytes=s.block_stride)
+                     block_bytes=s.block_stride, formation_factor=s.formation_factor)
 
 
 def _calibrate(reader: Any, budget: Budget, cfg: TrainConfig, backend: str, trainer: TrainerSource,
@@ -66,13 +66,14 @@ def load(path: MDCSource, budget: BudgetLike = None, *, config: TrainConfig | No
             k, report = choose_ipc(budget, file_facts(reader), cfg.epochs, batch, cal)
         else:
             k = check_int_budget(budget, reader.ipc_max)
-        prefix = reader.read(k, targets="compact", max_bytes=max_bytes)
+        prefix = reader.read(k, targets="compact", max_bytes=max_bytes, formation="decoded")
         s = reader.spec
         return Dataset(images=prefix.images, labels=prefix.labels, ipc=prefix.ipc,
                        num_classes=prefix.num_classes, class_names=list(s.class_names), views=prefix.views,
                        label_kind=prefix.label_kind or "probs", temperature=prefix.temperature or 1.0,
                        mean=tuple(s.mean), std=tuple(s.std), dataset=s.dataset,
-                       trainer_bundle=reader.trainer_bundle(), path=reader.path, budget=report)
+                       trainer_bundle=reader.trainer_bundle(), path=reader.path, budget=report,
+                       formation_factor=prefix.formation_factor, stored_images=prefix.stored_images)
 
 
 __all__ = ["BudgetLike", "file_facts", "load"]

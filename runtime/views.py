@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from formats.formation import resize_weights
 from runtime.errors import ViewError
 
 _INT_TOL = 1e-3
@@ -65,25 +66,11 @@ def check_boxes(crop: np.ndarray, partner: np.ndarray, mix_box: np.ndarray, n_re
     return c, p, m
 
 
-def _axis_weights(start: np.ndarray, length: np.ndarray, out: int) -> tuple[np.ndarray, ...]:
-    """Per-sample source indices and weights of a 1-d align_corners=False linear resize (torch's rule)."""
-    scale = (length.astype(np.float32) / np.float32(out)).astype(np.float64)     # float32 ratio, as torch
-    dst = np.arange(out, dtype=np.float64) + 0.5
-    # scale * dst - 0.5 rounded once to float32: what torch's fused multiply-add computes on CPU
-    src = np.maximum((scale[:, None] * dst[None, :] - 0.5).astype(np.float32), np.float32(0.0))
-    i0 = np.floor(src).astype(np.int64)
-    i0 = np.minimum(i0, length[:, None] - 1)
-    i1 = np.minimum(i0 + 1, length[:, None] - 1)
-    w1 = (src - i0).astype(np.float32)
-    w0 = np.float32(1.0) - w1
-    return start[:, None] + i0, start[:, None] + i1, w0, w1
-
-
 def _crop_resize_flip(images: np.ndarray, records: np.ndarray, crop: np.ndarray,
                       flip: np.ndarray) -> np.ndarray:
     _, ch, h_img, w_img = images.shape
-    y0, y1, wy0, wy1 = _axis_weights(crop[:, 0], crop[:, 2], h_img)         # [m, H]
-    x0, x1, wx0, wx1 = _axis_weights(crop[:, 1], crop[:, 3], w_img)         # [m, W]
+    y0, y1, wy0, wy1 = resize_weights(crop[:, 0], crop[:, 2], h_img)        # [m, H]
+    x0, x1, wx0, wx1 = resize_weights(crop[:, 1], crop[:, 3], w_img)        # [m, W]
     # gather the four neighbours, then combine columns first and rows last, in torch's order
     b = records[:, None, None, None]
     cc = np.arange(ch)[None, :, None, None]

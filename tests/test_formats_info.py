@@ -30,7 +30,8 @@ def test_summary_names_the_essentials(mdc: Path) -> None:
     assert result.exit_code == 0, result.output
     out = result.output
     for text in ("synthetic", "class0", "ipc_max", "3 of 3 (complete)", "3x6x6", "uint8", "topk-u8", "top-2",
-                 "views per image", "bytes per block", "trainer_bundle", "provenance.method", "multisize",
+                 "views per stored image", "label bytes per stored image",
+                 "bytes per block", "trainer_bundle", "provenance.method", "multisize",
                  "Per-size results", "41.50 ± 1.25", "mix_partner"):
         assert text in out, text
 
@@ -66,3 +67,20 @@ def test_info_does_not_import_torch(mdc: Path) -> None:
     code = ("import sys; from condenser.cli import app; app(['info', sys.argv[1]], standalone_mode=False); "
             "assert 'torch' not in sys.modules, 'condenser info imported torch'")
     subprocess.run([sys.executable, "-c", code, str(mdc)], check=True, capture_output=True)
+
+
+def test_multi_formation_files_report_the_factor_and_the_decoded_counts(tmp_path: Path) -> None:
+    data = make_data(num_classes=4, ipc_max=3, views=2, image_shape=(1, 6, 6), formation_factor=3)
+    path = tmp_path / "f3.mdc"
+    formats.write_mdc(path, data)
+    result = CliRunner().invoke(app, ["info", str(path)], env={"COLUMNS": "300"})  # rich: no wrapped rows
+    assert result.exit_code == 0, result.output
+    for text in ("formation factor 3", "each stored image = 3x3 patches of 2x2, decoded to 9 training images of "
+                 "1x6x6 (108 in all)", "18 (2 per decoded training image)", "(4 stored, 36 training images)"):
+        assert text in result.output, text
+    report = json.loads(CliRunner().invoke(app, ["info", str(path), "--json"]).output)
+    assert report["formation_factor"] == 3 and report["training_images_per_block"] == 36
+    with formats.open_mdc(path) as r:
+        label_arrays = [a for n, a in r.spec.arrays.items() if n not in ("labels", "images")]
+    assert report["label_bytes_per_stored_image"] == sum(a.length for a in label_arrays) / 4
+    assert f"{report['label_bytes_per_stored_image']:.1f}" in result.output

@@ -30,7 +30,8 @@ def encode(**kw: Any) -> bytes:
     import io
 
     out = io.BytesIO()
-    formats.encode(make_data(num_classes=C, ipc_max=IPC, views=2, image_shape=(1, 4, 4), **kw)).write_to(out)
+    kw = {"views": 2} | kw
+    formats.encode(make_data(num_classes=C, ipc_max=IPC, image_shape=(1, 4, 4), **kw)).write_to(out)
     return out.getvalue()
 
 
@@ -166,11 +167,21 @@ def test_extra_arrays_within_the_bounds_are_read_and_ignored(files) -> None:
         assert_prefix_equal(r.read(IPC), good.read(IPC))
 
 
-def test_formation_factor_dividing_the_image_is_accepted(files) -> None:
+def test_formation_factor_dividing_the_image_is_accepted() -> None:
+    data = encode(views=0)
+    h = header_of(data)
+    h["nesting"]["formation_factor"] = 2
+    with formats.open_mdc(with_header(data, h)) as r:
+        assert r.spec.formation_factor == 2
+
+
+def test_formation_factor_needs_a_view_group_per_patch(files) -> None:
+    """2 views per stored image cannot be split into the 4 patches of factor 2 (docs/format.md §6)."""
     h = header_of(files["u8-probs"])
     h["nesting"]["formation_factor"] = 2
-    with formats.open_mdc(with_header(files["u8-probs"], h)) as r:
-        assert r.spec.formation_factor == 2
+    with pytest.raises(formats.InconsistentHeaderError, match="'views.count': 2 views per stored image do not "
+                                                               "split into the 4 patches"):
+        formats.open_mdc(with_header(files["u8-probs"], h))
 
 
 def test_bytes_map_keys_are_refused(files) -> None:

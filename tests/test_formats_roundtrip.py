@@ -251,7 +251,7 @@ def test_import_formats_does_not_import_torch() -> None:
 
 
 def test_multi_formation_factor_is_recorded(tmp_path: Path) -> None:
-    data = make_data(image_shape=(1, 4, 4), views=1)
+    data = make_data(image_shape=(1, 4, 4), views=4)  # f*f = 4 groups of one view per patch
     data.formation_factor = 2
     formats.write_mdc(tmp_path / "x.mdc", data)
     r = formats.open_mdc(tmp_path / "x.mdc")

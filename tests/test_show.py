@@ -80,3 +80,29 @@ def test_show_draws_the_requested_prefix(ipc10: Path, tmp_path: Path):
                                       "--no-labels", "--pad", "0"])
     assert result.exit_code == 0, result.output
     assert _png(tmp_path / "g.png").shape == (10 * 28, 3 * 28)
+
+
+def test_multi_formation_files_show_stored_or_decoded_images(tmp_path: Path):
+    """f = 2: the stored grid has one 28x28 tile per stored image; --decoded one per training image, each the
+    decoded patch (formats/formation.py), columns labelled stored-image.patch."""
+    from condenser.grid import column_labels, to_uint8
+    from formats.formation import decode_images, to_decoded_order
+
+    data = make_data(num_classes=10, ipc_max=2, image_shape=(1, 28, 28), views=1, formation_factor=2)
+    path = tmp_path / "f2.mdc"
+    formats.write_mdc(path, data)
+    for name, extra in (("stored.png", []), ("decoded.png", ["--decoded"])):
+        result = CliRunner().invoke(app, ["show", str(path), "--out", str(tmp_path / name), "--no-labels",
+                                          "--pad", "0", *extra])
+        assert result.exit_code == 0, result.output
+    stored, decoded = _png(tmp_path / "stored.png"), _png(tmp_path / "decoded.png")
+    assert stored.shape == (10 * 28, 2 * 28) and decoded.shape == (10 * 28, 8 * 28)
+    with formats.open_mdc(path) as r:
+        prefix = r.read(2)
+    want = to_uint8(to_decoded_order(decode_images(prefix.images, 2), 10), data.mean, data.std)
+    np.testing.assert_array_equal(decoded[3 * 28:4 * 28, 5 * 28:6 * 28], want[5 * 10 + 3, 0])  # class 3, sample 5
+    np.testing.assert_array_equal(stored[3 * 28:4 * 28, 28:56], to_uint8(prefix.images, data.mean, data.std)[13, 0])
+    assert column_labels(8, 2, decoded=True)[:5] == ["1.1", "1.2", "1.3", "1.4", "2.1"]
+    assert column_labels(2, 2) == ["1", "2"]
+    result = CliRunner().invoke(app, ["show", str(path), "--out", str(tmp_path / "l.png"), "--decoded"])
+    assert result.exit_code == 0, result.output

@@ -20,7 +20,9 @@ from rich.table import Table
 from rich.text import Text
 
 from condenser.cli.app import app
+from formats.codecs import get_codec
 from formats.layout import PREAMBLE_SIZE
+from formats.views import VIEW_ARRAYS
 
 MAX_DEPTH = 32  # nesting levels of a header value shown; deeper values become a placeholder
 MAX_ROWS = 200  # provenance keys and per-size result rows printed (all of them are in --json)
@@ -106,10 +108,14 @@ def file_report(reader) -> dict[str, Any]:
                        "crc32": s.block_crc32[i], "present": i < reader.blocks_present})
     sections = [{"name": x.name, "offset": reader.body_offset + x.offset,
                  "end": reader.body_offset + x.offset + x.length, "length": x.length} for x in s.sections]
+    ff = s.formation_factor ** 2
     return to_json_value({
         "path": str(reader.path), "file_size": reader.file_size, "version": list(reader.version),
         "header_offset": PREAMBLE_SIZE, "body_offset": reader.body_offset, "ipc_max": s.ipc_max,
-        "blocks_present": reader.blocks_present, "header": reader.header, "sections": sections, "blocks": blocks,
+        "blocks_present": reader.blocks_present, "formation_factor": s.formation_factor,
+        "training_images_per_block": s.num_classes * ff,
+        "label_bytes_per_stored_image": label_bytes_per_stored_image(s) if s.views is not None else 0,
+        "header": reader.header, "sections": sections, "blocks": blocks,
     }, depth=-1)  # the header sits one level down: it keeps MAX_DEPTH levels of its own
 
 
@@ -177,6 +183,50 @@ def _header_rows(h: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _formation_rows(s) -> list[tuple[str, str]]:
+    """The nesting unit and, with multi-formation, what one stored image decodes to (docs/format.md §4.1)."""
+    f = s.formation_factor
+    c, hh, ww = s.image_shape
+    rows = [("nesting", f"unit: stored image, formation factor {f}")]
+    if f > 1:
+        rows.append(("decoded", f"each stored image = {f}x{f} patches of {hh // f}x{ww // f}, decoded to {f * f} "
+                                f"training images of {c}x{hh}x{ww} ({s.ipc_max * s.num_classes * f * f} in all)"))
+    return rows
+
+
+def label_bytes_per_stored_image(s) -> float:
+    """Bytes of view parameters and soft labels per stored image, from the block layout."""
+    arrays = [a for n, a in s.arrays.items() if n in VIEW_ARRAYS or n in _codec_arrays(s)]
+    return sum(a.length for a in arrays) / s.num_classes
+
+
+def _codec_arrays(s) -> set[str]:
+    return {a.name for a in get_codec(s.views.codec).stored(s.views.codec_params(s.num_classes))}
+
+
+def _views_rows(s) -> list[tuple[str, str]]:
+    if s.views is None:
+        return [("views", "none (hard labels only)")]
+    v, ff = s.views, s.formation_factor ** 2
+    per_image = label_bytes_per_stored_image(s)
+    topk = f", top-{v.topk}" if v.topk else ""
+    count = str(v.count) if ff == 1 else f"{v.count} ({v.count // ff} per decoded training image)"
+    return [("views per stored image", count),
+            ("soft labels", f"codec {v.codec}{topk}, {v.label_kind}, temperature {v.temperature:g}"),
+            ("bytes per view", f"{per_image / v.count:.1f} (augmentation parameters + teacher output)"),
+            ("label bytes per stored image", f"{per_image:.1f}")]
+
+
+def _prefix_rows(reader) -> list[tuple[str, str]]:
+    s = reader.spec
+    rows = []
+    for k in sorted({1, min(10, s.ipc_max), s.ipc_max}):
+        images = "" if s.formation_factor == 1 else (
+            f" ({k * s.num_classes} stored, {k * s.num_classes * s.formation_factor ** 2} training images)")
+        rows.append((f"IPC-{k} prefix", f"{_size(reader.prefix_nbytes(k))} from offset 0{images}"))
+    return rows
+
+
 def _overview(reader) -> Table:
     s = reader.spec
     present = reader.blocks_present
@@ -190,24 +240,14 @@ def _overview(reader) -> Table:
         ("classes", f"{s.num_classes}: {names}"),
         ("ipc_max", str(s.ipc_max)),
         ("blocks present", f"{present} of {s.ipc_max} ({state})"),
-        ("records", f"{s.ipc_max * s.num_classes} images, IPC-major (record r = i*C + c)"),
+        ("records", f"{s.ipc_max * s.num_classes} stored images, IPC-major (record r = i*C + c)"),
         ("image shape", f"{c}x{hh}x{ww}"),
         ("pixels", f"{s.encoding}; mean {[round(x, 4) for x in s.mean]}, std {[round(x, 4) for x in s.std]}"),
-        ("nesting", f"unit: stored image, formation factor {s.formation_factor}"),
+        *_formation_rows(s),
+        *_views_rows(s),
+        ("bytes per block", f"{s.block_length} ({_size(s.block_length)}), stride {s.block_stride}"),
+        *_prefix_rows(reader),
     ]
-    if s.views is not None:
-        v = s.views
-        view_arrays = [a for n, a in s.arrays.items() if n not in ("labels", "images")]
-        per_view = sum(a.length for a in view_arrays) / (s.num_classes * v.count)
-        topk = f", top-{v.topk}" if v.topk else ""
-        rows += [("views per image", str(v.count)),
-                 ("soft labels", f"codec {v.codec}{topk}, {v.label_kind}, temperature {v.temperature:g}"),
-                 ("bytes per view", f"{per_view:.1f} (augmentation parameters + teacher output)")]
-    else:
-        rows.append(("views", "none (hard labels only)"))
-    rows.append(("bytes per block", f"{s.block_length} ({_size(s.block_length)}), stride {s.block_stride}"))
-    for k in sorted({1, min(10, s.ipc_max), s.ipc_max}):
-        rows.append((f"IPC-{k} prefix", f"{_size(reader.prefix_nbytes(k))} from offset 0"))
     rows += [(f"section {short_text(sec.name, 40)}", _size(sec.length)) for sec in s.sections]
     rows += _header_rows(reader.header)
     table = Table.grid(padding=(0, 2))

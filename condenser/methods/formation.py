@@ -5,6 +5,10 @@ of stored image `i`, so the IPC-n prefix is the first `n * f*f` decoded samples 
 patches of stored image i belong to prefix i. The official MDC code decodes patch-major
 (decoded `k * N + i`), which makes its IPC-1 prefix the top-left patches of stored images 0..f*f-1
 (docs/multisize.md); we do not follow it because a device loads stored images, not patches.
+
+The decode is the container's (docs/format.md §4.1): the same 2-tap bilinear arithmetic as torch's
+F.interpolate(mode="bilinear", align_corners=False) (within 1e-6), written out so that it equals the
+numpy reference (formats/formation.py) bit for bit.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from condenser.methods.base import MethodConfigError
+from formats.formation import upsample_weights
 
 
 def check_factor(factor: int, height: int, width: int) -> None:
@@ -23,15 +28,34 @@ def check_factor(factor: int, height: int, width: int) -> None:
             f"multi-formation factor {factor} does not divide the image size {height}x{width}")
 
 
+def _weights(small: int, out: int, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The format's 2-tap resize weights (formats.formation.upsample_weights) on `like`'s device and dtype."""
+    i0, i1, w0, w1 = upsample_weights(small, out)
+    idx = [torch.tensor(i, device=like.device) for i in (i0, i1)]  # copies: the cached arrays are read-only
+    return (*idx, *(torch.tensor(w, device=like.device).to(like.dtype) for w in (w0, w1)))
+
+
+def upsample(patches: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    """[..., h, w] -> [..., H, W]: formats.formation.upsample in torch, the same products and sums in the same
+    order, so both give the same bits (docs/format.md §4.1); differentiable."""
+    c0, c1, cw0, cw1 = _weights(patches.shape[-1], out_hw[1], patches)
+    r0, r1, rw0, rw1 = _weights(patches.shape[-2], out_hw[0], patches)
+    cols = patches.index_select(-1, c0) * cw0 + patches.index_select(-1, c1) * cw1
+    return cols.index_select(-2, r0) * rw0[:, None] + cols.index_select(-2, r1) * rw1[:, None]
+
+
 def decode(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """Stored images [..., ch, H, W] -> decoded samples [..., f*f, ch, H, W] (bilinear upsampled patches)."""
+    """Stored images [..., ch, H, W] -> decoded samples [..., f*f, ch, H, W] (patch p upsampled to H x W).
+
+    The format's decode rule (docs/format.md §4.1), so relabelling and the device see the same images.
+    """
     if factor == 1:
         return x.unsqueeze(-4)
     *lead, ch, height, width = x.shape
     check_factor(factor, height, width)
     h, w = height // factor, width // factor
     patches = x.reshape(-1, ch, factor, h, factor, w).permute(0, 2, 4, 1, 3, 5).reshape(-1, ch, h, w)
-    up = F.interpolate(patches, size=(height, width), mode="bilinear", align_corners=False)
+    up = upsample(patches, (height, width))
     return up.reshape(*lead, factor * factor, ch, height, width)
 
 
