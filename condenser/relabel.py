@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -174,11 +174,12 @@ def _label_views(src: torch.Tensor, params: dict[str, np.ndarray], teachers: Seq
     return ctx.all_gather_rows(targets, "gather of the soft labels")
 
 
-def relabel_provenance(cfg: RelabelConfig, views: Views, num_classes: int, image_hw: tuple[int, int], factor: int,
-                       codec: str, topk: int | None) -> dict:
-    """What a file records about its soft labels: the settings, views per decoded and per stored image, and
-    the label bytes per stored image (view parameters + codec arrays, exactly as the writer stores them)."""
+def label_record(cfg: RelabelConfig, views: Views, num_classes: int, image_hw: tuple[int, int], factor: int,
+                 codec: str, topk: int | None) -> dict:
+    """What a build's provenance records about its soft labels beside the settings (`relabel`): views per
+    decoded and per stored image, and the label bytes per stored image (view parameters + codec arrays, as
+    the writer stores them)."""
     nbytes = formats.label_nbytes(views, num_classes, image_hw, codec=codec, topk=topk, label_kind="probs",
                                   temperature=cfg.temperature, factor=factor)
-    return {**asdict(cfg), "formation_factor": factor, "views_per_decoded_image": cfg.views,
+    return {"formation_factor": factor, "views_per_decoded_image": cfg.views,
             "views_per_stored_image": views.num_views, "label_bytes_per_stored_image": nbytes / len(views)}

@@ -62,7 +62,7 @@ def test_multi_formation_views_are_of_decoded_images_with_partners_in_the_prefix
     records of blocks up to the record's own; the targets are the teacher's output on the replayed view of
     the decoded image, as the device decodes it (formats/formation.py)."""
     import formats
-    from condenser.relabel import relabel_provenance
+    from condenser.relabel import label_record
     from formats.formation import decode_images, regroup_views, to_decoded_order
 
     torch.manual_seed(0)
@@ -90,7 +90,7 @@ def test_multi_formation_views_are_of_decoded_images_with_partners_in_the_prefix
         want = torch.softmax(teacher(torch.from_numpy(x)), -1)[0].numpy()
     np.testing.assert_allclose(per_decoded.targets[d, j], want, atol=1e-5)
 
-    record = relabel_provenance(cfg, views, c, (12, 12), f, "topk-u8", 2)
+    record = label_record(cfg, views, c, (12, 12), f, "topk-u8", 2)
     assert (record["views_per_decoded_image"], record["views_per_stored_image"]) == (3, 12)
     data = formats.MDCData(dataset="t", class_names=["a", "b", "c"], image_shape=(1, 12, 12),
                            images=stored.numpy(), labels=np.tile(np.arange(c), k), mean=(0.5,), std=(0.25,),
