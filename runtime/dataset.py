@@ -14,6 +14,9 @@ Three ways to read it (docs/trainer.md, "Data interfaces"):
   columns: images, labels and every view's parameters and target) and ``to_hf()`` (those columns as a
   Hugging Face ``datasets.Dataset``; the package is optional and imported only there).
 
+Records are training images: for a multi-formation file (docs/format.md §4.1) the decoded ones, k*f*f per
+class, each with its own views; ``stored_images`` keeps what the file stores.
+
 Soft-label targets stay as the file stores them (formats.targets.CompactTargets, from runtime.load): an
 item or a batch decodes only its own rows.
 """
