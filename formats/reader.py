@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import zlib
+from collections.abc import Callable
+from itertools import pairwise
 from typing import Any, BinaryIO, Literal
 
 import numpy as np
@@ -21,6 +25,8 @@ from formats.views import VIEW_ARRAYS, decode_views
 
 _COPY_CHUNK = 16 << 20
 _READ_CHUNK = 4 << 20
+_PART_MIN = 8 << 20  # bytes per reading thread, at least: below it a thread costs more than it saves
+_MAX_THREADS = 4
 VIEW_PARAM_BYTES = 16 + 1 + 4 + 16 + 4  # decoded crop, flip, partner, mix box, mix lam per view
 TargetsMode = Literal["dense", "compact"]
 FormationMode = Literal["stored", "decoded"]
@@ -32,6 +38,56 @@ def budget_int(ipc: Any) -> int:
     if isinstance(ipc, (bool, np.bool_)) or not isinstance(ipc, (int, np.integer)):
         raise BudgetError(f"IPC budget must be an integer, got {type(ipc).__name__} {ipc!r}")
     return int(ipc)
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on: its affinity mask where the OS has one."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _threads(threads: Any) -> int | None:
+    if threads is None:
+        return None
+    if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    return int(threads)
+
+
+def _split(ipc: int, parts: int) -> list[tuple[int, int]]:
+    """Blocks 0..ipc-1 as `parts` contiguous runs [lo, hi) of near-equal length."""
+    bounds = [ipc * i // parts for i in range(parts + 1)]
+    return [(lo, hi) for lo, hi in pairwise(bounds) if hi > lo]
+
+
+def _run_parts(jobs: list[Callable[[Callable[[], bool]], None]]) -> None:
+    """Run jobs[1:] on threads and jobs[0] on this one; once all have ended, raise the error of the first job
+    that failed, in job order, so the caller sees what a sequential pass would have met first.
+
+    Each job gets `stop()`: true once an earlier job failed, when its own work can no longer be reported.
+    """
+    errors: list[BaseException | None] = [None] * len(jobs)
+
+    def run(i: int) -> None:
+        try:
+            jobs[i](lambda: any(e is not None for e in errors[:i]))
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, on the calling thread
+            errors[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,), name=f"mdc-read-{i}", daemon=True)
+               for i in range(1, len(jobs))]
+    for t in threads:
+        t.start()
+    try:
+        run(0)
+    finally:
+        for t in threads:
+            t.join()
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise first
 
 
 def _max_bytes(max_bytes: Any) -> int | None:
@@ -48,9 +104,15 @@ class MDCReader:
     `source` is a path, the file's bytes (bytes, bytearray, memoryview: read in place), or a seekable
     binary file object (io.BytesIO, open(path, "rb"); offsets count from its position 0, and the caller
     keeps ownership: close() does not close it).
+
+    `threads` caps the threads that read and check a prefix's blocks at once (None: one per 8 MiB of
+    prefix, up to 4 and the usable cores). zlib.crc32 releases the GIL, so a verified read of a large
+    prefix from the page cache runs at up to `threads` times one core's checksum rate. A file object is
+    always read on one thread.
     """
 
-    def __init__(self, source: MDCSource) -> None:
+    def __init__(self, source: MDCSource, *, threads: int | None = None) -> None:
+        self._threads = _threads(threads)
         self._src = open_source(source)
         self.path = self._src.name  # for messages; the path itself when opened from one
         self.bytes_read = 0
@@ -202,28 +264,58 @@ class MDCReader:
         ipc = self._check_budget(ipc)
         self._check_present(ipc)
         s = self.spec
-        stride, length = s.block_stride, s.block_length
         start = self.body_offset + s.blocks_offset
-        nbytes = (ipc - 1) * stride + length
+        nbytes = (ipc - 1) * s.block_stride + s.block_length
         buf = np.empty(nbytes, dtype=np.uint8)  # <= the file size: checked above via blocks_present
         # One row per block, without the padding after the last one (stride may be >> length).
-        rows = as_strided(buf, shape=(ipc, length), strides=(stride, 1), writeable=False)
+        rows = as_strided(buf, shape=(ipc, s.block_length), strides=(s.block_stride, 1), writeable=False)
         self._advise(start, nbytes)
-        pos = checked = 0
-        while pos < nbytes:  # read in chunks; check each block as soon as it is in, while the kernel reads on
-            end = min(nbytes, pos + _READ_CHUNK)
-            self._readinto(start + pos, memoryview(buf)[pos:end])
-            pos = end
-            while verify and checked < ipc and checked * stride + length <= pos:
-                got = zlib.crc32(rows[checked])
-                if got != s.block_crc32[checked]:
-                    b0 = start + checked * stride
-                    raise ChecksumError(f"IPC block {checked} (bytes {b0}..{b0 + length}) fails its checksum: "
-                                        f"stored crc32 {s.block_crc32[checked]:#010x}, computed {got:#010x}")
-                checked += 1
+        runs = _split(ipc, self._parts(ipc, nbytes))
+        got = [0] * len(runs)
+        jobs = [lambda stop, i=i, lo=lo, hi=hi: self._fill_blocks(buf, rows, lo, hi, verify, got, i, stop)
+                for i, (lo, hi) in enumerate(runs)]
+        try:
+            _run_parts(jobs)
+        finally:
+            self.bytes_read += sum(got)
         arrays = {spec.name: rows[:, spec.offset:spec.end].view(spec.np_dtype).reshape(ipc, *spec.shape)
                   for spec in s.arrays.values()}
         return RawPrefix(ipc=ipc, arrays=arrays, nbytes=nbytes)
+
+    def _parts(self, ipc: int, nbytes: int) -> int:
+        """How many threads read_raw splits a prefix of `ipc` blocks and `nbytes` bytes over."""
+        if not self._src.concurrent:
+            return 1
+        if self._threads is not None:
+            return min(self._threads, ipc)
+        return max(1, min(_MAX_THREADS, usable_cores(), ipc, nbytes // _PART_MIN))
+
+    def _fill_blocks(self, buf: np.ndarray, rows: np.ndarray, lo: int, hi: int, verify: bool, got: list[int],
+                     part: int, stop: Callable[[], bool]) -> None:
+        """Read blocks lo..hi-1 (with the padding after each, up to the end of the prefix) into `buf`, in
+        chunks, checking each block's crc32 as soon as it is in while the kernel reads on; count the bytes
+        in got[part]. Returns early when stop() says an earlier part failed."""
+        s = self.spec
+        stride, length = s.block_stride, s.block_length
+        start = self.body_offset + s.blocks_offset
+        pos, end = lo * stride, min(hi * stride, len(buf))
+        checked = lo
+        while pos < end and not stop():
+            chunk = min(end, pos + _READ_CHUNK)
+            got[part] += self._fill(start + pos, memoryview(buf)[pos:chunk])
+            pos = chunk
+            while verify and checked < hi and checked * stride + length <= pos:
+                self._check_block(rows, checked)
+                checked += 1
+
+    def _check_block(self, rows: np.ndarray, i: int) -> None:
+        """ChecksumError naming IPC block i and its byte range unless its bytes (rows[i]) match its crc32."""
+        s = self.spec
+        computed = zlib.crc32(rows[i])
+        if computed != s.block_crc32[i]:
+            b0 = self.body_offset + s.blocks_offset + i * s.block_stride
+            raise ChecksumError(f"IPC block {i} (bytes {b0}..{b0 + s.block_length}) fails its checksum: "
+                                f"stored crc32 {s.block_crc32[i]:#010x}, computed {computed:#010x}")
 
     def section(self, name: str) -> bytes:
         """A pre-block section's bytes (checksum verified)."""
@@ -295,19 +387,20 @@ class MDCReader:
         if length >= _READ_CHUNK:
             self._src.advise(offset, length)
 
-    def _readinto(self, offset: int, view: memoryview) -> None:
-        """Fill view from the source at offset."""
+    def _fill(self, offset: int, view: memoryview) -> int:
+        """Fill view from the source at offset; returns its length. Safe on several threads when the source
+        is concurrent (it touches no reader state)."""
         got = 0
         while got < len(view):
             n = self._src.readinto(offset + got, view[got:])
             if not n:
                 raise TruncatedError(f"{self.path}: unexpected end of file at byte {offset + got}")
             got += n
-        self.bytes_read += got
+        return got
 
     def _pread(self, offset: int, length: int) -> bytearray:
         buf = bytearray(length)
-        self._readinto(offset, memoryview(buf))
+        self.bytes_read += self._fill(offset, memoryview(buf))
         return buf
 
     def close(self) -> None:
@@ -339,7 +432,7 @@ def _check_formation(formation: Any) -> None:
         raise ValueError(f"formation must be 'stored' or 'decoded', got {formation!r}")
 
 
-def open_mdc(source: MDCSource) -> MDCReader:
+def open_mdc(source: MDCSource, *, threads: int | None = None) -> MDCReader:
     """Open an .mdc file (a path, its bytes, or a binary file object) and validate its header; block bytes
-    are read only by read()."""
-    return MDCReader(source)
+    are read only by read(), on up to `threads` threads (MDCReader)."""
+    return MDCReader(source, threads=threads)

@@ -26,6 +26,7 @@ class Source(Protocol):
 
     name: str  # for messages: the path, or "<bytes>", or the file object's name
     size: int
+    concurrent: bool  # readinto may run on several threads at once (positional reads, no shared position)
 
     def readinto(self, offset: int, view: memoryview) -> int: ...
 
@@ -40,6 +41,8 @@ def _kind(mode: int) -> str:
 
 class FileSource:
     """A regular file opened by this reader (its own descriptor; positional reads, so thread-safe)."""
+
+    concurrent = hasattr(os, "preadv")  # the lseek + readv fallback shares the descriptor's position
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.name = os.fsdecode(path)
@@ -93,6 +96,8 @@ class FileSource:
 class BufferSource:
     """An .mdc file already in memory (bytes, bytearray, memoryview): read in place, never copied whole."""
 
+    concurrent = True
+
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
         try:
             self._mv: memoryview | None = memoryview(data).cast("B")
@@ -122,6 +127,8 @@ class StreamSource:
 
     The reader seeks it for every read and never closes it.
     """
+
+    concurrent = False  # seek + read share the object's position
 
     def __init__(self, f: Any) -> None:
         name = getattr(f, "name", None)
