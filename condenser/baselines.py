@@ -14,7 +14,7 @@ every run is resumable in its own subdirectory of `run_dir`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -59,14 +59,13 @@ class SizedSets:
 def planned_runs(name: str, cfg: CondenseConfig) -> list[tuple[str, CondenseConfig]]:
     """The independent condensation runs of a baseline, as (run subdirectory, config) pairs."""
     if name == "A":
-        return [(f"A-ipc{n}", replace(cfg, ipc=n, multisize=False)) for n in range(1, cfg.ipc + 1)]
+        return [(f"A-ipc{n}", cfg.with_subset(False, ipc=n)) for n in range(1, cfg.ipc + 1)]
     if name == "B":
-        return [(f"B-run{k}", replace(cfg, ipc=1, multisize=False, init_offset=cfg.init_offset + k))
-                for k in range(cfg.ipc)]
+        return [(f"B-run{k}", cfg.with_subset(False, ipc=1, init_offset=cfg.init_offset + k)) for k in range(cfg.ipc)]
     if name == "C":
-        return [("C", replace(cfg, multisize=False))]
+        return [("C", cfg.with_subset(False))]
     if name == "mdc":
-        return [("mdc", replace(cfg, multisize=True))]
+        return [("mdc", cfg.with_subset(True))]
     raise CondenserError(f"unknown baseline {name!r}; known: A, B, C, mdc")
 
 

@@ -20,7 +20,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,68 +30,55 @@ from torch import nn
 import formats
 from condenser.checkpoint import atomic_write_bytes, config_hash
 from condenser.condense import CondenseConfig, CondenseResult, condense
-from condenser.data import DEFAULT_DATASET, ArraySource, ImageDataset, get_source, load_dataset
+from condenser.config import ConfigError
+from condenser.config.tree import Config
+from condenser.data import DEFAULT_DATASET, ArraySource, DatasetSpec, ImageDataset, get_source, load_dataset
 from condenser.data.arrays import register
 from condenser.device import resolve_device
 from condenser.distributed import current
 from condenser.errors import CondenserError
+from condenser.methods import METHODS
 from condenser.paths import cache_root, runs_dir
-from condenser.profiles import Profile, get_profile
+from condenser.profiles import get_profile
 from condenser.progress import stage
-from condenser.relabel import RelabelConfig, relabel
+from condenser.relabel import RelabelConfig, label_record, relabel
 from condenser.stages import STAGES, StageResult
 from condenser.teacher import Teacher, TeacherConfig, load_teacher, train_teacher
 
 
 @dataclass(frozen=True)
 class BuildConfig:
-    dataset: str = "fashion-mnist"
-    ipc: int = 10
-    profile: str = "cpu"
-    method: str | None = None  # None: the profile's base method
-    multisize: bool = True  # False = Baseline C (the base method alone, prefixes taken)
-    freeze: str = "paper"
-    class_wise: bool = False
-    subset_weight: float = 1.0
-    soft_labels: str = "teacher"  # teacher | none
-    views: int | None = None  # None: the profile's views per image
-    teacher_arch: str = "convnet"
-    teacher_path: str | None = None
-    codec: str = "topk-u8"
-    topk: int | None = None  # None: min(num_classes, 10)
-    pixels: str = "float16"
-    embed_trainer: bool = True
-    trainer_batch_size: int = 64
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    data_root: str | None = None
-    condense_overrides: dict = field(default_factory=dict)  # any CondenseConfig field
-    method_settings: dict = field(default_factory=dict)  # settings of a decoupled method (sre2l, gvbsm, teddy)
+    """One build: the data and its size, the resolved settings tree (condenser.config.tree; each stage takes its
+    own section), the labels and where it runs. Without settings it builds with the cpu profile."""
 
-    def condense_config(self, profile: Profile, init_offset: int = 0, ipc: int | None = None,
-                        multisize: bool | None = None) -> CondenseConfig:
-        budget = profile.condense
-        cfg = CondenseConfig(
-            method=self.method or budget.method,
-            ipc=ipc or self.ipc,
-            factor=budget.factor,
-            outer_loops=budget.outer_loops,
-            inner_loops=budget.inner_loops,
-            period=budget.period,
-            batch_real=budget.batch_real,
-            n_data=budget.n_data,
-            multisize=self.multisize if multisize is None else multisize,
-            subset_weight=self.subset_weight,
-            freeze=self.freeze,
-            class_wise=self.class_wise,
-            init_offset=init_offset,
-            width=budget.width,
-            seed=self.seed,
-            device=self.device,
-            amp=self.amp,
-        )
-        return replace(cfg, **self.condense_overrides)
+    dataset: str = DEFAULT_DATASET
+    ipc: int = 10
+    settings: Config = field(default_factory=lambda: get_profile("cpu"))
+    soft_labels: str = "teacher"  # teacher (soft-label views) | none (hard labels only)
+    teacher_path: str | None = None  # a teacher.safetensors instead of the cached/trained teacher
+    seed: int = 0  # condensation, relabelling and recover seed
+    device: str = "auto"
+    data_root: str | None = None
+
+    @property
+    def profile(self) -> str:
+        """The name of the profile the settings were resolved from."""
+        return self.settings.name
+
+    def record(self) -> dict:
+        """What the file's provenance says about the job itself (the tree is recorded beside it)."""
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"},
+                "profile": self.profile}
+
+    def condense_config(self, settings: Config | None = None) -> CondenseConfig:
+        """The condense section of `settings` (default: this build's) as this build's run of its method."""
+        tree = settings or self.settings
+        name = tree.method.name
+        if name not in METHODS:
+            raise ConfigError(f"method.name {name!r} does not run the condense loop; valid here: "
+                              f"{', '.join(m for m in METHODS.names() if m in tree.method.methods())}")
+        return replace(tree.condense, method=name, ipc=self.ipc, seed=self.seed, device=self.device,
+                       method_settings=asdict(tree.method.settings(name)))
 
 
 @dataclass
@@ -105,7 +92,7 @@ class BuildOutput:
 def get_teacher(cfg: BuildConfig, log: Callable[[str], None] = print) -> Teacher:
     if cfg.teacher_path:
         return load_teacher(cfg.teacher_path, device=cfg.device)
-    tcfg = TeacherConfig.from_profile(cfg.dataset, cfg.teacher_arch, cfg.profile, seed=0, data_root=cfg.data_root)
+    tcfg = TeacherConfig.from_profile(cfg.dataset, None, cfg.settings, seed=0, data_root=cfg.data_root)
     return train_teacher(tcfg, device=cfg.device, log=log)
 
 
@@ -174,6 +161,7 @@ def pack(
     temperature: float,
     trainer: bytes | None,
     provenance: dict,
+    formation_factor: int = 1,
 ) -> Path:
     """Write one nested .mdc (atomically) from IPC-major images and labels."""
     data = formats.MDCData(
@@ -192,6 +180,7 @@ def pack(
         temperature=temperature,
         trainer_bundle=trainer,
         provenance=provenance,
+        formation_factor=formation_factor,
     )
     formats.write_mdc(path, data)
     return Path(path)
@@ -207,6 +196,11 @@ def environment() -> dict:
     }
 
 
+def relabel_config(section: RelabelConfig, spec: DatasetSpec, seed: int) -> RelabelConfig:
+    """The `relabel` section as this build's labelling: flipped views only where the dataset allows flips."""
+    return replace(section, flip=section.flip and spec.allow_flip, seed=seed)
+
+
 def relabel_and_pack(
     cfg: BuildConfig,
     out: str | Path,
@@ -215,43 +209,48 @@ def relabel_and_pack(
     train: ImageDataset,
     teacher: Teacher | None,
     provenance: dict,
-    profile: Profile,
+    settings: Config,
     seconds: dict[str, float],
     models: Sequence[nn.Module] | None = None,
+    factor: int = 1,
 ) -> Path:
-    """Shared tail of every build: soft-label views (if any), trainer bundle, atomic write.
+    """Shared tail of every build: soft-label views (if any), trainer bundle, atomic write, with the `relabel`,
+    `pack` and `evaluate` sections of `settings` (the trainer is the evaluation network).
 
-    `models` (an ensemble: mean of their probabilities) replaces `teacher` as the labeller when given.
+    `models` (an ensemble: mean of their probabilities) replaces `teacher` as the labeller when given;
+    `factor` > 1: `images` are multi-formation images, labelled on their decoded training images.
     """
     spec = train.spec
     views = None
-    relabel_cfg = RelabelConfig(views=cfg.views or profile.condense.views_per_image, flip=spec.allow_flip,
-                                seed=cfg.seed)
+    relabel_cfg = relabel_config(settings.relabel, spec, cfg.seed)
+    packing = settings.pack
     dist = current()
+    topk = packing.topk if packing.topk is not None else min(spec.num_classes, 10)
     if cfg.soft_labels == "teacher":
         labellers = list(models) if models else ([teacher.model] if teacher is not None else [])
         if not labellers:
             raise CondenserError("soft labels requested but no teacher was given")
         t0 = time.time()
-        views = relabel(images, labellers, spec.num_classes, relabel_cfg, resolve_device(cfg.device))
+        views = relabel(images, labellers, spec.num_classes, relabel_cfg, resolve_device(cfg.device), factor=factor)
         seconds["relabel"] = time.time() - t0
         provenance["relabel"] = asdict(relabel_cfg)
+        provenance["soft_labels"] = label_record(relabel_cfg, views, spec.num_classes, tuple(spec.image_shape[1:]),
+                                                 factor, packing.codec, topk)
     if not dist.is_main:  # rank 0 writes the one file
         return Path(out)
     t0 = time.time()
     # the device trains the same network the server evaluates, so their per-size numbers compare
-    trainer = (trainer_bundle_bytes(spec, cfg.trainer_batch_size, width=profile.evaluate.width)
-               if cfg.embed_trainer else None)
+    trainer = (trainer_bundle_bytes(spec, packing.trainer_batch_size, width=settings.evaluate.width)
+               if packing.embed_trainer else None)
     seconds["export_trainer"] = time.time() - t0
     provenance["seconds"] = seconds
-    topk = cfg.topk or min(spec.num_classes, 10)
-    return pack(out, images, labels, spec, views=views, codec=cfg.codec, topk=topk, pixels=cfg.pixels,
-                temperature=relabel_cfg.temperature, trainer=trainer, provenance=provenance)
+    return pack(out, images, labels, spec, views=views, codec=packing.codec, topk=topk, pixels=packing.pixels,
+                temperature=relabel_cfg.temperature, trainer=trainer, provenance=provenance, formation_factor=factor)
 
 
 @STAGES.register("dm")
 @STAGES.register("gm")
-def condense_stage(cfg: BuildConfig, profile: Profile, train: ImageDataset, log: Callable[[str], None],
+def condense_stage(cfg: BuildConfig, settings: Config, train: ImageDataset, log: Callable[[str], None],
                    stop_after: int | None, seconds: dict[str, float]) -> StageResult:
     """gm/dm: teacher (for the soft labels) -> the condense loop with the multisize wrapper."""
     teacher = None
@@ -263,12 +262,12 @@ def condense_stage(cfg: BuildConfig, profile: Profile, train: ImageDataset, log:
         dist.broadcast_module(teacher.model, what="broadcast of the teacher")  # one labeller on every rank
         seconds["teacher"] = time.time() - t0
 
-    ccfg = cfg.condense_config(profile)
+    ccfg = cfg.condense_config(settings)
     t0 = time.time()
     result = condense(ccfg, train, run_dir=run_dir_for(ccfg, cfg.dataset, train.fingerprint), stop_after=stop_after)
     seconds["condense"] = time.time() - t0
     provenance = {
-        "method": "multisize" if ccfg.multisize else ccfg.method,
+        "method": "multisize" if ccfg.multisize.enabled else ccfg.method,
         "base_method": ccfg.method,
         "teacher": None if teacher is None else {k: teacher.meta[k] for k in
                                                    ("arch", "dataset", "test_accuracy", "config")},
@@ -311,27 +310,25 @@ def build(
     cfg = with_data(cfg, data)
     if cfg.soft_labels not in ("teacher", "none"):
         raise CondenserError(f"--soft-labels must be 'teacher' or 'none', got {cfg.soft_labels!r}")
-    profile = get_profile(cfg.profile)
-    if profile.condense.factor != 1:
-        raise CondenserError("packing multi-formation (factor > 1) images is not supported yet")
+    settings = cfg.settings.checked()
     seconds: dict[str, float] = {}
     train = load_dataset(cfg.dataset, "train", root=cfg.data_root)
 
-    stage = STAGES.get(cfg.method or profile.condense.method)
-    staged = stage(cfg, profile, train, log, stop_after, seconds)
+    stage = STAGES.get(settings.method.name)
+    staged = stage(cfg, settings, train, log, stop_after, seconds)
     result = staged.result
     provenance = {
         **staged.provenance,
-        "profile": profile.as_dict(),
-        "build": asdict(cfg),
+        "settings": settings.as_dict(),
+        "build": cfg.record(),
         "data": data_record(cfg, train),
         "environment": environment(),
         "distributed": current().describe(),
         "command": " ".join(sys.argv),
         **result.provenance(),
     }
-    path = relabel_and_pack(cfg, out, result.images, result.labels, train, staged.teacher, provenance, profile,
-                            seconds, models=staged.relabel_models)
+    path = relabel_and_pack(cfg, out, result.images, result.labels, train, staged.teacher, provenance, settings,
+                            seconds, models=staged.relabel_models, factor=result.factor)
     if current().is_main:
         log(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return BuildOutput(path=path, result=result, teacher=staged.teacher, seconds=seconds)

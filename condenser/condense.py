@@ -39,7 +39,7 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,40 +74,52 @@ class CondenseConfigError(CondenserError, ValueError):
 
 @dataclass(frozen=True)
 class CondenseConfig:
-    """One condensation run. Names follow the MDC paper's Algorithm 1: T outer loops, E inner steps, Δt period."""
+    """One condensation run. Names follow the MDC paper's Algorithm 1: T outer loops, E inner steps, Δt period.
+
+    The settings are the `condense` section of the settings tree (docs/config.md), whose defaults are the paper's
+    budgets (MDC paper §4.1); `method`, `ipc`, `init_offset`, `method_settings`, `seed` and `device` are the
+    run's own, filled by the command (condenser.build.BuildConfig.condense_config).
+    """
 
     method: str = "gm"
     ipc: int = 10
     factor: int = 1  # multi-formation factor (1 or 2)
-    outer_loops: int = 200  # T
-    inner_loops: int = 10  # E
-    period: int = 20  # Δt, outer loops between MLS selections (also the checkpoint period)
+    outer_loops: int = 2000  # T
+    inner_loops: int = 100  # E
     lr_img: float | None = None  # None: the method's default (gm: 5e-3*ipc/10*(res/32)^2, pixel units)
     mom_img: float = 0.5
     batch_real: int = 64  # real images per class per inner step
-    n_data: int | None = 2000  # real samples the network trains on per inner step (methods that train)
-    multisize: bool = True  # False: the base method alone (Baseline C)
-    subset_weight: float = 1.0
-    freeze: str = "paper"  # paper | code | none
-    class_wise: bool = False
+    multisize: MultisizeConfig = field(default_factory=MultisizeConfig)  # enabled=False: Baseline C
     init: str = "first"  # first | random
     init_offset: int = 0  # start at image number offset (Baseline B run k uses k)
     model: str = "convnet"
     width: int = 128
     depth: int = 3
     norm: str = "instance"
-    method_settings: dict[str, Any] = field(default_factory=dict)
+    method_settings: dict[str, Any] = field(default_factory=dict)  # the method's settings (method.<name>)
     seed: int = 0
     device: str = "auto"
-    amp: bool = False
-    checkpoint_every: int | None = None  # outer loops; None = period
+    amp: bool = True  # bfloat16 autocast on CUDA (condenser.device.amp_dtype; a no-op elsewhere)
+    checkpoint_every: int | None = None  # outer loops; None = the MLS period
 
     def __post_init__(self) -> None:
-        for name in ("ipc", "factor", "outer_loops", "inner_loops", "period", "batch_real"):
+        for name in ("ipc", "factor", "outer_loops", "inner_loops", "batch_real"):
             if getattr(self, name) < 1:
                 raise CondenseConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise CondenseConfigError(f"checkpoint_every must be >= 1 (or null: the period), got "
+                                      f"{self.checkpoint_every}")
         if self.method not in METHODS:
             raise CondenseConfigError(f"unknown method {self.method!r}; known: {', '.join(METHODS.names())}")
+
+    @property
+    def period(self) -> int:
+        """Δt: outer loops between MLS selections, and the default checkpoint period."""
+        return self.multisize.period
+
+    def with_subset(self, enabled: bool, **changes: Any) -> CondenseConfig:
+        """A copy with the multisize subset loss on or off (off: the base method alone), plus `changes`."""
+        return replace(self, multisize=replace(self.multisize, enabled=enabled), **changes)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -187,15 +199,6 @@ def dataset_fingerprint(dataset: ImageDataset) -> str:
     """Identity of a training set (every pixel and label; ImageDataset.fingerprint, computed once), so a
     checkpoint never resumes on different data."""
     return dataset.fingerprint
-
-
-def _method_settings(cfg: CondenseConfig) -> dict[str, Any]:
-    factory = METHODS.get(cfg.method)
-    settings = dict(cfg.method_settings)
-    accepted = {f.name for f in fields(factory.Settings)} if hasattr(factory, "Settings") else set()
-    if cfg.n_data is not None and "n_data" in accepted:
-        settings.setdefault("n_data", cfg.n_data)
-    return settings
 
 
 def _model_factory(cfg: CondenseConfig, dataset: ImageDataset) -> Callable[[], torch.nn.Module]:
@@ -340,7 +343,7 @@ def _start(cfg: CondenseConfig, train_set: ImageDataset, dist: DistContext) -> _
     """Everything a fresh run starts from, in the order its random draws are made (results depend on it)."""
     device = resolve_device(cfg.device)
     num_classes = train_set.spec.num_classes
-    method = METHODS.get(cfg.method)(allow_flip=train_set.spec.allow_flip, **_method_settings(cfg))
+    method = METHODS.get(cfg.method)(allow_flip=train_set.spec.allow_flip, **cfg.method_settings)
     _check_shardable(cfg, method, dist, num_classes)
     classes = list(dist.shard(num_classes))
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -350,9 +353,8 @@ def _start(cfg: CondenseConfig, train_set: ImageDataset, dist: DistContext) -> _
     syn.clamp_()
     optimizer = MaskedSGD(syn.data, _image_lr(cfg, method, train_set, device), cfg.mom_img)
     objective = None
-    if cfg.multisize and cfg.ipc > 1:
-        ms_cfg = MultisizeConfig(cfg.subset_weight, cfg.period, cfg.freeze, cfg.class_wise)
-        objective = Multisize(method, cfg.ipc, num_classes, syn.per_image, ms_cfg, device)
+    if cfg.multisize.enabled and cfg.ipc > 1:
+        objective = Multisize(method, cfg.ipc, num_classes, syn.per_image, cfg.multisize, device)
     factory = _model_factory(cfg, train_set)
     with torch.random.fork_rng(devices=[]):
         model = factory().to(device)

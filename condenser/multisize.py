@@ -42,6 +42,9 @@ class MultisizeConfigError(CondenserError, ValueError):
 
 @dataclass(frozen=True)
 class MultisizeConfig:
+    """The `condense.multisize` section: the subset loss, MLS selection and freezing (MDC paper §3.3)."""
+
+    enabled: bool = True  # False: the base method alone (Baseline C)
     weight: float = 1.0  # coefficient of the subset loss (Eq. 4 uses 1)
     period: int = 100  # Δt, in outer loops
     freeze: str = "paper"  # paper | code | none

@@ -21,35 +21,50 @@ from safetensors.torch import load_file
 
 from condenser.augment import DSA, DSAConfig
 from condenser.checkpoint import atomic_save_safetensors, atomic_write_bytes, config_hash
+from condenser.config.tree import Config, TeacherBudget, TeacherSection
 from condenser.data import ImageDataset, data_fingerprint, load_dataset
 from condenser.device import resolve_device
 from condenser.errors import CheckpointError
 from condenser.models import build_model
 from condenser.paths import teacher_dir
-from condenser.profiles import TeacherBudget, get_profile
 from condenser.progress import progress_bar
 from condenser.resume import Checkpoint, Interrupted, StopAfter, restore_rng_state, rng_state, run_identity
 from condenser.training import TensorSource, accuracy, one_hot, sgd, train_epoch
 from formats.atomic import remove_stale_temps
 
 
+def _profile_tree(profile: str | Config) -> Config:
+    from condenser.profiles import get_profile  # profiles -> tree -> ... -> this module: imported when used
+
+    return get_profile(profile) if isinstance(profile, str) else profile
+
+
 @dataclass(frozen=True)
 class TeacherConfig:
+    """One teacher's identity: the data, the network, the budget (the tree's `teacher` section) and the seed."""
+
     dataset: str = "fashion-mnist"
     arch: str = "convnet"
-    profile: str = "cpu"
-    budget: TeacherBudget = field(default_factory=lambda: get_profile("cpu").teacher)
+    profile: str = "cpu"  # the profile the budget came from: the cache name says it
+    budget: TeacherBudget = field(default_factory=lambda: _profile_tree("cpu").teacher.budget())
     seed: int = 0
     model_kwargs: dict = field(default_factory=dict)
     data_root: str | None = None  # where the data is looked for first; not part of the identity
+    settings: dict | None = field(default=None, compare=False)  # the command's resolved tree, for the metadata
+
+    def __post_init__(self) -> None:
+        if isinstance(self.budget, TeacherSection):  # the tree's section: its budget alone is the identity
+            object.__setattr__(self, "budget", self.budget.budget())
 
     @classmethod
-    def from_profile(cls, dataset: str, arch: str, profile: str, seed: int = 0, data_root: str | None = None,
-                     **budget_overrides) -> TeacherConfig:
-        budget = get_profile(profile).teacher
-        if budget_overrides:
-            budget = replace(budget, **budget_overrides)
-        return cls(dataset=dataset, arch=arch, profile=profile, budget=budget, seed=seed, data_root=data_root)
+    def from_profile(cls, dataset: str, arch: str | None, profile: str | Config, seed: int = 0,
+                     data_root: str | None = None, **budget_overrides) -> TeacherConfig:
+        """The teacher of `profile` (a profile name, or a command's resolved tree): its `teacher` section, with
+        `arch` (None: the section's) and `budget_overrides` in place."""
+        tree = _profile_tree(profile)
+        budget = replace(tree.teacher.budget(), **budget_overrides)
+        return cls(dataset=dataset, arch=arch or tree.teacher.arch, profile=tree.name, budget=budget, seed=seed,
+                   data_root=data_root, settings=None if isinstance(profile, str) else tree.as_dict())
 
     @property
     def data(self) -> str:
@@ -63,14 +78,14 @@ class TeacherConfig:
         the profile's."""
         base = f"{self.dataset}-{self.arch}-{self.profile}".replace("/", "_").replace(":", "_")
         keyed = f"{base}-{self.data[:8]}"
-        if self.budget == get_profile(self.profile).teacher and self.seed == 0 and not self.model_kwargs:
+        if self.budget == _profile_tree(self.profile).teacher.budget() and self.seed == 0 and not self.model_kwargs:
             return keyed
         return f"{keyed}-{config_hash(self.as_dict())[:8]}"
 
     def as_dict(self) -> dict:
         """The identity (what the checkpoint hash and the metadata record): the fields but data_root, + data."""
         out = asdict(self)
-        del out["data_root"]
+        del out["data_root"], out["settings"]
         return {**out, "data": self.data}
 
 
@@ -240,6 +255,7 @@ def _finish(run: _TeacherRun, weights_path: Path, meta_path: Path, seconds: floa
         "history": run.history,
         "train_seconds_this_call": seconds,
         "device": str(run.device),
+        "settings": config.settings,
     }
     state = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
     atomic_save_safetensors(state, weights_path)

@@ -17,6 +17,7 @@ from condenser.condense import CondenseConfig, condense
 from condenser.data import synthetic
 from condenser.distributed import rank_dir, session
 from condenser.models import build_model
+from condenser.multisize import MultisizeConfig
 from condenser.relabel import RelabelConfig, relabel
 from condenser.resume import Interrupted
 from condenser.statmatch.objective import MatchConfig, StatMatchObjective
@@ -25,8 +26,8 @@ from condenser.statmatch.recover import CHECKPOINT_NAME as RECOVER_CHECKPOINT
 from condenser.statmatch.recover import RecoverConfig, recover
 
 # dm with a shared (not class-wise) MLS: the selection needs the all-reduced distances of every class.
-CONDENSE = CondenseConfig(method="dm", ipc=3, outer_loops=4, inner_loops=2, period=2, batch_real=4, n_data=16,
-                          width=8, depth=2, device="cpu", checkpoint_every=1, class_wise=False)
+CONDENSE = CondenseConfig(method="dm", ipc=3, outer_loops=4, inner_loops=2, multisize=MultisizeConfig(period=2),
+                          batch_real=4, width=8, depth=2, device="cpu", checkpoint_every=1)
 RECOVER = RecoverConfig(iterations=3, batch_images=5, match=MatchConfig(first_multiplier=1.0))  # 1 IPC index/chunk
 
 

@@ -14,6 +14,7 @@ from condenser.build import BuildConfig, build
 from condenser.data import ArrayDataError, from_arrays, load_dataset
 from condenser.data.holdout import HoldoutError
 from condenser.errors import CondenserError, UnknownNameError
+from condenser.profiles import get_profile
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 NAMES = ["cat", "dog", "bird"]
@@ -142,7 +143,7 @@ def test_build_takes_data_or_a_dataset_name_not_both(tmp_path):
     images, labels = arrays(4, seed=0)
     data = from_arrays(images, labels, NAMES, name="both")
     with pytest.raises(CondenserError, match="both name the data"):
-        build(BuildConfig(dataset="mnist", ipc=1, profile="smoke"), tmp_path / "x.mdc", data=data)
+        build(BuildConfig(dataset="mnist", ipc=1, settings=get_profile("smoke")), tmp_path / "x.mdc", data=data)
     with pytest.raises(CondenserError, match="data= takes condenser.data.from_arrays"):
-        build(BuildConfig(ipc=1, profile="smoke"), tmp_path / "x.mdc", data="mnist")
+        build(BuildConfig(ipc=1, settings=get_profile("smoke")), tmp_path / "x.mdc", data="mnist")
     assert not (tmp_path / "x.mdc").exists()

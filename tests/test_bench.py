@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import statistics
 
 import numpy as np
@@ -14,22 +15,32 @@ import formats
 from condenser.bench import BenchConfig, build_baseline, markdown_table, per_size_table, run_bench, summary
 from condenser.bench import cells as cells_module
 from condenser.bench.sets import random_sets, write_sized_sets
+from condenser.bench.stages import bench_command
 from condenser.build import BuildConfig
 from condenser.cli import app
-from condenser.cli.bench import parse_overrides
+from condenser.config import parse_item
 from condenser.data import denormalize_to_uint8
 from condenser.evaluate.sizes import evaluate_prefix
-from condenser.profiles import get_profile
+from condenser.profiles import get_profile, resolve
 
-TINY = {"outer_loops": 2, "inner_loops": 1, "period": 1, "n_data": 32, "batch_real": 8, "width": 8}
-TINY_EVAL = {"epochs": 1, "width": 8, "max_test": 200}
+TINY = {"condense.outer_loops": 2, "condense.inner_loops": 1, "condense.multisize.period": 1,
+        "condense.batch_real": 8, "condense.width": 8}
+TINY_EVAL = {"evaluate.epochs": 1, "evaluate.width": 8, "evaluate.max_test": 200}
+SMOKE = get_profile("smoke")
 
 
-def _bench(tmp_path, name="r", **kw) -> BenchConfig:
-    base = dict(ipc=2, profile="smoke", seeds=2, views=2, device="cpu", workers=1, out=str(tmp_path / name),
-                condense_overrides=TINY, eval_overrides=TINY_EVAL)
+def _bench(tmp_path, name="r", settings: dict | None = None, **kw) -> BenchConfig:
+    tree = resolve("smoke", bench=True).updated({**TINY, **TINY_EVAL, "evaluate.seeds": 2, "relabel.views": 2,
+                                                 **(settings or {})})
+    base = dict(ipc=2, settings=tree, device="cpu", workers=1, out=str(tmp_path / name))
     base.update(kw)
     return BenchConfig(**base)
+
+
+def _build(**kw) -> BuildConfig:
+    """A smoke build job with hard labels, no embedded trainer and the tiny condensation."""
+    return BuildConfig(**{"ipc": 2, "settings": SMOKE.updated({**TINY, "pack.embed_trainer": False}),
+                          "soft_labels": "none", "device": "cpu", **kw})
 
 
 class CountingEval:
@@ -56,6 +67,9 @@ def test_bench_writes_json_markdown_png_whose_numbers_agree(tmp_path, monkeypatc
     assert data["complete"] and data["sizes"] == [1, 2] and data["seeds"] == [0, 1]
     assert data["methods"] == ["A", "B", "C", "mdc", "random"] and data["labels"] == ["hard", "soft"]
     assert data["budgets"]["evaluate"]["epochs"] == 1 and data["budgets"]["condense_config"]["outer_loops"] == 2
+    ran = _bench(tmp_path).build_config().settings  # the resolved tree, as every method ran it
+    assert data["settings"] == json.loads(json.dumps(ran.as_dict()))
+    assert data["settings"]["name"] == "smoke" and data["settings"]["pack"]["embed_trainer"] is False
     for m in data["methods"]:
         for lab in data["labels"]:
             row = data["table"][m][lab]
@@ -136,16 +150,17 @@ def test_killed_bench_resumes_from_its_cache(tmp_path, monkeypatch):
 
 
 def test_a_changed_budget_invalidates_cells(tmp_path, monkeypatch):
-    cfg = _bench(tmp_path, methods=("random",), labels=("hard",), seeds=1)
+    cfg = _bench(tmp_path, settings={"evaluate.seeds": 1}, methods=("random",), labels=("hard",))
     run_bench(cfg, log=lambda _: None, progress=False)
     counter = CountingEval(monkeypatch)
-    run_bench(_bench(tmp_path, methods=("random",), labels=("hard",), seeds=1, eval_overrides=TINY_EVAL | {"lr": 0.02}),
+    run_bench(_bench(tmp_path, settings={"evaluate.seeds": 1, "evaluate.lr": 0.02}, methods=("random",),
+                     labels=("hard",)),
               log=lambda _: None, progress=False)
     assert counter.calls == 2  # every cell again: its key includes the evaluation budget
 
 
 def test_worker_processes_give_the_same_cells(tmp_path):
-    kw = dict(methods=("random",), labels=("hard",), seeds=1)
+    kw = dict(settings={"evaluate.seeds": 1}, methods=("random",), labels=("hard",))
     one = run_bench(_bench(tmp_path, "one", **kw), log=lambda _: None, progress=False)
     two = run_bench(_bench(tmp_path, "two", workers=2, **kw), log=lambda _: None, progress=False)
     assert two.computed_cells == 2 and len(list((tmp_path / "two" / "cells").rglob("*.json"))) == 2
@@ -153,9 +168,9 @@ def test_worker_processes_give_the_same_cells(tmp_path):
 
 
 def test_show_writes_the_grid_of_denormalised_images(tmp_path, fmnist_train):
-    cfg = BuildConfig(ipc=3, profile="smoke", soft_labels="none", embed_trainer=False, device="cpu")
+    cfg = _build(ipc=3)
     sets = random_sets(fmnist_train, 3, seed=1)
-    files = write_sized_sets(sets, tmp_path / "rand.mdc", cfg, get_profile("smoke"), fmnist_train, None)
+    files = write_sized_sets(sets, tmp_path / "rand.mdc", cfg, cfg.settings, fmnist_train, None)
     result = CliRunner().invoke(app, ["show", str(files.paths[3]), "--out", str(tmp_path / "g.png"),
                                       "--scale", "2", "--pad", "1", "--no-labels"])
     assert result.exit_code == 0, result.output
@@ -182,7 +197,8 @@ def test_baseline_c_cli_writes_a_valid_nested_file_that_eval_reads(tmp_path):
         assert two.views.targets.shape == (20, 2, 10)
         prov = reader.header["provenance"]
         assert prov["method"] == "C" and prov["nested"] and len(prov["runs"]) == 1
-        assert prov["runs"][0]["condense"]["multisize"] is False
+        assert prov["runs"][0]["condense"]["multisize"]["enabled"] is False
+        assert prov["settings"]["name"] == "smoke" and prov["build"]["ipc"] == 2
     result = CliRunner().invoke(app, ["eval", str(out), "--profile", "smoke", "--epochs", "1", "--seeds", "2",
                                       "--labels", "hard,soft", "--device", "cpu"])
     assert result.exit_code == 0, result.output
@@ -194,8 +210,7 @@ def test_baseline_c_cli_writes_a_valid_nested_file_that_eval_reads(tmp_path):
 
 
 def test_baseline_a_is_one_file_per_size_and_b_c_reuse_its_equal_runs(tmp_path):
-    cfg = BuildConfig(ipc=2, profile="smoke", soft_labels="none", embed_trainer=False, device="cpu",
-                      condense_overrides=TINY)
+    cfg = _build()
     a = build_baseline("A", cfg, tmp_path / "A", log=lambda _: None, progress=False)
     assert {n: p.name for n, p in a.paths.items()} == {1: "ipc-1.mdc", 2: "ipc-2.mdc"}
     for n, path in a.paths.items():
@@ -215,11 +230,14 @@ def test_baseline_a_is_one_file_per_size_and_b_c_reuse_its_equal_runs(tmp_path):
         build_baseline("D", cfg, tmp_path / "d.mdc", log=lambda _: None)
 
 
-def test_bench_overrides_parse():
-    assert parse_overrides(["condense.outer_loops=2", "eval.max_test=500", "condense.method=dm"]) == {
-        "condense_overrides": {"outer_loops": 2, "method": "dm"}, "eval_overrides": {"max_test": 500}}
-    with pytest.raises(Exception, match="bad override"):
-        parse_overrides(["outer_loops=2"])
+def test_the_bench_command_line_reproduces_the_settings(tmp_path):
+    cfg = _bench(tmp_path, settings={"method.dm.lr": 0.5, "quick.sizes": [1, 3]}, methods=("C", "mdc"))
+    args = shlex.split(bench_command(cfg))
+    assert args[:8] == ["condenser", "bench", "--dataset", "fashion-mnist", "--ipc", "2", "--profile", "smoke"]
+    assert "--methods" in args and "C,mdc" in args
+    items = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    assert dict(parse_item(i) for i in items)["method.dm.lr"] == 0.5
+    assert resolve("smoke", items=items, bench=True) == cfg.settings
 
 
 def test_baseline_runs_in_parallel_processes_equal_the_serial_runs(tmp_path):
@@ -228,9 +246,8 @@ def test_baseline_runs_in_parallel_processes_equal_the_serial_runs(tmp_path):
     from condenser.bench.sets import method_sets
     from condenser.data import load_dataset
 
-    cfg = BuildConfig(ipc=2, profile="smoke", soft_labels="none", embed_trainer=False, device="cpu",
-                      condense_overrides=TINY)
-    profile, train = get_profile("smoke"), load_dataset("fashion-mnist", "train")
+    cfg = _build()
+    profile, train = cfg.settings, load_dataset("fashion-mnist", "train")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers' thread count: same reductions, same bits
     try:

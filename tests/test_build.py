@@ -10,15 +10,16 @@ from typer.testing import CliRunner
 import formats
 from condenser.build import BuildConfig, build
 from condenser.cli import app
+from condenser.profiles import get_profile
 from condenser.resume import Interrupted
 
-TINY = {"outer_loops": 4, "inner_loops": 1, "period": 2, "n_data": 32, "batch_real": 8, "width": 8}
+TINY = {"condense.outer_loops": 4, "condense.inner_loops": 1, "condense.multisize.period": 2, "condense.batch_real": 8,
+        "condense.width": 8, "relabel.views": 2, "pack.embed_trainer": False}
 
 
-def _config(**kw) -> BuildConfig:
-    base = dict(ipc=3, profile="smoke", views=2, embed_trainer=False, device="cpu", condense_overrides=TINY)
-    base.update(kw)
-    return BuildConfig(**base)
+def _config(settings: dict | None = None, **kw) -> BuildConfig:
+    tree = get_profile("smoke").updated({**TINY, **(settings or {})})
+    return BuildConfig(**{"ipc": 3, "settings": tree, "device": "cpu", **kw})
 
 
 def test_build_writes_a_nested_file_whose_prefixes_load(tmp_path):
@@ -42,7 +43,7 @@ def test_interrupted_build_resumes_to_the_same_images(tmp_path, monkeypatch):
     straight = build(_config(seed=1), tmp_path / "a.mdc", log=lambda _: None)
     monkeypatch.setenv("MULTISIZE_CACHE", str(tmp_path / "cache-resumed"))
     with pytest.raises(Interrupted):
-        build(_config(seed=1, condense_overrides=TINY | {"period": 1}), tmp_path / "x.mdc", log=lambda _: None,
+        build(_config({"condense.multisize.period": 1}, seed=1), tmp_path / "x.mdc", log=lambda _: None,
               stop_after=1)
     # A different config is a different run directory: the interrupted run above must not leak into this one.
     with pytest.raises(Interrupted, match="2 of 4 outer loops"):
@@ -156,9 +157,9 @@ def test_exporter_digest_covers_the_runtime_modules_the_graphs_come_from(tmp_pat
     assert exporter_digest() != digest
 
 
-def test_the_embedded_trainer_has_the_profiles_evaluation_width(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("settings", "width"), [({}, 16), ({"evaluate.width": 24}, 24)])
+def test_the_embedded_trainer_has_the_resolved_evaluation_width(tmp_path, monkeypatch, settings, width):
     import condenser.build as build_module
-    from condenser.profiles import get_profile
 
     exported: list[dict] = []
 
@@ -171,6 +172,18 @@ def test_the_embedded_trainer_has_the_profiles_evaluation_width(tmp_path, monkey
 
     monkeypatch.setattr(build_module, "trainer_bundle_bytes", fake_bundle)
     with pytest.raises(Exported):
-        build(_config(embed_trainer=True), tmp_path / "f.mdc", log=lambda _: None)
-    assert exported == [{"batch_size": 64, "width": get_profile("smoke").evaluate.width}]
+        build(_config({"pack.embed_trainer": True, **settings}), tmp_path / "f.mdc", log=lambda _: None)
+    assert exported == [{"batch_size": 64, "width": width}]
     assert get_profile("smoke").evaluate.width == 16
+
+
+def test_the_file_records_the_resolved_tree_and_the_job(tmp_path):
+    cfg = _config({"relabel.temperature": 2.0}, soft_labels="none", seed=3)
+    out = build(cfg, tmp_path / "f.mdc", log=lambda _: None)
+    with formats.open_mdc(out.path) as reader:
+        prov = reader.header["provenance"]
+    assert prov["settings"] == json.loads(json.dumps(cfg.settings.as_dict()))
+    assert prov["settings"]["name"] == "smoke" and prov["settings"]["relabel"]["temperature"] == 2.0
+    assert prov["settings"]["condense"]["outer_loops"] == 4 and "ipc" not in prov["settings"]["condense"]
+    assert prov["build"]["seed"] == 3 and prov["build"]["ipc"] == 3 and prov["build"]["profile"] == "smoke"
+    assert prov["condense"]["ipc"] == 3 and prov["condense"]["multisize"]["period"] == 2

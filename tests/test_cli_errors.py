@@ -56,19 +56,30 @@ def ipc10(tmp_path: Path) -> Path:
     (["--ipc", "0"], ["--ipc", "greater than or equal to 1"]),
     (["--codec", "topk-u9"], ["unknown soft-label codec 'topk-u9'", "topk-u8"]),
     (["--pixels", "int8"], ["unknown pixel encoding 'int8'", "uint8"]),
-    (["--method", "gmm"], ["unknown build method 'gmm'", "dm"]),
-    (["--freeze", "always"], ["unknown freeze rule 'always'", "paper"]),
+    (["--method", "gmm"], ["method (--method): unknown method 'gmm'", "dm, gm, gvbsm, sre2l, teddy"]),
+    (["--freeze", "always"], ["(--freeze)", "unknown freeze rule 'always'", "paper"]),
     (["--soft-labels", "yes"], ["use teacher"]),
     (["--views", "0"], ["--views"]),
-    (["--set", "iterations"], ["--set expects KEY=VALUE"]),
-    (["--condense", "loops=2"], ["--condense: unknown settings ['loops']"]),
-    (["--condense", "outer_loops=0"], ["outer_loops must be >= 1"]),
-    (["--method", "sre2l", "--set", "nosuch=1"], ["nosuch"]),
+    (["--set", "relabel.views=0"], ["relabel.views must be >= 1, got 0"]),
+    (["--set", "iterations"], ["--set expects section.field=VALUE"]),
+    (["--set", "condense.loops=2"], ["unknown setting 'condense.loops' (--set)", "inner_loops, lr_img"]),
+    (["--set", "condense.outer_loops=0"], ["condense (--set): outer_loops must be >= 1"]),
+    (["--set", "condense.outer_loops=2.5"], ["condense.outer_loops = 2.5 (--set): expected int"]),
+    (["--set", "evaluat.epochs=2"], ["unknown section 'evaluat'", "evaluate"]),
+    (["--set", "condense.ipc=3"], ["condense.ipc (--set) is not a setting: --ipc gives it"]),
+    (["--views", "3", "--set", "relabel.views=4"], ["relabel.views is given twice, by --views and by --set"]),
+    (["--method", "sre2l", "--set", "method.sre2l.nosuch=1"], ["'method.sre2l.nosuch'", "recover"]),
+    (["--set", "method.sre2l.recover.seed=1"], ["method.sre2l.recover.seed (--set) is not a setting: --seed"]),
+    (["--config", "{tmp}/none.toml"], ["--config", "does not exist"]),
+    (["--config", "{tmp}/bad.toml"], ["--config", "bad.toml: not valid TOML"]),
+    (["--config", "{tmp}/typo.yaml"], ["unknown setting 'pack.codek' (--config", "typo.yaml)", "codec"]),
     (["--device", "gpu"], ["unknown device 'gpu'", "cuda"]),
     (["--dataset", "fmnist"], ["unknown dataset 'fmnist'", "fashion-mnist"]),
 ])
 def test_bad_build_options_fail_before_the_teacher_trains(extra: list[str], needles: list[str], tmp_path: Path):
-    fails([*BUILD, "--out", str(tmp_path / "x.mdc"), *extra], *needles)
+    (tmp_path / "bad.toml").write_text("[condense\nouter_loops = 2\n")
+    (tmp_path / "typo.yaml").write_text("pack:\n  codek: dense-f16\n")
+    fails([*BUILD, "--out", str(tmp_path / "x.mdc"), *[e.format(tmp=tmp_path) for e in extra]], *needles)
     assert nothing_trained()
 
 
@@ -127,7 +138,7 @@ def test_a_stale_teacher_checkpoint_says_what_to_delete():
     from condenser.checkpoint import atomic_torch_save
     from condenser.teacher import TeacherConfig, teacher_paths
 
-    _, _, checkpoint = teacher_paths(TeacherConfig.from_profile(DATASET, "convnet", "smoke"))
+    _, _, checkpoint = teacher_paths(TeacherConfig.from_profile(DATASET, None, "smoke"))
     atomic_torch_save({"config_hash": "from another run"}, checkpoint)
     fails(["teacher", "--profile", "smoke", "--dataset", DATASET, "--device", "cpu"],
           str(checkpoint), "different teacher configuration", "delete it")
@@ -145,7 +156,9 @@ def test_teacher_points_to_a_models_command_that_exists():
     (["--sizes", "ten"], ["cannot parse size 'ten'"]),
     (["--labels", "soft,both"], ["use hard, soft or hard,soft"]),
     (["--seeds", "0"], ["--seeds"]),
-    (["--loss", "mse"], ["unknown student loss 'mse'", "soft_ce"]),
+    (["--loss", "mse"], ["unknown student loss 'mse' (quick.evaluate.loss)", "soft_ce"]),
+    (["--protocol", "pinned", "--set", "evaluate.loss=mse"], ["unknown student loss 'mse' (evaluate.loss)"]),
+    (["--set", "quick.sizes=[0]"], ["quick (--set): sizes must be a non-empty list of sizes >= 1"]),
     (["--profile", "smok"], ["unknown profile 'smok'"]),
     (["--device", "gpu"], ["unknown device 'gpu'"]),
 ])
@@ -195,8 +208,10 @@ def test_show_rejects_a_truncated_file(ipc10: Path, tmp_path: Path):
 
 
 @pytest.mark.parametrize(("extra", "needles"), [
-    (["--set", "eval.nosuch=1"], ["eval.nosuch", "epochs"]),
-    (["--set", "model=1"], ["condense.FIELD=VALUE"]),
+    (["--set", "eval.nosuch=1"], ["unknown section 'eval'", "evaluate"]),
+    (["--set", "evaluate.nosuch=1"], ["'evaluate.nosuch'", "epochs"]),
+    (["--set", "model=1"], ["unknown section 'model'"]),
+    (["--seeds", "2", "--set", "evaluate.seeds=3"], ["evaluate.seeds is given twice, by --seeds"]),
     (["--methods", "A,Z"], ["unknown bench methods ['Z']"]),
     (["--epochs", "0"], ["--epochs"]),
 ])

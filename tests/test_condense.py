@@ -10,10 +10,12 @@ from condenser.data import synthetic
 from condenser.errors import CheckpointError
 from condenser.methods import MethodConfigError, build_method, init_synthetic
 from condenser.models import build_model
+from condenser.multisize import MultisizeConfig
 from condenser.resume import Interrupted
 
-TINY = dict(ipc=3, outer_loops=4, inner_loops=2, period=2, batch_real=4, n_data=16, width=8, depth=2,
-            device="cpu")
+TINY = dict(ipc=3, outer_loops=4, inner_loops=2, multisize=MultisizeConfig(period=2), batch_real=4, width=8,
+            depth=2, device="cpu")
+GM_SETTINGS = {"gm": {"n_data": 16}, "dm": {}}  # gm trains its network on 16 real images per inner step
 
 
 @pytest.fixture(autouse=True)
@@ -75,7 +77,7 @@ def test_factor_two_decodes_four_samples_per_stored_image(tiny_set):
 @pytest.mark.parametrize("method", ["gm", "dm"])
 @pytest.mark.parametrize("how", ["stop_after", "exception"])
 def test_resume_equals_uninterrupted(tmp_path, tiny_set, method, how):
-    cfg = CondenseConfig(method=method, checkpoint_every=1, **TINY)
+    cfg = CondenseConfig(method=method, checkpoint_every=1, method_settings=GM_SETTINGS[method], **TINY)
     whole = condense(cfg, tiny_set, progress=False)
 
     run = tmp_path / "run"
@@ -115,6 +117,8 @@ def test_config_errors_are_typed(tiny_set):
         CondenseConfig(method="nope")
     with pytest.raises(CondenseConfigError):
         CondenseConfig(ipc=0)
+    with pytest.raises(CondenseConfigError, match="checkpoint_every must be >= 1"):
+        CondenseConfig(checkpoint_every=0)
     with pytest.raises(MethodConfigError):
         condense(CondenseConfig(method="dm", method_settings={"bogus": 1}, **TINY), tiny_set, progress=False)
     with pytest.raises(MethodConfigError):  # 16 images per class cannot initialise 5 * 2 * 2
@@ -192,7 +196,8 @@ def test_baselines_sizes_and_nesting(tmp_path, tiny_set):
 
 
 def test_class_wise_mls_with_code_freezing_runs(tiny_set):
-    cfg = CondenseConfig(method="dm", class_wise=True, freeze="code", **{**TINY, "period": 1})
+    multisize = MultisizeConfig(period=1, class_wise=True, freeze="code")
+    cfg = CondenseConfig(method="dm", **{**TINY, "multisize": multisize})
     res = condense(cfg, tiny_set, progress=False)
     assert len(res.mls_history) == 4
     assert all(len(h["selected"]) == 3 and len(h["distances"]) == 3 for h in res.mls_history)

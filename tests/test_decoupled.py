@@ -12,13 +12,17 @@ from typer.testing import CliRunner
 
 import formats
 from condenser.cli import app
+from condenser.config import ConfigError
 from condenser.errors import CheckpointError
 from condenser.evaluate.losses import STUDENT_LOSSES, mse_gt
 from condenser.models import build_model
+from condenser.profiles import get_profile
 from condenser.relabel import RelabelConfig, relabel, teacher_probabilities
 from condenser.resume import Interrupted
 from condenser.statmatch import (
     SAMPLERS,
+    MatchConfig,
+    RecoverAugConfig,
     StatMatchObjective,
     cached_conv_stats,
     herding_order,
@@ -40,7 +44,7 @@ METHOD_SETTINGS = {
     # an instance-norm convnet (conv statistics only, like G-VBSM's CW128) next to a BN network
     "gvbsm": {**SMALL, "backbones": ["convnet", "resnet-ap10"],
               "backbone_kwargs": {"convnet": {"width": 8}, "resnet-ap10": {"width": 4, "norm": "batch"}},
-              "stat_images": 128, "dd_weight": 1.0, "dd_normalize": True},
+              "stat_images": 128, "recover": {"match": {"dd_weight": 1.0, "dd_normalize": True}}},
 }
 
 
@@ -61,8 +65,8 @@ def pools(small_train, tmp_path_factory):
             ctx = PoolContext("fashion-mnist", "smoke", small_train, device="cpu", log=lambda _: None)
             pool = build_pool(ctx, s)
             stats = None
-            if s.conv_weight > 0:
-                stats = [cached_conv_stats(m.model, small_train, m.arch, s.patch, s.stat_images)[0]
+            if s.recover.match.conv_weight > 0:
+                stats = [cached_conv_stats(m.model, small_train, m.arch, s.recover.match.patch, s.stat_images)[0]
                          for m in pool.members]
             out[method] = (s, pool, stats)
     return out
@@ -119,7 +123,7 @@ def test_conv_statistics_cache_round_trips(small_train, monkeypatch, tmp_path):
 @pytest.mark.parametrize("method", ["sre2l", "gvbsm", "teddy"])
 def test_each_method_lowers_its_matching_loss(method, pools, small_train):
     s, pool, stats = pools[method]
-    cfg = s.recover_config(iterations=30, seed=0)
+    cfg = dataclasses.replace(s.recover_config(seed=0), iterations=30)
     # Measure on the plain images with every teacher, no EMA, no drop: a fixed yardstick.
     probe = StatMatchObjective(pool, dataclasses.replace(cfg.match, ema=0.0, conv_drop=0.0), stats)
     labels = torch.arange(10).repeat(2)
@@ -188,7 +192,7 @@ def test_herding_puts_the_most_typical_image_first():
 
 def test_recover_resumes_to_the_same_images(pools, small_train, tmp_path):
     s, pool, stats = pools["sre2l"]
-    cfg = dataclasses.replace(s.recover_config(iterations=5, seed=3), batch_images=10)  # one IPC index per chunk
+    cfg = dataclasses.replace(s.recover_config(seed=3), iterations=5, batch_images=10)  # one IPC index per chunk
     straight = recover(StatMatchObjective(pool, cfg.match, stats), small_train, 2, cfg, torch.device("cpu"))
     with pytest.raises(Interrupted, match="1 of 2 IPC indices"):
         recover(StatMatchObjective(pool, cfg.match, stats), small_train, 2, cfg, torch.device("cpu"),
@@ -217,8 +221,9 @@ def test_tiny_imagenet_shaped_build_loads(tmp_path):
     out = tmp_path / "tiny.mdc"
     args = ["build", "--dataset", "synthetic:200:3x64x64:3", "--method", "teddy", "--ipc", "2", "--profile", "smoke",
             "--views", "2", "--no-embed-trainer", "--device", "cpu", "--out", str(out),
-            "--set", "iterations=2", "--set", 'teacher_kwargs={"norm": "batch", "width": 8}',
-            "--set", "teacher_epochs=2", "--set", "teacher_max_train=200", "--set", "herding_real=2"]
+            "--set", "method.teddy.recover.iterations=2", "--set", 'method.teddy.teacher_kwargs={"norm": "batch", '
+            '"width": 8}', "--set", "method.teddy.teacher_epochs=2", "--set", "method.teddy.teacher_max_train=200",
+            "--set", "method.teddy.herding_real=2"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     with formats.open_mdc(out) as reader:
@@ -234,10 +239,11 @@ def test_tiny_imagenet_shaped_build_loads(tmp_path):
 def test_joint_schedule_applies_the_multisize_subset_loss_and_evaluates_with_mse_gt(tmp_path):
     from condenser.build import BuildConfig, build
 
-    cfg = BuildConfig(dataset="synthetic:10:1x16x16:8", ipc=3, profile="smoke", method="sre2l", views=2,
-                      embed_trainer=False, device="cpu",
-                      method_settings={"schedule": "joint", **SMALL},
-                      condense_overrides={"outer_loops": 4, "inner_loops": 1, "period": 2, "batch_real": 4})
+    settings = get_profile("smoke").updated({
+        "method": {"name": "sre2l", "sre2l": {"schedule": "joint", **SMALL}}, "relabel.views": 2,
+        "pack.embed_trainer": False, "condense": {"outer_loops": 4, "inner_loops": 1, "multisize": {"period": 2},
+                                                  "batch_real": 4}})
+    cfg = BuildConfig(dataset="synthetic:10:1x16x16:8", ipc=3, settings=settings, device="cpu")
     out = build(cfg, tmp_path / "joint.mdc", log=lambda _: None)
     with formats.open_mdc(out.path) as reader:
         prov = reader.header["provenance"]
@@ -255,12 +261,19 @@ def test_joint_schedule_applies_the_multisize_subset_loss_and_evaluates_with_mse
 
 def test_the_three_methods_are_presets_of_one_engine():
     sre2l = settings_for("sre2l")
-    gvbsm_off = settings_for("gvbsm", pool="single", sampling="all", bn_weight=1.0, conv_weight=0.0, ema=0.0,
-                             conv_drop=0.0, lr=0.1, teacher_max_train=None)
-    teddy_single = settings_for("teddy", pool="single", sampling="all", k=1, weight_decay=0.0)
+    gvbsm_off = settings_for("gvbsm", pool="single", sampling="all", teacher_max_train=None,
+                             recover={"lr": 0.1, "match": {"bn_weight": 1.0, "conv_weight": 0.0, "ema": 0.0,
+                                                           "conv_drop": 0.0}})
+    teddy_single = settings_for("teddy", pool="single", sampling="all", k=1, recover={"weight_decay": 0.0})
     assert sre2l == gvbsm_off == teddy_single
-    with pytest.raises(Exception, match="unknown settings"):
+    # the loss and augmentation are the recover loop's own dataclasses, nested (not copied)
+    assert isinstance(sre2l.recover.match, MatchConfig) and isinstance(sre2l.recover.aug, RecoverAugConfig)
+    assert settings_for("gvbsm").recover.match.bn_weight == 0.01
+    assert get_profile("cpu").method.gvbsm.recover.iterations == 500
+    with pytest.raises(ConfigError, match="unknown setting 'method.sre2l.iterationz'"):
         settings_for("sre2l", iterationz=3)
+    with pytest.raises(ConfigError, match="method.sre2l.recover.match.ema = 'high' .*: expected float"):
+        settings_for("sre2l", recover={"match": {"ema": "high"}})
 
 
 def test_sds_ema_reports_the_running_average_but_matches_plain_distances_at_first():

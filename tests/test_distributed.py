@@ -28,9 +28,12 @@ REPO = Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT = 420  # seconds; a loaded 2-core machine starts 2-3 interpreters slowly
 
 # The build of the torchrun test: gm (its network trains on real batches of all classes) with class-wise MLS.
-CONDENSE = {"width": 8, "outer_loops": 2, "inner_loops": 1, "period": 1, "n_data": 32, "batch_real": 8}
-BUILD = dict(dataset="synthetic", ipc=2, profile="smoke", method="gm", class_wise=True, views=2, pixels="float32",
-             embed_trainer=False, device="cpu", amp=False, condense_overrides=CONDENSE)
+CONDENSE = {"condense.width": 8, "condense.outer_loops": 2, "condense.inner_loops": 1, "condense.multisize.period": 1,
+            "method.gm.n_data": 32, "condense.batch_real": 8}
+SETTINGS = get_profile("smoke").updated({**CONDENSE, "method.name": "gm", "condense.multisize.class_wise": True,
+                                         "relabel.views": 2, "pack.pixels": "float32", "pack.embed_trainer": False,
+                                         "condense.amp": False})
+BUILD = dict(dataset="synthetic", ipc=2, settings=SETTINGS, device="cpu")
 
 
 def _free_port() -> int:
@@ -95,7 +98,7 @@ def test_torchrun_build_equals_a_single_process_build(tmp_path, monkeypatch):
             "--method", "gm", "--class-wise", "--views", "2", "--pixels", "float32", "--no-embed-trainer",
             "--device", "cpu", "--no-amp", "--teacher", str(teacher), "--out", str(tmp_path / "two.mdc")]
     for key, value in CONDENSE.items():
-        args += ["--condense", f"{key}={value}"]
+        args += ["--set", f"{key}={value}"]
     proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=LAUNCH_TIMEOUT, env=_env(MULTISIZE_CACHE=str(cache2)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -113,7 +116,7 @@ def test_torchrun_build_equals_a_single_process_build(tmp_path, monkeypatch):
         assert b.header["provenance"]["distributed"]["world_size"] == 2
         assert b.header["provenance"]["distributed"]["backend"] == "gloo"
     # one checkpoint directory per rank, keyed by the world size
-    ccfg = BuildConfig(**BUILD).condense_config(get_profile("smoke"))
+    ccfg = BuildConfig(**BUILD).condense_config()
     monkeypatch.setenv("MULTISIZE_CACHE", str(cache2))
     run = run_dir_for(ccfg, "synthetic")
     assert sorted(p.name for p in (run / "world-2").iterdir()) == ["rank-0", "rank-1"]
@@ -149,7 +152,7 @@ def test_a_failing_rank_ends_the_job_with_a_clear_error(tmp_path, monkeypatch):
     """Rank 1 cannot read its checkpoint and exits; rank 0, waiting in the next collective, must end with a
     DistributedError (no torchrun agent here to stop it) well within the timeout instead of hanging."""
     monkeypatch.setenv("MULTISIZE_CACHE", str(tmp_path / "cache"))
-    ccfg = BuildConfig(**BUILD).condense_config(get_profile("smoke"))
+    ccfg = BuildConfig(**BUILD).condense_config()
     bad = rank_dir(run_dir_for(ccfg, "synthetic"), DistContext(rank=1, world_size=2)) / "condense.pt"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not a checkpoint")
@@ -157,7 +160,7 @@ def test_a_failing_rank_ends_the_job_with_a_clear_error(tmp_path, monkeypatch):
             "--class-wise", "--soft-labels", "none", "--no-embed-trainer", "--device", "cpu", "--no-amp",
             "--dist-timeout", "120", "--out", str(tmp_path / "never.mdc")]
     for key, value in CONDENSE.items():
-        args += ["--condense", f"{key}={value}"]
+        args += ["--set", f"{key}={value}"]
     t0 = time.monotonic()
     rank0, rank1 = _ranks(args, world=2)
     assert rank0.returncode != 0 and rank1.returncode != 0

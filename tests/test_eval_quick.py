@@ -28,7 +28,8 @@ SMOKE = get_profile("smoke")
 
 
 def _build(tmp_path: Path, **kw) -> Path:
-    cfg = BuildConfig(dataset=DATASET, ipc=2, profile="smoke", embed_trainer=False, device="cpu", **kw)
+    cfg = BuildConfig(dataset=DATASET, ipc=2, settings=SMOKE.updated({"pack.embed_trainer": False}), device="cpu",
+                      **kw)
     return build(cfg, tmp_path / "s.mdc", log=lambda _: None).path
 
 
@@ -53,6 +54,17 @@ def test_quick_eval_puts_the_control_next_to_every_size_and_states_its_budget(tm
     assert data["budget"] == ("quick protocol (smoke profile): 2 epochs, all 12 test images, 2 seeds, soft labels, "
                               "last-epoch accuracy")
     assert " ".join(out.split()).count(" ".join(data["budget"].split())) == 1  # printed under the table
+    assert data["settings"] == json.loads(json.dumps(SMOKE.as_dict()))  # the resolved tree
+
+
+def test_eval_flags_and_set_write_the_section_the_protocol_trains_with(tmp_path):
+    path = _build(tmp_path)
+    quick, _ = _eval(path, "--sizes", "1", "--no-control", "--epochs", "1", "--set", "quick.evaluate.seeds=1")
+    assert quick["protocol"]["epochs"] == 1 and quick["protocol"]["seeds"] == 1
+    assert quick["settings"]["quick"]["evaluate"]["epochs"] == 1 and quick["settings"]["evaluate"]["epochs"] == 4
+    pinned, _ = _eval(path, "--sizes", "1", "--no-control", "--protocol", "pinned", "--labels", "hard", "--set",
+                      "evaluate.epochs=1", "--seeds", "1")
+    assert pinned["protocol"]["epochs"] == 1 and pinned["settings"]["evaluate"]["seeds"] == 1
 
 
 def test_the_control_is_real_images_labelled_by_the_files_teacher_with_its_views(tmp_path):

@@ -14,10 +14,12 @@ import torch
 import formats
 from condenser.build import BuildConfig, build
 from condenser.methods.formation import decode
+from condenser.profiles import get_profile
 from formats.formation import to_decoded_order
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"outer_loops": 2, "inner_loops": 1, "period": 1, "n_data": 16, "batch_real": 8, "width": 8, "factor": 2}
+TINY = {"condense.outer_loops": 2, "condense.inner_loops": 1, "condense.multisize.period": 1, "condense.batch_real": 8,
+        "condense.width": 8, "condense.factor": 2, "relabel.views": 2}
 DEVICE = """
     import sys
     sys.modules["torch"] = None  # any torch import fails outright
@@ -34,7 +36,7 @@ DEVICE = """
 
 
 def test_factor_two_smoke_build_trains_on_the_device_without_torch(tmp_path: Path) -> None:
-    cfg = BuildConfig(ipc=2, profile="smoke", views=2, device="cpu", condense_overrides=TINY)
+    cfg = BuildConfig(ipc=2, settings=get_profile("smoke").updated(TINY), device="cpu")
     out = build(cfg, tmp_path / "f2.mdc", log=lambda _: None)
     assert out.result.factor == 2
     with formats.open_mdc(out.path) as reader:

@@ -136,8 +136,8 @@ def test_gm_vmap_target_leaves_the_real_features_to_observe():
 def test_fixed_seed_gm_condensation_ends_with_the_old_paths_images(monkeypatch):
     """Multisize gm over measuring and subset loops: the same images and MLS history as before."""
     data = synthetic(num_classes=K, image_shape=(1, 8, 8), per_class=16)
-    cfg = CondenseConfig(method="gm", ipc=IPC, outer_loops=4, inner_loops=2, period=2, batch_real=4, n_data=16,
-                         width=8, depth=2, device="cpu")
+    cfg = CondenseConfig(method="gm", ipc=IPC, outer_loops=4, inner_loops=2, multisize=MultisizeConfig(period=2),
+                         batch_real=4, method_settings={"n_data": 16}, width=8, depth=2, device="cpu")
     new = condense(cfg, data, progress=False)
     monkeypatch.delattr(GradientMatching, "match_prefix")  # the masked subset term ...
     monkeypatch.delattr(GradientMatching, "real_feature_mean")  # ... and observe's own real forward

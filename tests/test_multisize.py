@@ -179,8 +179,8 @@ def test_condense_keeps_frozen_images_bit_identical(monkeypatch):
     script = iter([[1], [2], [3], [3], [3], [3]])
     monkeypatch.setattr(ms, "select_mls", lambda cur, ref: next(script))
     ds = synthetic(num_classes=3, image_shape=(1, 8, 8), per_class=12)
-    cfg = CondenseConfig(method="dm", ipc=4, outer_loops=5, inner_loops=2, period=1, batch_real=4, width=8,
-                         depth=2, device="cpu", lr_img=5.0)
+    cfg = CondenseConfig(method="dm", ipc=4, outer_loops=5, inner_loops=2, multisize=MultisizeConfig(period=1),
+                         batch_real=4, width=8, depth=2, device="cpu", lr_img=5.0)
     snaps: list[tuple[torch.Tensor, list[int]]] = []
     condense(cfg, ds, progress=False,
              on_outer_loop=lambda t, info: snaps.append((info["images"].clone(), info["frozen"])))

@@ -26,7 +26,8 @@ from condenser.teacher import TeacherConfig
 from formats.testing import make_data
 
 CLASSES = ("bird", "cat", "dog")
-TINY = {"outer_loops": 4, "inner_loops": 1, "period": 2, "n_data": 32, "batch_real": 8, "width": 8}
+TINY = {"condense.outer_loops": 4, "condense.inner_loops": 1, "condense.multisize.period": 2, "condense.batch_real": 8,
+        "condense.width": 8}
 
 
 @pytest.fixture(autouse=True)
@@ -120,8 +121,8 @@ def test_fingerprints_follow_the_content_not_the_name(tmp_path):
 
 
 def _folder_build(root: Path, out: Path) -> dict:
-    cfg = BuildConfig(dataset=f"imagefolder:{root}", ipc=2, profile="smoke", views=2, embed_trainer=False,
-                      device="cpu", condense_overrides=TINY)
+    settings = get_profile("smoke").updated({**TINY, "relabel.views": 2, "pack.embed_trainer": False})
+    cfg = BuildConfig(dataset=f"imagefolder:{root}", ipc=2, settings=settings, device="cpu")
     build(cfg, out, log=lambda _: None)
     with formats.open_mdc(out) as reader:
         return reader.header["provenance"]

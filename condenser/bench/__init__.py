@@ -20,12 +20,12 @@ seconds measured on the 2-core dev machine (ConvNet-D3 width 128, 28x28):
 """
 
 from condenser.bench.cells import Cell, CellCache
-from condenser.bench.config import METHODS, BenchConfig, bench_profile
+from condenser.bench.config import METHODS, BenchConfig
 from condenser.bench.report import markdown_table, per_size_table, summary, write_report
 from condenser.bench.sets import MethodFiles, build_baseline, method_sets, write_sized_sets
 from condenser.bench.stages import BenchOutput, run_bench
 
 __all__ = [
-    "METHODS", "BenchConfig", "BenchOutput", "Cell", "CellCache", "MethodFiles", "bench_profile", "build_baseline",
+    "METHODS", "BenchConfig", "BenchOutput", "Cell", "CellCache", "MethodFiles", "build_baseline",
     "markdown_table", "method_sets", "per_size_table", "run_bench", "summary", "write_report", "write_sized_sets",
 ]

@@ -16,9 +16,9 @@ import numpy as np
 
 import formats
 from condenser.checkpoint import atomic_write_bytes, config_hash
+from condenser.config.tree import EvalBudget
 from condenser.data import ImageDataset
 from condenser.evaluate.sizes import evaluate_prefix
-from condenser.profiles import EvalBudget
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,15 @@
-"""Settings of one benchmark run and the budgets it runs under."""
+"""Settings of one benchmark run: what it compares, and the settings tree (with the bench overlay) it runs with."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from condenser.build import BuildConfig
+from condenser.config.tree import Config
 from condenser.errors import CondenserError
 from condenser.evaluate.sizes import LABEL_MODES
-from condenser.profiles import Profile, get_profile
+from condenser.profiles import get_profile
 
 # Every method the benchmark knows, in table order: the paper's three baselines, MDC, and the honest
 # control (a random real subset of the same size; docs/RESULTS.md).
@@ -24,21 +25,20 @@ class BenchConfigError(CondenserError, ValueError):
 
 @dataclass(frozen=True)
 class BenchConfig:
+    """One benchmark run: the data and largest size, the methods and label modes, and the settings tree it runs
+    with (`settings`: resolved with the profile's bench overlay in place, condenser.profiles.resolve(bench=True))."""
+
     dataset: str = "fashion-mnist"
     ipc: int = 10
-    profile: str = "cpu"
+    settings: Config = field(default_factory=lambda: get_profile("cpu").benched())
     methods: tuple[str, ...] = METHODS
     labels: tuple[str, ...] = LABEL_MODES
-    seeds: int | None = None  # evaluation seeds per cell group; None: the bench budget's
     seed: int = 0  # condensation, relabelling and random-subset seed (one fixed set per method)
     out: str | None = None  # None: results/<dataset>-ipc<N>-<profile>
     device: str = "auto"
     data_root: str | None = None
     teacher_path: str | None = None
-    views: int | None = None  # soft-label views per image; None: the bench budget's
     workers: int | None = None  # processes for cells and (CPU) A/B runs; None: one per core (<= 8), one on CUDA
-    condense_overrides: dict = field(default_factory=dict)  # CondenseConfig fields, all methods alike
-    eval_overrides: dict = field(default_factory=dict)  # EvalBudget fields
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -51,6 +51,10 @@ class BenchConfig:
             raise BenchConfigError(f"ipc must be >= 1, got {self.ipc}")
 
     @property
+    def profile(self) -> str:
+        return self.settings.name
+
+    @property
     def name(self) -> str:
         return f"{self.dataset}-ipc{self.ipc}-{self.profile}".replace("/", "_").replace(":", "_")
 
@@ -59,26 +63,14 @@ class BenchConfig:
         return Path(self.out) if self.out else Path("results") / self.name
 
     def as_dict(self) -> dict:
-        return asdict(self)
-
-    def bench_profile(self) -> Profile:
-        """The profile with its bench budgets in place of the condense/evaluate sections, plus overrides."""
-        return bench_profile(get_profile(self.profile), self.eval_overrides, self.seeds)
+        """The run's own fields (the tree is recorded beside them, as `settings`)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"}
 
     def build_config(self) -> BuildConfig:
         """The build settings every method shares (teacher, relabelling, packing); no trainer embedded."""
+        settings = self.settings.updated({"pack": {"embed_trainer": False}}, "the bench")
         return BuildConfig(
-            dataset=self.dataset, ipc=self.ipc, profile=self.profile, views=self.views,
+            dataset=self.dataset, ipc=self.ipc, settings=settings,
             soft_labels="teacher" if "soft" in self.labels else "none", teacher_path=self.teacher_path,
-            embed_trainer=False, seed=self.seed, device=self.device, data_root=self.data_root,
-            condense_overrides=dict(self.condense_overrides),
+            seed=self.seed, device=self.device, data_root=self.data_root,
         )
-
-
-def bench_profile(profile: Profile, eval_overrides: dict | None = None, seeds: int | None = None) -> Profile:
-    bench = profile.bench
-    out = replace(profile, condense=bench.condense or profile.condense, evaluate=bench.evaluate or profile.evaluate)
-    evaluate = dict(eval_overrides or {})
-    if seeds is not None:
-        evaluate["seeds"] = seeds
-    return out.with_overrides(evaluate=evaluate)

@@ -143,8 +143,8 @@ def markdown_report(results: dict) -> str:
         markdown_table(results),
         f"- command: `{results['command']}`",
         f"- condensation (every method alike): {cond['method']}, {cond['outer_loops']} outer x {cond['inner_loops']} "
-        f"inner loops, period {cond['period']}, batch_real {cond['batch_real']}, n_data {cond['n_data']}, "
-        f"width {cond['width']}",
+        f"inner loops, period {cond['multisize']['period']}, batch_real {cond['batch_real']}, "
+        f"width {cond['width']}; the method's settings {cond['method_settings']} (the whole tree: results.json)",
         f"- evaluation: {ev['epochs']} epochs, batch {ev['batch_size']}, lr {ev['lr']}, "
         f"test images {ev['max_test'] or 'all'}; soft labels: {results['budgets']['views']} teacher views per image",
         f"- teacher test accuracy: {_fmt(results.get('teacher_accuracy'))}",

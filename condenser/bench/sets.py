@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import formats
@@ -69,8 +69,6 @@ def method_sets(method: str, cfg: BuildConfig, profile: Profile, train: ImageDat
     if method == "random":
         return random_sets(train, cfg.ipc, cfg.seed)
     ccfg = cfg.condense_config(profile)
-    if ccfg.factor != 1:
-        raise CondenserError("packing multi-formation (factor > 1) images is not supported yet")
     if method in ("A", "B", "C"):
         share_equivalent_runs(run_dir, ccfg.ipc)
     if method in ("A", "B") and workers > 1 and resolve_device(ccfg.device).type == "cpu":
@@ -94,8 +92,8 @@ def write_sized_sets(sets: SizedSets, out: str | Path, cfg: BuildConfig, profile
     base = {
         "method": "multisize" if sets.name == "mdc" else sets.name,
         "bench_method": sets.name,
-        "profile": profile.as_dict(),
-        "build": asdict(cfg),
+        "settings": profile.as_dict(),
+        "build": cfg.record(),
         "teacher": teacher_summary(teacher),
         "environment": environment(),
         "command": " ".join(sys.argv),
@@ -106,7 +104,7 @@ def write_sized_sets(sets: SizedSets, out: str | Path, cfg: BuildConfig, profile
     if sets.nested:
         images, labels = sets.get(sets.ipc_max)
         path = relabel_and_pack(cfg, out, images, labels, train, teacher, {**base, **sets.provenance()},
-                                profile, {})
+                                profile, {}, factor=sets.factor)
         log(f"wrote {path}")
         return MethodFiles(sets.name, {n: path for n in sets.sets})
     out.mkdir(parents=True, exist_ok=True)
@@ -114,7 +112,8 @@ def write_sized_sets(sets: SizedSets, out: str | Path, cfg: BuildConfig, profile
     for n, run in zip(sorted(sets.sets), sets.runs, strict=True):
         images, labels = sets.get(n)
         prov = {**base, **run.provenance(), "baseline": sets.name, "nested": False, "size": n}
-        paths[n] = relabel_and_pack(cfg, out / f"ipc-{n}.mdc", images, labels, train, teacher, prov, profile, {})
+        paths[n] = relabel_and_pack(cfg, out / f"ipc-{n}.mdc", images, labels, train, teacher, prov, profile, {},
+                                    factor=sets.factor)
         log(f"wrote {paths[n]}")
     return MethodFiles(sets.name, paths)
 
@@ -146,7 +145,7 @@ def baseline_run_dir(cfg: BuildConfig, profile: Profile) -> Path:
     from condenser.data import load_dataset
     from condenser.paths import runs_dir
 
-    ccfg = replace(cfg.condense_config(profile), multisize=False)
+    ccfg = cfg.condense_config(profile).with_subset(False)
     data = load_dataset(cfg.dataset, "train", root=cfg.data_root).fingerprint  # changed data: a new run
     stem = cfg.dataset.replace(":", "_").replace("/", "_")
     return runs_dir() / f"baselines-{stem}-{data[:8]}-{config_hash(asdict(ccfg))}"
@@ -157,13 +156,12 @@ def build_baseline(name: str, cfg: BuildConfig, out: str | Path, log: Callable[[
     """`condenser baseline A|B|C`: teacher (cached) -> the baseline's condensations (resumable) -> file(s)."""
     from condenser.build import get_teacher
     from condenser.data import load_dataset
-    from condenser.profiles import get_profile
 
     if name not in ("A", "B", "C"):
         raise CondenserError(f"unknown baseline {name!r}; use A, B or C (`condenser build` makes the multisize set)")
     if cfg.soft_labels not in ("teacher", "none"):
         raise CondenserError(f"--soft-labels must be 'teacher' or 'none', got {cfg.soft_labels!r}")
-    profile = get_profile(cfg.profile)
+    profile = cfg.settings
     train = load_dataset(cfg.dataset, "train", root=cfg.data_root)
     teacher = get_teacher(cfg, log) if cfg.soft_labels == "teacher" else None
     sets = method_sets(name, cfg, profile, train, baseline_run_dir(cfg, profile), progress=progress,

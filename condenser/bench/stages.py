@@ -13,6 +13,7 @@ run already shows what it has.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import shlex
 import time
 from collections import Counter
@@ -36,8 +37,11 @@ from condenser.bench.sets import (
 from condenser.bench.workers import Job, auto_workers, evaluate_jobs
 from condenser.build import BuildConfig, environment, get_teacher
 from condenser.checkpoint import config_hash
+from condenser.config import differences
+from condenser.config.tree import Config
 from condenser.data import ImageDataset, load_dataset
-from condenser.profiles import Profile
+from condenser.evaluate.sizes import LABEL_MODES
+from condenser.profiles import get_profile
 from condenser.teacher import Teacher
 
 # Execution order: the headline comparison (MDC vs C) and the control first, the N-run baselines last,
@@ -67,21 +71,22 @@ def _nested_bars_supported() -> bool:
 
 
 def bench_command(cfg: BenchConfig) -> str:
-    """A command line that reproduces `cfg` (overrides are shown as JSON-ish for the record)."""
+    """A command line that reproduces `cfg`: every setting that differs from the profile's bench tree is a --set."""
     parts = ["condenser", "bench", "--dataset", cfg.dataset, "--ipc", str(cfg.ipc), "--profile", cfg.profile]
-    if cfg.seeds is not None:
-        parts += ["--seeds", str(cfg.seeds)]
     if tuple(cfg.methods) != METHODS:
         parts += ["--methods", ",".join(cfg.methods)]
-    cmd = shlex.join(parts)
-    extra = {k: v for k, v in (("condense", cfg.condense_overrides), ("evaluate", cfg.eval_overrides)) if v}
-    return f"{cmd}  # overrides {extra}" if extra else cmd
+    if tuple(cfg.labels) != LABEL_MODES:
+        parts += ["--labels", ",".join(cfg.labels)]
+    changed = differences(cfg.settings, get_profile(cfg.profile).benched())
+    for key, value in changed.items():
+        parts += ["--set", f"{key}={json.dumps(value)}"]
+    return shlex.join(parts)
 
 
 @dataclass
 class _Context:
     cfg: BenchConfig
-    profile: Profile
+    profile: Config  # the tree every method runs with (the bench overlay in place)
     build: BuildConfig
     train: ImageDataset
     test: ImageDataset
@@ -90,34 +95,34 @@ class _Context:
 
     @property
     def views(self) -> int:
-        return self.build.views or self.profile.condense.views_per_image
+        return self.profile.relabel.views
 
     def set_key(self, method: str) -> str:
         """Identity of a method's packed files: everything that changes their content, not the device."""
         ccfg = None if method == "random" else asdict(replace(self.build.condense_config(self.profile), device=""))
         teacher = teacher_summary(self.teacher)
+        tree = self.profile.as_dict()
         return config_hash({
             "method": method, "dataset": self.cfg.dataset, "data": self.train.fingerprint, "ipc": self.cfg.ipc,
-            "seed": self.cfg.seed,
-            "condense": ccfg, "views": self.views, "soft_labels": self.build.soft_labels, "codec": self.build.codec,
-            "pixels": self.build.pixels, "teacher": teacher and (teacher["config"], teacher["test_accuracy"]),
+            "seed": self.cfg.seed, "condense": ccfg, "relabel": tree["relabel"], "pack": tree["pack"],
+            "soft_labels": self.build.soft_labels,
+            "teacher": teacher and (teacher["config"], teacher["test_accuracy"]),
         })
 
     def set_path(self, method: str) -> Path:
         return self.out / "sets" / (method if method == "A" else f"{method}.mdc")
 
     def run_dir(self) -> Path:
-        ccfg = replace(self.build.condense_config(self.profile), multisize=False, device="")
+        ccfg = replace(self.build.condense_config(self.profile).with_subset(False), device="")
         return self.out / "runs" / config_hash({"condense": asdict(ccfg), "data": self.train.fingerprint})
 
 
 def _prepare(cfg: BenchConfig, log: Callable[[str], None]) -> _Context:
-    profile = cfg.bench_profile()
     build = cfg.build_config()
     train = load_dataset(cfg.dataset, "train", root=cfg.data_root)
     test = load_dataset(cfg.dataset, "test", root=cfg.data_root)
     teacher = get_teacher(build, log) if build.soft_labels == "teacher" else None
-    return _Context(cfg, profile, build, train, test, teacher, cfg.out_dir)
+    return _Context(cfg, build.settings, build, train, test, teacher, cfg.out_dir)
 
 
 def _ensure_sets(ctx: _Context, method: str, progress: bool, log: Callable[[str], None]) -> tuple[MethodFiles, bool]:
@@ -163,9 +168,9 @@ def collect_results(ctx: _Context, files: dict[str, MethodFiles], records: list[
         "dataset": cfg.dataset, "ipc": cfg.ipc, "profile": cfg.profile, "sizes": sizes, "methods": methods,
         "labels": list(cfg.labels), "seeds": seeds, "table": table, "summary": summary(table, sizes),
         "complete": finished == len(methods) * len(cfg.labels) * len(sizes),
-        "budgets": {"condense": asdict(ctx.profile.condense), "evaluate": asdict(budget), "views": ctx.views,
-                    "condense_config": asdict(ctx.build.condense_config(ctx.profile)),
-                    "profile": ctx.profile.as_dict()},
+        "budgets": {"evaluate": asdict(budget), "views": ctx.views,
+                    "condense_config": asdict(ctx.build.condense_config(ctx.profile))},
+        "settings": ctx.profile.as_dict(),
         "teacher": teacher_summary(ctx.teacher),
         "teacher_accuracy": ctx.teacher.test_accuracy if ctx.teacher is not None else None,
         "files": {m: {str(n): str(p) for n, p in f.paths.items()} for m, f in files.items()},

@@ -12,24 +12,33 @@ from typing import Annotated
 import typer
 
 from condenser.cli.app import Debug, Quiet, app
+from condenser.cli.build import BUILD_FLAGS
 from condenser.cli.options import (
+    Amp,
     Codec,
+    ConfigFiles,
     DataRoot,
     Dataset,
     Device,
     Download,
+    EmbedTrainer,
     Pixels,
     Profile,
     Seed,
+    SetItems,
     SoftLabels,
+    TeacherPath,
+    Views,
     check_writable_dir,
     check_writable_file,
+    flag_aliases,
     log,
     require_data,
-    resolve_profile,
+    resolve_settings,
 )
 
 BASELINES = ("A", "B", "C")
+BASELINE_FLAGS = {name: BUILD_FLAGS[name] for name in ("method", "views", "codec", "pixels", "embed_trainer", "amp")}
 
 
 def _name(value: str) -> str:
@@ -46,22 +55,20 @@ def baseline(
     dataset: Dataset = "fashion-mnist",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output .mdc (B, C) or directory (A); default "
                                              "DATASET-ipcN-NAME[.mdc].")] = None,
-    method: Annotated[str | None, typer.Option(help="Base method: gm or dm (default: the profile's).")] = None,
+    method: Annotated[str | None, typer.Option(help="Base method: gm or dm (sets method.name).")] = None,
     soft_labels: SoftLabels = "teacher",
-    views: Annotated[int | None, typer.Option(min=1, help="Soft-label views per image (default: "
-                                              "profile's).")] = None,
-    teacher_path: Annotated[Path | None, typer.Option("--teacher", exists=True, dir_okay=False,
-                                                      help="A teacher.safetensors to use instead of the "
-                                                      "cached/trained one.")] = None,
-    codec: Codec = "topk-u8",
-    pixels: Pixels = "float16",
-    embed_trainer: Annotated[bool, typer.Option("--embed-trainer/--no-embed-trainer",
-                                                help="Embed the ONNX device trainer in the file(s).")] = True,
+    views: Views = None,
+    teacher_path: TeacherPath = None,
+    codec: Codec = None,
+    pixels: Pixels = None,
+    embed_trainer: EmbedTrainer = None,
     profile: Profile = None,
+    config: ConfigFiles = None,
+    settings: SetItems = None,
     data_root: DataRoot = None,
     download: Download = False,
     device: Device = "auto",
-    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bfloat16 autocast on CUDA.")] = True,
+    amp: Amp = None,
     workers: Annotated[int | None, typer.Option(help="Processes for the N independent runs of A and B on CPU "
                                                 "(default: one per CPU core, at most 8).", min=1)] = None,
     seed: Seed = 0,
@@ -72,22 +79,20 @@ def baseline(
     from condenser.bench.sets import build_baseline
     from condenser.bench.workers import auto_workers
     from condenser.build import BuildConfig
-    from condenser.cli.build import check_build
 
     name = name.upper()
-    cfg = BuildConfig(
-        dataset=dataset, ipc=ipc, profile=resolve_profile(profile), method=method, multisize=False,
-        soft_labels=soft_labels, views=views, teacher_path=str(teacher_path) if teacher_path else None, codec=codec,
-        pixels=pixels, embed_trainer=embed_trainer, seed=seed, device=device, amp=amp,
-        data_root=str(data_root) if data_root else None,
-    )
+    aliases = flag_aliases(BASELINE_FLAGS, method=method, views=views, codec=codec, pixels=pixels,
+                           embed_trainer=embed_trainer, amp=amp)
+    cfg = BuildConfig(dataset=dataset, ipc=ipc, settings=resolve_settings(profile, config, settings, aliases),
+                      soft_labels=soft_labels, teacher_path=str(teacher_path) if teacher_path else None, seed=seed,
+                      device=device, data_root=str(data_root) if data_root else None)
     stem = f"{dataset.replace(':', '_').replace('/', '_')}-ipc{ipc}-{name}"
     target = out or Path(stem if name == "A" else f"{stem}.mdc")
     if name == "A":
         check_writable_dir(target)
     else:
         check_writable_file(target)
-    check_build(cfg)
+    cfg.condense_config()  # a gm/dm run: its sizes and loops are checked before the teacher trains
     require_data(dataset, data_root, download, ("train", "test") if soft_labels == "teacher" else ("train",))
     files = build_baseline(name, cfg, target, log=log, workers=workers or auto_workers(device))
     where = target if name == "A" else files.paths[ipc]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -20,24 +20,26 @@ from rich.table import Table
 
 from condenser.cli.app import Debug, Quiet, app
 from condenser.cli.options import (
+    ConfigFiles,
     DataRoot,
     Device,
     Download,
     Profile,
+    SetItems,
     check_writable_file,
     log,
     reading,
     require_data,
-    resolve_profile,
+    resolve_settings,
 )
 from condenser.errors import CondenserError
 
 if TYPE_CHECKING:
     from condenser.bench.cells import Cell
+    from condenser.config.tree import Config as ConfigT
+    from condenser.config.tree import EvalBudget
     from condenser.data import ImageDataset
     from condenser.evaluate.controls import ControlPlan as ControlPlanT
-    from condenser.profiles import EvalBudget
-    from condenser.profiles import Profile as ProfileT
     from formats import MDCReader
 
 LABEL_MODES = ("hard", "soft")
@@ -58,14 +60,6 @@ def _labels(text: str | None) -> str | None:
     if text is not None and (not labels_list(text) or any(m not in LABEL_MODES for m in labels_list(text))):
         raise typer.BadParameter(f"{text!r}: use hard, soft or hard,soft")
     return text
-
-
-def _loss(name: str | None) -> str | None:
-    from condenser.evaluate.losses import STUDENT_LOSSES
-
-    if name is not None and name not in STUDENT_LOSSES:
-        raise typer.BadParameter(f"unknown student loss {name!r}; use one of {', '.join(STUDENT_LOSSES.names())}")
-    return name
 
 
 def check_sizes(reader: MDCReader, sizes: str, modes: list[str]) -> list[int]:
@@ -113,46 +107,42 @@ def _difference(ours: dict | None, control: dict | None) -> str:
     return "-" if ours is None or control is None else f"{ours['mean'] - control['mean']:+.1f}"
 
 
-def _quick_summary(profile: str) -> str:
-    """The quick budget of `profile` in a few words, for --help (condenser/profiles.py holds the numbers)."""
-    from condenser.profiles import get_profile
-
-    prof = get_profile(profile)
-    b = prof.quick_budget
-    test = f"{b.max_test:,} test images" if b.max_test else "the whole test split"
-    return (f"sizes {','.join(map(str, prof.quick.sizes))}, {'+'.join(prof.quick.labels)} labels, {b.seeds} seeds, "
-            f"{b.epochs} epochs, {test}")
-
-
 def _protocol(name: str) -> str:
     if name not in PROTOCOLS:
         raise typer.BadParameter(f"unknown protocol {name!r}; use {' or '.join(PROTOCOLS)}")
     return name
 
 
-def eval_budget(prof: ProfileT, protocol: str, epochs: int | None, seeds: int | None, max_test: int | None,
-                loss: str | None, gamma: float | None) -> EvalBudget:
-    """The protocol's budget (condenser/profiles.py) with the command line's overrides."""
-    budget = prof.quick_budget if protocol == "quick" else prof.evaluate
-    overrides = {"epochs": epochs, "seeds": seeds, "max_test": max_test, "loss": loss, "loss_gamma": gamma}
-    return replace(budget, **{k: v for k, v in overrides.items() if v is not None})
+EVAL_FLAGS = {"seeds": ("--seeds", "seeds"), "epochs": ("--epochs", "epochs"), "max_test": ("--max-test", "max_test"),
+              "loss": ("--loss", "loss"), "gamma": ("--gamma", "loss_gamma")}
 
 
-def default_sizes(prof: ProfileT, protocol: str, present: int) -> str:
+def eval_aliases(protocol: str, **values: object) -> dict[str, tuple[str, object]]:
+    """The flags of `eval` as keys of the section the protocol trains with: quick.evaluate or evaluate."""
+    section = "quick.evaluate" if protocol == "quick" else "evaluate"
+    return {f"{section}.{key}": (flag, values[name]) for name, (flag, key) in EVAL_FLAGS.items()}
+
+
+def eval_budget(settings: ConfigT, protocol: str) -> EvalBudget:
+    """The protocol's budget: the quick protocol's (quick.evaluate, else evaluate) or the pinned one (evaluate)."""
+    return settings.quick_budget if protocol == "quick" else settings.evaluate
+
+
+def default_sizes(prof: ConfigT, protocol: str, present: int) -> str:
     """quick: the profile's quick sizes that the file holds, plus its largest; pinned: every size."""
     if protocol == "pinned":
         return "all"
     return ",".join(str(k) for k in sorted({k for k in prof.quick.sizes if k <= present} | {present}))
 
 
-def default_modes(prof: ProfileT, protocol: str, has_views: bool) -> list[str]:
+def default_modes(prof: ConfigT, protocol: str, has_views: bool) -> list[str]:
     """quick: the profile's quick label modes (hard where the file has no views); pinned: hard and soft."""
     modes = list(prof.quick.labels) if protocol == "quick" else list(LABEL_MODES)
     usable = [m for m in modes if m == "hard" or has_views]
     return usable or ["hard"]
 
 
-def budget_line(protocol: str, prof: ProfileT, budget: EvalBudget, modes: list[str], scored: int,
+def budget_line(protocol: str, prof: ConfigT, budget: EvalBudget, modes: list[str], scored: int,
                 num_test: int) -> str:
     """The budget, stated in the table: epochs, test images, seeds, label modes."""
     test = (f"a seeded stratified sample of {scored:,} of {num_test:,} test images" if scored < num_test
@@ -217,16 +207,16 @@ def run_cells(file: Path, paths: dict[str, Path], sizes: list[int], modes: list[
 
 
 def eval_results(file: Path, paths: dict, tables: dict, plan: ControlPlanT | None, no_control: str | None,
-                 protocol: str, prof: ProfileT, budget: EvalBudget, modes: list[str], test: ImageDataset,
+                 protocol: str, prof: ConfigT, budget: EvalBudget, modes: list[str], test: ImageDataset,
                  dataset: str) -> dict:
-    """The sidecar record: the file's table, its control's, and the budget that produced both."""
+    """The sidecar record: the file's table, its control's, the budget that produced both and the whole tree."""
     scored = scored_images(test, budget)
     caption = budget_line(protocol, prof, budget, modes, scored, len(test))
     control_record = None if plan is None else {"sizes": tables.get("control", {}), "file": str(paths["control"]),
                                                 "method": "random", "labels": "the file's teacher, views and codec"}
     return {"sizes": tables["file"], "protocol": asdict(budget), "protocol_name": protocol, "budget": caption,
             "profile": prof.name, "dataset": dataset, "arch": "convnet", "test_images": scored,
-            "control": control_record, "control_note": no_control}
+            "control": control_record, "control_note": no_control, "settings": prof.as_dict()}
 
 
 def store_results(file: Path, results: dict, json_path: Path, write: bool) -> None:
@@ -245,18 +235,20 @@ def store_results(file: Path, results: dict, json_path: Path, write: bool) -> No
 @app.command("eval")
 def eval_file(
     file: Annotated[Path, typer.Argument(help="A .mdc file.", exists=True, dir_okay=False)],
-    protocol: Annotated[str, typer.Option(callback=_protocol, help=f"quick: the profile's quick budget "
-                                          f"(condenser/profiles.py; cpu: {_quick_summary('cpu')}; the table "
-                                          "states it); pinned: the profile's full evaluation on the whole test "
-                                          "split, every size, hard and soft.")] = "quick",
+    protocol: Annotated[str, typer.Option(callback=_protocol, help="quick: the tree's quick section (quick.sizes, "
+                                          "quick.labels and the budget quick.evaluate; docs/config.md; the table "
+                                          "states it); pinned: the full evaluation (evaluate), every size, hard "
+                                          "and soft.")] = "quick",
     sizes: Annotated[str | None, typer.Option(help="Prefix sizes: 1-10, 1,2,5,10 or all (default: the "
                                               "protocol's).")] = None,
     labels: Annotated[str | None, typer.Option(callback=_labels, help="hard, soft or hard,soft (default: the "
                                                "protocol's).")] = None,
-    seeds: Annotated[int | None, typer.Option(min=1, help="Seeds per size (default: the protocol's).")] = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Override the protocol's training epochs.")] = None,
+    seeds: Annotated[int | None, typer.Option(min=1, help="Seeds per size (sets the protocol section's "
+                                              "seeds).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Training epochs (sets the protocol section's "
+                                               "epochs).")] = None,
     max_test: Annotated[int | None, typer.Option(help="Score on a seeded stratified random sample of this many "
-                                                 "test images (default: the protocol's).", min=1)] = None,
+                                                 "test images (sets the protocol section's max_test).", min=1)] = None,
     control: Annotated[bool | None, typer.Option("--control/--no-control", help="Also train on the random-real "
                                                  "control: as many real images per class, relabelled by the "
                                                  "file's teacher with its views and codec (cached under "
@@ -268,13 +260,16 @@ def eval_file(
                                                  "teacher).")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Training processes (default: one per core on a CPU, "
                                                 "at most 8, unless the work is too small; one on CUDA).")] = None,
-    loss: Annotated[str | None, typer.Option(callback=_loss, help="Soft-label student loss: soft_ce (default) "
-                                             "or mse_gt (G-VBSM: logit MSE + gamma*CE).")] = None,
-    gamma: Annotated[float | None, typer.Option(help="gamma of the mse_gt loss (default 0.1).")] = None,
+    loss: Annotated[str | None, typer.Option(help="Soft-label student loss: soft_ce (default) or mse_gt (G-VBSM: "
+                                             "logit MSE + gamma*CE; sets the protocol section's loss).")] = None,
+    gamma: Annotated[float | None, typer.Option(help="gamma of the mse_gt loss (default 0.1; sets the protocol "
+                                                "section's loss_gamma).")] = None,
     write: Annotated[bool, typer.Option("--write/--no-write", help="Also store the table in the .mdc's header "
                                         "(rewrites FILE atomically; default: FILE is only read).")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="JSON path (default: FILE.eval.json).")] = None,
     profile: Profile = None,
+    config: ConfigFiles = None,
+    settings: SetItems = None,
     dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Test data (fashion-mnist, cifar10, "
                                                 "imagefolder:PATH ...; default: the file's dataset if it is a "
                                                 "registered name: a file never chooses a path).")] = None,
@@ -290,10 +285,10 @@ def eval_file(
     from condenser.data import load_dataset
     from condenser.data.trusted import header_dataset
     from condenser.evaluate.controls import ensure_control
-    from condenser.profiles import get_profile
 
-    prof = get_profile(resolve_profile(profile))
-    budget = eval_budget(prof, protocol, epochs, seeds, max_test, loss, gamma)
+    aliases = eval_aliases(protocol, seeds=seeds, epochs=epochs, max_test=max_test, loss=loss, gamma=gamma)
+    prof = resolve_settings(profile, config, settings, aliases)
+    budget = eval_budget(prof, protocol)
     with reading(file), formats.open_mdc(file) as reader:
         has_views = reader.spec.views is not None
         modes = labels_list(labels) if labels else default_modes(prof, protocol, has_views)

@@ -12,12 +12,15 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from condenser.errors import CondenserError
 from condenser.progress import quiet_requested
+
+if TYPE_CHECKING:
+    from condenser.config.tree import Config as ConfigT
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
@@ -46,22 +49,6 @@ def _device(name: str) -> str:
     return name
 
 
-def _codec(name: str) -> str:
-    from formats import CODECS
-
-    if name not in CODECS:
-        raise typer.BadParameter(f"unknown soft-label codec {name!r}; use one of {', '.join(CODECS.names())}")
-    return name
-
-
-def _pixels(name: str) -> str:
-    from formats.pixels import PIXEL_DTYPES
-
-    if name not in PIXEL_DTYPES:
-        raise typer.BadParameter(f"unknown pixel encoding {name!r}; use one of {', '.join(PIXEL_DTYPES)}")
-    return name
-
-
 def _soft_labels(value: str) -> str:
     if value not in ("teacher", "none"):
         raise typer.BadParameter(f"{value!r}: use teacher (soft-label views) or none (hard labels only)")
@@ -80,16 +67,46 @@ Profile = Annotated[str | None, typer.Option("--profile", "-p", callback=_profil
 Device = Annotated[str, typer.Option("--device", callback=_device,
                                      help="auto (CUDA when present), cpu, cuda, cuda:1 ...")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
-Codec = Annotated[str, typer.Option("--codec", callback=_codec,
-                                    help="Soft-label codec: dense-f16, dense-f32, topk-f16, topk-u8.")]
+Codec = Annotated[str | None, typer.Option("--codec", help="Soft-label codec: dense-f16, dense-f32, topk-f16, "
+                                           "topk-u8 (sets pack.codec).")]
 SoftLabels = Annotated[str, typer.Option(callback=_soft_labels, help="teacher (soft-label views) or none.")]
-Pixels = Annotated[str, typer.Option("--pixels", callback=_pixels, help="Pixel encoding: uint8, float16, float32.")]
+Pixels = Annotated[str | None, typer.Option("--pixels", help="Pixel encoding: uint8, float16, float32 (sets "
+                                            "pack.pixels).")]
+Views = Annotated[int | None, typer.Option(min=1, help="Soft-label views per image (sets relabel.views).")]
+EmbedTrainer = Annotated[bool | None, typer.Option("--embed-trainer/--no-embed-trainer", help="Embed the ONNX "
+                                                   "device trainer in the file (sets pack.embed_trainer).")]
+Amp = Annotated[bool | None, typer.Option("--amp/--no-amp", help="bfloat16 autocast on CUDA (sets condense.amp).")]
+TeacherPath = Annotated[Path | None, typer.Option("--teacher", exists=True, dir_okay=False, help="A "
+                                                  "teacher.safetensors to use instead of the cached/trained one.")]
+
+
+SetItems = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="SECTION.FIELD=VALUE", help="Change one setting of the tree (docs/config.md), e.g. --set "
+    "condense.outer_loops=20 --set relabel.views=4; VALUE is JSON where it parses, else text. Repeatable; "
+    "applied after --config.")]
+ConfigFiles = Annotated[list[Path] | None, typer.Option(
+    "--config", exists=True, dir_okay=False, help="A settings file of the tree's shape, TOML or YAML (.yaml, "
+    ".yml); applied over the profile, in order. Repeatable.")]
 
 
 def resolve_profile(name: str | None) -> str:
     from condenser.profiles import default_profile_name
 
     return name or default_profile_name()
+
+
+def flag_aliases(flags: dict[str, tuple[str, str]], **values: Any) -> dict[str, tuple[str, Any]]:
+    """{key: (flag, value)} for a command's alias flags (`flags`: {parameter: (flag, key)}) from their values."""
+    return {key: (flag, values[name]) for name, (flag, key) in flags.items()}
+
+
+def resolve_settings(profile: str | None, files: list[Path] | None, items: list[str] | None,
+                     aliases: dict[str, tuple[str, Any]] | None = None, bench: bool = False) -> ConfigT:
+    """The command's settings tree, resolved once: profile, --config files, then the flags that are documented
+    aliases of a key (`aliases`: {key: (flag, value)}; None: not given), then the --set items."""
+    from condenser.profiles import resolve
+
+    return resolve(resolve_profile(profile), files or (), items or (), aliases, bench=bench)
 
 
 def log(message: str) -> None:

@@ -6,42 +6,38 @@ from typing import Annotated
 
 import typer
 
+from condenser.cli import options
 from condenser.cli.app import Debug, Quiet, app
-from condenser.cli.options import DataRoot, Dataset, Device, Download, Profile, Seed, log, require_data, resolve_profile
 
-
-def _arch(name: str) -> str:
-    from condenser.models import REGISTRY
-
-    if name not in REGISTRY:
-        raise typer.BadParameter(f"unknown model {name!r}; use one of {', '.join(REGISTRY.names())} "
-                                 "(`condenser models` describes them)")
-    return name
+TEACHER_FLAGS = {"arch": ("--arch", "teacher.arch"), "epochs": ("--epochs", "teacher.epochs")}
 
 
 @app.command()
 def teacher(
-    dataset: Dataset = "fashion-mnist",
-    arch: Annotated[str, typer.Option("--arch", "-a", callback=_arch,
-                                      help="Model architecture (`condenser models` lists them).")] = "convnet",
-    profile: Profile = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Override the profile's epoch count.")] = None,
-    data_root: DataRoot = None,
-    download: Download = False,
-    device: Device = "auto",
-    seed: Seed = 0,
+    dataset: options.Dataset = "fashion-mnist",
+    arch: Annotated[str | None, typer.Option("--arch", "-a", help="Model architecture (`condenser models` lists "
+                                             "them; sets teacher.arch).")] = None,
+    profile: options.Profile = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Training epochs (sets teacher.epochs).")] = None,
+    config: options.ConfigFiles = None,
+    settings: options.SetItems = None,
+    data_root: options.DataRoot = None,
+    download: options.Download = False,
+    device: options.Device = "auto",
+    seed: options.Seed = 0,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
     """Train a teacher on the full real training set; checkpoints every epoch and resumes after an interrupt."""
     from condenser.teacher import TeacherConfig, teacher_paths, train_teacher
 
-    overrides = {"epochs": epochs} if epochs is not None else {}
-    config = TeacherConfig.from_profile(dataset, arch, resolve_profile(profile), seed=seed,
-                                        data_root=str(data_root) if data_root else None, **overrides)
-    require_data(dataset, data_root, download, ("train", "test"))
-    result = train_teacher(config, data_root=data_root, device=device, log=log)
-    weights, _, _ = teacher_paths(config)
+    aliases = options.flag_aliases(TEACHER_FLAGS, arch=arch, epochs=epochs)
+    tree = options.resolve_settings(profile, config, settings, aliases)
+    root = str(data_root) if data_root else None
+    teacher_config = TeacherConfig.from_profile(dataset, None, tree, seed=seed, data_root=root)
+    options.require_data(dataset, data_root, download, ("train", "test"))
+    result = train_teacher(teacher_config, data_root=data_root, device=device, log=options.log)
+    weights, _, _ = teacher_paths(teacher_config)
     typer.echo(f"test accuracy: {result.test_accuracy:.2f}%  ({weights})")
 
 

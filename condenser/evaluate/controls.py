@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ import torch
 import formats
 from condenser.build import BuildConfig, get_teacher, relabel_and_pack
 from condenser.checkpoint import config_hash
+from condenser.config import ConfigError
+from condenser.config.tree import Config
 from condenser.data import ImageDataset, load_dataset
 from condenser.errors import CondenserError
 from condenser.paths import cache_root
@@ -53,7 +55,7 @@ class ControlPlan:
     """What the control of one file is built from, read and checked from the file's header."""
 
     file: Path
-    build: BuildConfig  # the user's dataset, root and device; the file's profile, teacher, seed, views, codec
+    build: BuildConfig  # the user's dataset, root and device; the file's settings tree and seed
     teacher: dict | None  # the header's summary of the teacher that labelled the file; None: hard labels
     relabel: dict | None  # the file's RelabelConfig (provenance.relabel); None: hard labels
     provenance: dict  # the file's provenance, the identity the cached control is keyed by
@@ -82,31 +84,37 @@ def _section(record: dict, key: str, where: str) -> dict:
     return value
 
 
-def _checked(build: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    """One value of the header's build record, of the expected type (a header may lie)."""
-    value = build.get(key)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        raise CondenserError(f"{where}: provenance.build.{key} = {value!r} is not a valid value")
-    return value
+def _settings_record(provenance: dict, where: str) -> Config:
+    """The file's settings tree (provenance.settings) rebuilt over its profile, every value checked (a header may
+    lie); NoControl where the file was labelled by a teacher pool."""
+    from condenser.methods import METHODS
+
+    record = provenance.get("settings")
+    if not isinstance(record, dict):
+        raise NoControl(f"{where} records no settings tree (provenance.settings; files built before it have none), "
+                        "so a control cannot share its labels")
+    name = record.get("name")
+    if not isinstance(name, str) or name not in PROFILES:
+        raise CondenserError(f"{where}: provenance.settings.name {name!r} is not one of {', '.join(PROFILES.names())}")
+    try:
+        tree = get_profile(name).updated({k: v for k, v in record.items() if k != "name"},
+                                         f"provenance.settings of {where}").checked()
+    except ConfigError as exc:
+        raise CondenserError(f"{where}: {exc}") from None
+    if tree.method.name not in METHODS:
+        raise NoControl(f"{where} was relabelled by the {tree.method.name} teacher pool, not by one teacher "
+                        "(controls support the condense-loop methods)")
+    return tree
 
 
 def _build_record(provenance: dict, where: str) -> dict:
-    """The header's record of the build that wrote the file, with the values the control uses checked."""
-    from condenser.methods import METHODS
-    from condenser.models import REGISTRY
-
+    """The header's record of the build job (provenance.build), with the values the control uses checked."""
     build = _section(provenance, "build", where)
-    profile = _checked(build, "profile", str, where)
-    if profile not in PROFILES:
-        raise CondenserError(f"{where}: provenance.build.profile {profile!r} is not one of "
-                             f"{', '.join(PROFILES.names())}")
-    if _checked(build, "teacher_arch", str, where) not in REGISTRY:
-        raise CondenserError(f"{where}: provenance.build.teacher_arch {build['teacher_arch']!r} is not a known model")
-    _checked(build, "seed", int, where)
-    method = _checked(build, "method", (str, type(None)), where) or get_profile(profile).condense.method
-    if method not in METHODS:
-        raise NoControl(f"{where} was relabelled by the {method} teacher pool, not by one teacher (controls "
-                        "support the condense-loop methods)")
+    seed, path = build.get("seed"), build.get("teacher_path")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise CondenserError(f"{where}: provenance.build.seed = {seed!r} is not a valid value")
+    if path is not None and not isinstance(path, str):
+        raise CondenserError(f"{where}: provenance.build.teacher_path = {path!r} is not a valid value")
     return build
 
 
@@ -131,16 +139,15 @@ def plan_control(path: Path, reader: formats.MDCReader, dataset: str, data_root:
     if not isinstance(provenance, dict):
         raise NoControl(f"{where} has no provenance record, so a control cannot share its labels")
     build = _build_record(provenance, where)
+    settings = _settings_record(provenance, where)
     views = reader.spec.views
     teacher, relabel = (None, None) if views is None else _labeller(provenance, build, where, teacher_path)
     # the bench's control for the file's ipc_max; a partial file's (fewer blocks) for the sizes it holds
     ipc = reader.ipc_max if reader.blocks_present == reader.ipc_max else reader.blocks_present
     cfg = BuildConfig(
-        dataset=dataset, ipc=ipc, profile=build["profile"], views=None if views is None else views.count,
-        soft_labels="none" if views is None else "teacher", teacher_arch=build["teacher_arch"],
-        teacher_path=str(teacher_path) if teacher_path else None,
-        codec=views.codec if views is not None else BuildConfig.codec, topk=views.topk if views is not None else None,
-        pixels=reader.spec.encoding, embed_trainer=False, seed=build["seed"], device=device, data_root=data_root,
+        dataset=dataset, ipc=ipc, settings=settings.updated({"pack": {"embed_trainer": False}}, "the control"),
+        soft_labels="none" if views is None else "teacher", teacher_path=str(teacher_path) if teacher_path else None,
+        seed=build["seed"], device=device, data_root=data_root,
     )
     return ControlPlan(path, cfg, teacher, relabel, provenance)
 
@@ -149,7 +156,8 @@ def control_key(plan: ControlPlan, train: ImageDataset) -> str:
     """The cached control's identity: the file as built (its provenance: settings, teacher, data), the data
     the control draws from, and what it is drawn as. Rewriting the file's results (`eval --write`) keeps it."""
     return config_hash({"provenance": plan.provenance, "dataset": plan.build.dataset, "data": train.fingerprint,
-                        "method": CONTROL_METHOD, "build": asdict(plan.build) | {"device": "", "data_root": ""}})
+                        "method": CONTROL_METHOD, "build": plan.build.record() | {"device": "", "data_root": ""},
+                        "settings": plan.build.settings.as_dict()})
 
 
 def control_path(key: str) -> Path:
@@ -173,7 +181,7 @@ def control_teacher(plan: ControlPlan, log: Callable[[str], None]) -> Teacher:
     expected = plan.teacher or {}
     cfg = plan.build
     if not cfg.teacher_path:
-        tcfg = TeacherConfig.from_profile(cfg.dataset, cfg.teacher_arch, cfg.profile, seed=0, data_root=cfg.data_root)
+        tcfg = TeacherConfig.from_profile(cfg.dataset, None, cfg.settings, seed=0, data_root=cfg.data_root)
         if fields := _differing(expected.get("config", {}), tcfg.as_dict()):
             raise CondenserError(f"the teacher that labelled {plan.file} differs from the one {cfg.dataset} gives now "
                                  f"(teacher config: {', '.join(fields)}); use the same data, or --no-control")
@@ -216,12 +224,11 @@ def ensure_control(plan: ControlPlan, log: Callable[[str], None] = lambda _: Non
     teacher = control_teacher(plan, log) if plan.soft else None
     images, labels = random_real_subset(train, plan.build.ipc, plan.build.seed)
     provenance = {"method": CONTROL_METHOD, "bench_method": CONTROL_METHOD, "control_key": key,
-                  "control_of": plan.file.name, "build": asdict(plan.build), "teacher": plan.teacher,
-                  "profile": get_profile(plan.build.profile).as_dict(),
+                  "control_of": plan.file.name, "build": plan.build.record(), "teacher": plan.teacher,
+                  "settings": plan.build.settings.as_dict(),
                   "data": {"name": plan.build.dataset, "train_fingerprint": train.fingerprint}}
     path.parent.mkdir(parents=True, exist_ok=True)
-    relabel_and_pack(plan.build, path, images, labels, train, teacher, provenance,
-                     get_profile(plan.build.profile), {})
+    relabel_and_pack(plan.build, path, images, labels, train, teacher, provenance, plan.build.settings, {})
     check_same_labels(plan, path)
     log(f"control: {plan.build.ipc} random real images per class, labelled like {plan.file.name} -> {path}")
     return path

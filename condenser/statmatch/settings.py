@@ -3,18 +3,20 @@
 One dataclass covers all three: SRe2L is the base (one BN teacher, BN statistics + CE); G-VBSM switches on
 several backbones, conv statistics, the SDS EMA, conv drop and optionally data densification; Teddy
 swaps the single teacher for a pool of weak teachers (early checkpoints or pruned copies) of which a
-random subset is matched each step. `settings_for(method, **overrides)` applies a preset, then overrides.
+random subset is matched each step. The recover loop's settings are its own RecoverConfig (`recover`),
+which nests the loss (MatchConfig, `recover.match`) and the augmentation (RecoverAugConfig, `recover.aug`).
+Each preset is a section of the settings tree (`method.sre2l`, `method.gvbsm`, `method.teddy`;
+docs/config.md): the defaults below with the preset's changes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from condenser.config.schema import updated
 from condenser.methods.base import MethodConfigError
 from condenser.registry import Registry
-from condenser.statmatch.augment import RecoverAugConfig
-from condenser.statmatch.objective import MatchConfig
 from condenser.statmatch.recover import RecoverConfig
 
 GVBSM_BACKBONES = ("convnet", "resnet18", "mobilenet_v2", "shufflenet_v2_x1_0", "efficientnet_b0")
@@ -26,7 +28,7 @@ class DecoupledSettings:
     pool: str = "single"  # single | backbones | prior | post  (condenser.statmatch.teachers.POOL_BUILDERS)
     teacher_arch: str = "convnet"
     teacher_kwargs: dict = field(default_factory=lambda: {"norm": "batch"})  # BN matching needs BN layers
-    teacher_epochs: int | None = None  # None: the profile's teacher budget
+    teacher_epochs: int | None = None  # None: the tree's teacher.epochs
     teacher_max_train: int | None = None  # cap on real training images per teacher ("small scale")
     backbones: tuple[str, ...] = GVBSM_BACKBONES
     backbone_kwargs: dict = field(default_factory=lambda: {"mobilenet_v2": {"width_mult": 0.5}})
@@ -38,27 +40,8 @@ class DecoupledSettings:
     sampling: str = "all"  # all | one | round-robin | subset  (teachers matched per step)
     k: int = 1  # subset size (Teddy K)
     stat_images: int = 10000  # real images for the cached conv statistics
-    # --- loss (MatchConfig) -------------------------------------------------------------------------
-    ce_weight: float = 1.0
-    bn_weight: float = 1.0
-    conv_weight: float = 0.0
-    first_multiplier: float = 10.0
-    ema: float = 0.0
-    conv_drop: float = 0.0
-    patch: int = 4
-    dd_weight: float = 0.0
-    dd_tau: float = 4.0
-    dd_normalize: bool = False
-    # --- optimisation (RecoverConfig) ---------------------------------------------------------------
-    iterations: int | None = None  # None: from the profile (smoke 20, cpu 500, paper 1000)
-    lr: float = 0.1
-    weight_decay: float = 0.0
-    batch_images: int = 500
-    init: str = "noise"
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_per_image: bool = False
-    flip: bool = True
-    jitter: int = 4
+    # --- the recover loop: optimisation, loss (recover.match), augmentation (recover.aug) -----------
+    recover: RecoverConfig = field(default_factory=RecoverConfig)  # its seed is the build's --seed
     # --- nesting ----------------------------------------------------------------------------------
     order: str = "herding"  # herding | none
     herding_real: int = 256  # real images per class for the herding target
@@ -72,40 +55,25 @@ class DecoupledSettings:
         if self.schedule not in ("per-ipc", "joint"):
             raise MethodConfigError(f"unknown schedule {self.schedule!r}; known: per-ipc, joint")
 
-    def match_config(self) -> MatchConfig:
-        return MatchConfig(ce_weight=self.ce_weight, bn_weight=self.bn_weight, conv_weight=self.conv_weight,
-                           first_multiplier=self.first_multiplier, ema=self.ema, conv_drop=self.conv_drop,
-                           patch=self.patch, dd_weight=self.dd_weight, dd_tau=self.dd_tau,
-                           dd_normalize=self.dd_normalize)
-
-    def aug_config(self) -> RecoverAugConfig:
-        return RecoverAugConfig(crop_scale=tuple(self.crop_scale), per_image=self.crop_per_image, flip=self.flip,
-                                jitter=self.jitter)
-
-    def recover_config(self, iterations: int, seed: int) -> RecoverConfig:
-        return RecoverConfig(iterations=iterations, lr=self.lr, weight_decay=self.weight_decay,
-                             batch_images=self.batch_images, init=self.init, aug=self.aug_config(),
-                             match=self.match_config(), seed=seed)
+    def recover_config(self, seed: int) -> RecoverConfig:
+        """The recover loop's settings for a build with `seed`."""
+        return replace(self.recover, seed=seed)
 
 
 PRESETS: Registry[dict[str, Any]] = Registry("decoupled method")
 PRESETS.add("sre2l", {})
-PRESETS.add("gvbsm", {"pool": "backbones", "sampling": "one", "bn_weight": 0.01, "conv_weight": 0.01, "ema": 0.8,
-                      "conv_drop": 0.4, "lr": 0.05, "teacher_max_train": 5000})
-PRESETS.add("teddy", {"pool": "prior", "sampling": "subset", "k": 3, "weight_decay": 1e-4})
+PRESETS.add("gvbsm", {"pool": "backbones", "sampling": "one", "teacher_max_train": 5000,
+                      "recover": {"lr": 0.05, "match": {"bn_weight": 0.01, "conv_weight": 0.01, "ema": 0.8,
+                                                        "conv_drop": 0.4}}})
+PRESETS.add("teddy", {"pool": "prior", "sampling": "subset", "k": 3, "recover": {"weight_decay": 1e-4}})
 
-# Recover iterations per profile when the settings leave them open (SRe2L Tiny: 1000; cpu/smoke: budgets).
-PROFILE_ITERATIONS = {"smoke": 20, "cpu": 500, "paper": 1000}
+
+def preset(method: str) -> DecoupledSettings:
+    """The settings of `method` (sre2l, gvbsm, teddy): the defaults with the preset's changes."""
+    return updated(DecoupledSettings(), PRESETS.get(method), f"the {method} preset", f"method.{method}")
 
 
 def settings_for(method: str, **overrides: Any) -> DecoupledSettings:
-    """The preset of `method` with `overrides` applied; unknown keys raise MethodConfigError."""
-    preset = dict(PRESETS.get(method))
-    known = {f.name for f in fields(DecoupledSettings)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise MethodConfigError(f"method {method!r}: unknown settings {unknown}; known: {sorted(known)}")
-    for key, value in overrides.items():  # JSON gives lists; the dataclass wants tuples
-        if isinstance(value, list):
-            overrides[key] = tuple(value)
-    return replace(DecoupledSettings(), **{**preset, **overrides})
+    """The preset of `method` with `overrides` (nested like the tree: `recover={"iterations": 50}`) applied;
+    an unknown key or a wrong value raises condenser.config.ConfigError."""
+    return updated(preset(method), overrides, "settings_for", f"method.{method}")

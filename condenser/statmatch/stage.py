@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from condenser.checkpoint import config_hash
-from condenser.condense import CondenseConfig, CondenseResult, condense, dataset_fingerprint
+from condenser.condense import CondenseResult, condense, dataset_fingerprint
+from condenser.config.tree import Config
 from condenser.data import ImageDataset
 from condenser.device import resolve_device
 from condenser.distributed import current
@@ -35,7 +36,7 @@ from condenser.statmatch.objective import StatMatchObjective
 from condenser.statmatch.order import herd
 from condenser.statmatch.pool import TeacherPool
 from condenser.statmatch.recover import recover
-from condenser.statmatch.settings import PRESETS, PROFILE_ITERATIONS, DecoupledSettings, settings_for
+from condenser.statmatch.settings import PRESETS, DecoupledSettings
 from condenser.statmatch.teachers import PoolContext, build_pool
 from condenser.teacher import Teacher
 
@@ -49,12 +50,10 @@ def _run_dir(dataset: str, method: str, digest: str):
     return runs_dir() / f"{dataset.replace(':', '_').replace('/', '_')}-{method}-{digest}"
 
 
-def per_ipc_schedule(method: str, cfg: Any, profile: Any, train: ImageDataset, pool: TeacherPool,
-                     stats: list[dict | None], stats_paths: list[str | None], run_hash: str,
+def per_ipc_schedule(method: str, cfg: Any, settings: Config, s: DecoupledSettings, train: ImageDataset,
+                     pool: TeacherPool, stats: list[dict | None], stats_paths: list[str | None], run_hash: str,
                      stop_after: int | None) -> tuple[CondenseResult, dict]:
-    s: DecoupledSettings = settings_for(method, **cfg.method_settings)
-    iterations = s.iterations or PROFILE_ITERATIONS.get(profile.name, 1000)
-    rcfg = s.recover_config(iterations, cfg.seed)
+    rcfg = s.recover_config(cfg.seed)
     objective = StatMatchObjective(pool, rcfg.match, stats)
     try:
         rr = recover(objective, train, cfg.ipc, rcfg, resolve_device(cfg.device),
@@ -74,14 +73,13 @@ def per_ipc_schedule(method: str, cfg: Any, profile: Any, train: ImageDataset, p
         timings={"elapsed_s": rr.seconds, "device": str(resolve_device(cfg.device)),
                  "threads": torch.get_num_threads()},
         config={"method": method, "schedule": "per-ipc", "recover": asdict(rcfg)},
-        init_indices=torch.zeros(c, 0, dtype=torch.int64), outer_loops_done=iterations)
+        init_indices=torch.zeros(c, 0, dtype=torch.int64), outer_loops_done=rcfg.iterations)
     return result, extra
 
 
-def joint_schedule(method: str, cfg: Any, profile: Any, train: ImageDataset, pool: TeacherPool,
-                   stats: list[dict | None], stats_paths: list[str | None], run_hash: str,
+def joint_schedule(method: str, cfg: Any, settings: Config, s: DecoupledSettings, train: ImageDataset,
+                   pool: TeacherPool, stats: list[dict | None], stats_paths: list[str | None], run_hash: str,
                    stop_after: int | None) -> tuple[CondenseResult, dict]:
-    s: DecoupledSettings = settings_for(method, **cfg.method_settings)
     c = train.spec.num_classes
     if cfg.ipc * c > s.joint_max_images:
         raise MethodConfigError(f"joint schedule: {cfg.ipc}x{c} images exceed joint_max_images={s.joint_max_images}; "
@@ -90,17 +88,13 @@ def joint_schedule(method: str, cfg: Any, profile: Any, train: ImageDataset, poo
     if first.arch != "convnet":
         raise MethodConfigError(f"joint schedule: the first teacher must be a convnet (MLS features), got {first.arch}")
     kw = first.meta.get("model_kwargs", {})
-    budget = profile.condense
-    settings = {"members": [m.path for m in pool.members], "conv_stats": stats_paths, "sampling": s.sampling,
-                "k": s.k, "match": asdict(s.match_config()), "aug": asdict(s.aug_config()), "lr": s.joint_lr,
-                "pool_hash": run_hash}
-    ccfg = CondenseConfig(
-        method=METHOD_NAME, ipc=cfg.ipc, outer_loops=budget.outer_loops, inner_loops=budget.inner_loops,
-        period=budget.period, batch_real=budget.batch_real, n_data=None, multisize=cfg.multisize,
-        subset_weight=cfg.subset_weight, freeze=cfg.freeze, class_wise=cfg.class_wise, init="random",
-        model="convnet", width=kw.get("width", 128), depth=kw.get("depth", 3), norm=kw.get("norm", "instance"),
-        method_settings=settings, seed=cfg.seed, device=cfg.device, amp=False)
-    ccfg = replace(ccfg, **cfg.condense_overrides)
+    joint = {"members": [m.path for m in pool.members], "conv_stats": stats_paths, "sampling": s.sampling,
+             "k": s.k, "match": asdict(s.recover.match), "aug": asdict(s.recover.aug), "lr": s.joint_lr,
+             "pool_hash": run_hash}
+    # the condense section's loop budgets and multisize rule; the network is the first teacher's
+    ccfg = replace(settings.condense, method=METHOD_NAME, ipc=cfg.ipc, init="random", model="convnet",
+                   width=kw.get("width", 128), depth=kw.get("depth", 3), norm=kw.get("norm", "instance"),
+                   method_settings=joint, seed=cfg.seed, device=cfg.device, amp=False)
     result = condense(ccfg, train, run_dir=_run_dir(cfg.dataset, method, config_hash(asdict(ccfg))),
                       stop_after=stop_after)
     return result, {}
@@ -114,27 +108,27 @@ SCHEDULES.add("joint", joint_schedule)
 def decoupled_stage(method: str):
     """The build stage of one preset (sre2l, gvbsm, teddy)."""
 
-    def stage(cfg: Any, profile: Any, train: ImageDataset, log: Callable[[str], None], stop_after: int | None,
+    def stage(cfg: Any, settings: Config, train: ImageDataset, log: Callable[[str], None], stop_after: int | None,
               seconds: dict[str, float]) -> StageResult:
-        s = settings_for(method, **cfg.method_settings)
+        s: DecoupledSettings = settings.method.settings(method)
         dist = current()
         if dist.sharded and s.schedule == "joint":
             raise MethodConfigError(f"{method}: the joint schedule optimises one batch of all classes and cannot be "
                                     f"sharded over {dist.world_size} processes; use schedule per-ipc or one process")
         t0 = time.time()
         with dist.local_first(f"{method} teacher pool"):
-            pool = build_pool(PoolContext(cfg.dataset, profile.name, train, cfg.data_root, cfg.device, cfg.seed, log),
-                              s)
+            # the pool's teachers train with the tree's teacher section (condenser.teacher.TeacherConfig.from_profile)
+            pool = build_pool(PoolContext(cfg.dataset, settings, train, cfg.data_root, cfg.device, cfg.seed, log), s)
         for m in pool.members:
             dist.broadcast_module(m.model, what=f"broadcast of teacher {m.arch}")
         seconds["teacher"] = time.time() - t0
         stats: list[dict | None] = [None] * len(pool)
         paths: list[str | None] = [None] * len(pool)
-        if s.conv_weight > 0:
+        if s.recover.match.conv_weight > 0:
             t0 = time.time()
             with dist.local_first(f"{method} conv statistics"):
                 for i, m in enumerate(pool.members):
-                    stats[i], p = cached_conv_stats(m.model, train, m.arch, s.patch, s.stat_images)
+                    stats[i], p = cached_conv_stats(m.model, train, m.arch, s.recover.match.patch, s.stat_images)
                     paths[i] = str(p)
             seconds["statistics"] = time.time() - t0
         run_hash = config_hash({"method": method, "settings": asdict(s), "ipc": cfg.ipc, "seed": cfg.seed,
@@ -142,13 +136,13 @@ def decoupled_stage(method: str):
                                 "data": dataset_fingerprint(train)})
         t0 = time.time()
         schedule = SCHEDULES.get(s.schedule)
-        result, extra = schedule(method, cfg, profile, train, pool, stats, paths, run_hash, stop_after)
+        result, extra = schedule(method, cfg, settings, s, train, pool, stats, paths, run_hash, stop_after)
         seconds["condense"] = time.time() - t0
         first = pool.members[0]
         describe = pool.describe()
         provenance = {
             "method": method, "base_method": method, "schedule": s.schedule, "nesting": NESTING[s.schedule],
-            "settings": asdict(s), "teacher": describe[0], "teachers": describe, **extra,
+            "teacher": describe[0], "teachers": describe, **extra,  # its settings: provenance.settings.method
         }
         return StageResult(result=result, relabel_models=pool.models if cfg.soft_labels == "teacher" else [],
                            teacher=Teacher(model=first.model, meta=first.meta), provenance=provenance)
