@@ -1,14 +1,12 @@
 """Model checkpoints: a trained or half-trained runtime.Model as one msgpack file (docs/trainer.md).
 
-A checkpoint holds what continuing a run bit-identically needs: parameters and momentum buffers
-(raw little-endian float32, never pickle), the training settings, the network spec, the trainer bundle
+A checkpoint holds what continuing a run bit-identically needs: parameters, optimizer state (SGD momentum,
+AdamW's two moments) and state buffers (BatchNorm running statistics), as raw little-endian float32,
+never pickle; the training settings, the network spec, the trainer bundle
 the run used (so an onnx model loads without its .mdc file), and the loop position: global step, epoch,
 batches done in that epoch, the epoch's record order and the numpy PCG64 state of the loop's one
 generator (shuffling and view draws). Files are written with formats/atomic.py, so a run killed while
 saving leaves the previous checkpoint intact.
-
-This module also reads and writes the optimizer state of both backends (`trainer_momenta`,
-`set_trainer_momenta`), so the backends need no checkpoint code of their own.
 """
 
 from __future__ import annotations
@@ -25,11 +23,20 @@ import numpy as np
 
 from formats.atomic import atomic_write_bytes
 from runtime.backends.base import ModelSpec
+from runtime.bundle import (
+    DropoutSpec,
+    LossConfig,
+    OptimizerConfig,
+    SGDConfig,
+    dropout_from_list,
+    loss_from_dict,
+    optimizer_from_dict,
+)
 from runtime.config import TrainConfig
-from runtime.errors import CheckpointError, ConfigError
+from runtime.errors import BundleError, CheckpointError, ConfigError
 
 FORMAT = "multisize-model"
-VERSION = 1
+VERSION = 2  # 2: optimizer_state by slot and state buffers; version 1 files (SGD "momenta") still load
 _F32 = np.dtype("<f4")
 _I64 = np.dtype("<i8")
 MAX_CHECKPOINT_BYTES = 1 << 32  # far above any device model; a larger file is refused before reading
@@ -73,45 +80,15 @@ class ModelState:
     spec: ModelSpec
     config: TrainConfig
     params: list[np.ndarray]
-    momenta: list[np.ndarray]
+    slots: list[list[np.ndarray]]  # optimizer state, one list per slot of spec.optimizer.slots
     loop: LoopState
+    buffers: list[np.ndarray] = field(default_factory=list)  # spec.buffer_names order
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     ipc: int | None = None
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     bundle: bytes | None = None  # serialized runtime.bundle.TrainerBundle, when the run had one
-
-
-# ---------------------------------------------------------------------------- optimizer state
-
-
-def trainer_momenta(trainer: Any) -> list[np.ndarray]:
-    """The SGD momentum buffers of a backend's trainer, in parameter order (zeros before any step)."""
-    if trainer.backend == "onnx":
-        return [np.array(m, dtype=np.float32, copy=True) for m in trainer._momenta]
-    if trainer.backend == "torch":
-        out = []
-        for p in trainer.model.parameters():
-            buf = trainer.opt.state.get(p, {}).get("momentum_buffer")
-            out.append(np.zeros(tuple(p.shape), np.float32) if buf is None
-                       else buf.detach().cpu().numpy().astype(np.float32, copy=True))
-        return out
-    raise ConfigError(f"no optimizer state for backend {trainer.backend!r}")
-
-
-def set_trainer_momenta(trainer: Any, momenta: list[np.ndarray]) -> None:
-    """Put saved momentum buffers into a trainer; torch's SGD then continues exactly as the onnx graph
-    does (with a zero buffer its first update is the gradient, as with no buffer)."""
-    shapes = [tuple(p.shape) for p in trainer.get_params()]
-    if [tuple(m.shape) for m in momenta] != shapes:
-        raise CheckpointError("checkpoint: momentum buffer shapes do not match the model's parameters")
-    if trainer.backend == "onnx":
-        trainer._momenta = [np.ascontiguousarray(m, dtype=np.float32) for m in momenta]
-        return
-    torch = trainer._torch
-    for p, m in zip(trainer.model.parameters(), momenta, strict=True):
-        trainer.opt.state[p]["momentum_buffer"] = torch.from_numpy(np.array(m, dtype=np.float32, copy=True))
 
 
 # ---------------------------------------------------------------------------- data fingerprint
@@ -142,13 +119,22 @@ def _rng_out(state: dict[str, Any]) -> dict[str, Any]:
             "has_uint32": int(state["has_uint32"]), "uinteger": int(state["uinteger"])}
 
 
+def spec_to_dict(spec: ModelSpec) -> dict[str, Any]:
+    return {"arch": spec.arch, "in_shape": list(spec.in_shape), "num_classes": spec.num_classes,
+            "arch_kwargs": dict(spec.arch_kwargs), "optimizer": spec.optimizer.to_dict(),
+            "loss": {"name": spec.loss.name, **spec.loss.settings()}, "batch_size": spec.batch_size,
+            "param_names": list(spec.param_names), "buffer_names": list(spec.buffer_names),
+            "dropout": None if spec.dropout is None else [
+                {"module": d.module, "p": d.p, "shape": list(d.shape)} for d in spec.dropout]}
+
+
 def to_bytes(s: ModelState) -> bytes:
     loop = s.loop
-    spec = asdict(s.spec)
-    spec["in_shape"], spec["param_names"] = list(s.spec.in_shape), list(s.spec.param_names)
     doc = {
-        "format": FORMAT, "version": VERSION, "backend": s.backend, "spec": spec, "config": asdict(s.config),
-        "shapes": [list(p.shape) for p in s.params], "params": _arrays(s.params), "momenta": _arrays(s.momenta),
+        "format": FORMAT, "version": VERSION, "backend": s.backend, "spec": spec_to_dict(s.spec),
+        "config": asdict(s.config), "shapes": [list(p.shape) for p in s.params], "params": _arrays(s.params),
+        "optimizer_state": {name: _arrays(a) for name, a in zip(s.spec.optimizer.slots, s.slots, strict=True)},
+        "buffer_shapes": [list(b.shape) for b in s.buffers], "buffers": _arrays(s.buffers),
         "mean": None if s.mean is None else list(s.mean), "std": None if s.std is None else list(s.std),
         "ipc": s.ipc, "losses": [float(v) for v in s.losses], "seconds": float(s.seconds),
         "loop": {"step": loop.step, "epoch": loop.epoch, "batch": loop.batch, "epoch_loss": float(loop.epoch_loss),
@@ -214,23 +200,56 @@ def _read_arrays(raw: Any, shapes: list[tuple[int, ...]], name: str) -> list[np.
     return out
 
 
-def _shapes(v: Any) -> list[tuple[int, ...]]:
+def _shapes(v: Any, name: str = "shapes") -> list[tuple[int, ...]]:
     ok = isinstance(v, list) and all(isinstance(s, list) and len(s) <= 8 and all(
         isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 31 for d in s) for s in v)
     if not ok:
-        raise _bad("shapes", "a list of shapes")
+        raise _bad(name, "a list of shapes")
     return [tuple(s) for s in v]
 
 
-def _spec(d: Any) -> ModelSpec:
+def _names(d: dict[str, Any], key: str) -> tuple[str, ...]:
+    v = d.get(key, [])
+    if not (isinstance(v, list) and all(isinstance(n, str) for n in v)):
+        raise _bad(f"spec.{key}", "a list of strings")
+    return tuple(v)
+
+
+def _spec_optimizer(d: dict[str, Any], version: int) -> OptimizerConfig:
+    """spec.optimizer (version 1: spec.momentum and spec.weight_decay of SGD)."""
+    if version == 1:
+        return SGDConfig(momentum=_float(d, "momentum", "spec."), weight_decay=_float(d, "weight_decay", "spec."))
+    try:
+        return optimizer_from_dict(d.get("optimizer"))
+    except BundleError as exc:
+        raise CheckpointError(f"checkpoint: spec: {exc}") from None
+
+
+def _spec_loss(d: dict[str, Any]) -> LossConfig:
+    loss = d.get("loss", {"name": "soft_cross_entropy"})
+    if not isinstance(loss, dict):
+        raise _bad("spec.loss", "a map")
+    try:
+        return loss_from_dict(loss.get("name"), {k: v for k, v in loss.items() if k != "name"})
+    except BundleError as exc:
+        raise CheckpointError(f"checkpoint: spec: {exc}") from None
+
+
+def _spec_dropout(v: Any) -> tuple[DropoutSpec, ...] | None:
+    if v is None:
+        return None
+    try:
+        return tuple(dropout_from_list(v))
+    except BundleError as exc:
+        raise CheckpointError(f"checkpoint: spec: {exc}") from None
+
+
+def _spec(d: Any, version: int) -> ModelSpec:
     if not isinstance(d, dict):
         raise _bad("spec", "a map")
     in_shape = d.get("in_shape")
-    names = d.get("param_names")
     if not (isinstance(in_shape, list) and len(in_shape) == 3 and all(isinstance(s, int) for s in in_shape)):
         raise _bad("spec.in_shape", "3 integers")
-    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-        raise _bad("spec.param_names", "a list of strings")
     batch = d.get("batch_size")
     if batch is not None and (not isinstance(batch, int) or batch < 1):
         raise _bad("spec.batch_size", "a positive integer or nil")
@@ -239,8 +258,9 @@ def _spec(d: Any) -> ModelSpec:
         raise _bad("spec.arch_kwargs", "a map")
     return ModelSpec(arch=_get(d, "arch", (str,), "a string", "spec."), in_shape=tuple(in_shape),
                      num_classes=_int(d, "num_classes", "spec.", lo=1), arch_kwargs=dict(kwargs),
-                     momentum=_float(d, "momentum", "spec."), weight_decay=_float(d, "weight_decay", "spec."),
-                     batch_size=batch, param_names=tuple(names))
+                     optimizer=_spec_optimizer(d, version), loss=_spec_loss(d), batch_size=batch,
+                     param_names=_names(d, "param_names"), buffer_names=_names(d, "buffer_names"),
+                     dropout=_spec_dropout(d.get("dropout")))
 
 
 def _config(d: Any) -> TrainConfig:
@@ -283,6 +303,25 @@ def _loop(d: Any) -> LoopState:
                      data=data)
 
 
+def _slots(d: dict[str, Any], spec: ModelSpec, shapes: list[tuple[int, ...]], version: int) -> list[list[np.ndarray]]:
+    """The optimizer state by slot (version 1: the SGD momentum buffers under "momenta")."""
+    if version == 1:
+        return [_read_arrays(d.get("momenta"), shapes, "momenta")]
+    state = d.get("optimizer_state")
+    if not isinstance(state, dict) or sorted(state) != sorted(spec.optimizer.slots):
+        raise _bad("optimizer_state", f"a map of the slots {list(spec.optimizer.slots)}")
+    return [_read_arrays(state[name], shapes, f"optimizer_state.{name}") for name in spec.optimizer.slots]
+
+
+def _buffers(d: dict[str, Any], spec: ModelSpec, version: int) -> list[np.ndarray]:
+    if version == 1:
+        return []
+    shapes = _shapes(d.get("buffer_shapes"), "buffer_shapes")
+    if len(shapes) != len(spec.buffer_names):
+        raise CheckpointError(f"checkpoint: {len(spec.buffer_names)} buffer names but {len(shapes)} buffer shapes")
+    return _read_arrays(d.get("buffers"), shapes, "buffers")
+
+
 def from_bytes(blob: bytes) -> ModelState:
     """Parse a checkpoint; every malformed field is a CheckpointError that names it."""
     try:
@@ -291,10 +330,11 @@ def from_bytes(blob: bytes) -> ModelState:
         raise CheckpointError(f"checkpoint: not a valid msgpack file ({type(exc).__name__})") from None
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint: not a {FORMAT!r} file")
-    if d.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint: unsupported version {d.get('version')!r} (this reader: {VERSION})")
+    version = d.get("version")
+    if isinstance(version, bool) or version not in (1, VERSION):
+        raise CheckpointError(f"checkpoint: unsupported version {version!r} (this reader: 1..{VERSION})")
     shapes = _shapes(d.get("shapes"))
-    spec = _spec(d.get("spec"))
+    spec = _spec(d.get("spec"), version)
     if spec.param_names and len(spec.param_names) != len(shapes):
         raise CheckpointError(f"checkpoint: {len(spec.param_names)} parameter names but {len(shapes)} shapes")
     bundle = d.get("bundle")
@@ -309,7 +349,7 @@ def from_bytes(blob: bytes) -> ModelState:
     loop = _loop(d.get("loop"))
     return ModelState(backend=_get(d, "backend", (str,), "a string"), spec=spec, config=_config(d.get("config")),
                       params=_read_arrays(d.get("params"), shapes, "params"),
-                      momenta=_read_arrays(d.get("momenta"), shapes, "momenta"), loop=loop,
+                      slots=_slots(d, spec, shapes, version), loop=loop, buffers=_buffers(d, spec, version),
                       mean=_floats(d.get("mean"), "mean"), std=_floats(d.get("std"), "std"), ipc=ipc,
                       losses=list(losses), seconds=_float(d, "seconds"), bundle=bundle)
 
@@ -330,4 +370,4 @@ def load(path: str | os.PathLike[str]) -> ModelState:
 
 
 __all__ = ["FORMAT", "VERSION", "CheckpointError", "LoopState", "ModelState", "data_fingerprint", "from_bytes",
-           "load", "save", "set_trainer_momenta", "to_bytes", "trainer_momenta"]
+           "load", "save", "spec_to_dict", "to_bytes"]

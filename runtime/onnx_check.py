@@ -24,14 +24,16 @@ from runtime.errors import BundleError
 
 # What condenser/export/ emits, as (domain, op_type); "" is the default ai.onnx domain.
 # Regenerate after an exporter change: export a bundle of every exportable variant (convnet with each
-# act in relu/leakyrelu/sigmoid, pool in avg/max/none, norm in instance/none; resnet-ap10; resnet18 with
-# norm=instance) with `condenser export-trainer`, then run `python -m runtime.onnx_check BUNDLE...`,
-# which prints the ops of their graphs in this form.
+# act in relu/leakyrelu/sigmoid, pool in avg/max/none, norm in instance/none/batch; resnet-ap10; the user
+# models of examples/user_models.py; each optimizer and loss: tests/test_runtime_hostile.py VARIANTS) with
+# `condenser export-trainer`, then run `python -m runtime.onnx_check BUNDLE...`, which prints the ops of
+# their graphs in this form.
 ALLOWED_OPS: frozenset[tuple[str, str]] = frozenset(("", op) for op in (
-    "Add", "BatchNormalization", "Cast", "CastLike", "Concat", "Constant", "Conv", "ConvTranspose", "Div",
-    "Exp", "Expand", "Gather", "Gemm", "Greater", "HardSigmoid", "Identity", "LeakyRelu", "LogSoftmax",
-    "MatMul", "MaxPool", "Mul", "Neg", "Pad", "Reciprocal", "ReduceMean", "ReduceSum", "Relu", "Reshape",
-    "ScatterElements", "Shape", "Sigmoid", "Slice", "Sqrt", "Sub", "Transpose", "Unsqueeze", "Where",
+    "Add", "ArgMax", "BatchNormalization", "Cast", "CastLike", "Concat", "Constant", "Conv", "ConvTranspose",
+    "Div", "Equal", "Erf", "Exp", "Expand", "Gather", "GatherElements", "Gemm", "Greater", "GreaterOrEqual",
+    "HardSigmoid", "Identity", "IsNaN", "LayerNormalization", "LeakyRelu", "Log", "LogSoftmax", "MatMul", "Max",
+    "MaxPool", "Mul", "Neg", "Pad", "Pow", "Reciprocal", "ReduceMean", "ReduceSum", "Relu", "Reshape",
+    "ScatterElements", "Shape", "Sigmoid", "Slice", "Sqrt", "Sub", "Tile", "Transpose", "Unsqueeze", "Where",
 ))
 ALLOWED_OPSETS: dict[str, int] = {"": 18}  # condenser/export/train_step.py OPSET
 # Element types of Constant values and initializers (onnx.proto TensorProto.DataType): FLOAT, INT64.

@@ -19,7 +19,7 @@ import numpy as np
 from formats.atomic import atomic_write_bytes
 from runtime import checkpoint as ckpt
 from runtime.backends import ModelSpec, Trainer, make_trainer
-from runtime.bundle import TrainerBundle
+from runtime.bundle import OptimizerConfig, TrainerBundle
 from runtime.checkpoint import CheckpointError, LoopState, ModelState
 from runtime.config import DEFAULT_BATCH_SIZE, TrainConfig, learning_rate, steps_per_epoch
 from runtime.data import prepare_images
@@ -62,6 +62,11 @@ class Model:
         return dict(zip(self.spec.param_names, self._trainer.get_params(), strict=True))
 
     @property
+    def buffers(self) -> dict[str, np.ndarray]:
+        """State buffers (BatchNorm running mean / variance), updated by training, used by inference."""
+        return dict(zip(self.spec.buffer_names, self._trainer.get_buffers(), strict=True))
+
+    @property
     def finished(self) -> bool:
         """Whether every epoch of `config.epochs` has run (a checkpoint of a killed run has not)."""
         return self._loop is not None and self._loop.epoch >= self.config.epochs
@@ -74,10 +79,11 @@ class Model:
         return self.logits(x).argmax(axis=1)
 
     def state(self) -> ModelState:
-        """Parameters, optimizer state, settings and loop position, as a checkpoint stores them."""
+        """Parameters, optimizer state, buffers, settings and loop position, as a checkpoint stores them."""
         loop = copy.copy(self._loop) if self._loop is not None else LoopState.start(self.config.seed, {})
-        return ModelState(backend=self.backend, spec=self.spec, config=self.config,
-                          params=self._trainer.get_params(), momenta=ckpt.trainer_momenta(self._trainer),
+        tr = self._trainer
+        return ModelState(backend=self.backend, spec=self.spec, config=self.config, params=tr.get_params(),
+                          slots=tr.get_slots(), buffers=tr.get_buffers(),
                           loop=loop, mean=self.mean, std=self.std, ipc=self.ipc, losses=list(self.losses),
                           seconds=self.seconds, bundle=None if self._bundle is None else self._bundle.to_bytes())
 
@@ -92,26 +98,29 @@ class Model:
         return model_from_state(ckpt.load(path), backend, threads)
 
     def export_onnx(self, path: str | os.PathLike[str]) -> None:
-        """Write `x -> logits` as a plain ONNX model with the trained parameters as initializers.
+        """Write `x -> logits` as a plain ONNX model with the trained parameters and buffers as initializers.
 
         x is float32 [B, C, H, W], normalised with `mean`/`std`, B the trainer's fixed batch size; the
-        graph is the bundle's inference graph, so it passes runtime/onnx_check.py like the bundle does.
+        graph is the bundle's inference graph (BatchNorm on the trained running statistics), so it passes
+        runtime/onnx_check.py like the bundle does.
         """
         if self._bundle is None:
             raise TrainerError("export_onnx() needs a trainer bundle's inference graph; this model was trained "
                                "with backend='torch' and no bundle: pass trainer= to runtime.train")
         names = self._bundle.meta.inference_inputs[1:]
-        graph = bake_params(self._bundle.inference, names, self._trainer.get_params())
+        graph = bake_params(self._bundle.inference, names,
+                            [*self._trainer.get_params(), *self._trainer.get_buffers()])
         check_model(graph, "exported inference")
         atomic_write_bytes(path, graph)
 
 
 def model_from_state(s: ModelState, backend: str | None = None, threads: int | None = None) -> Model:
-    """Rebuild a backend trainer from a checkpoint's parameters and momentum buffers."""
+    """Rebuild a backend trainer from a checkpoint's parameters, optimizer state and buffers."""
     bundle = TrainerBundle.from_bytes(s.bundle) if s.bundle is not None else None
     backend = backend or s.backend
-    tr = make_trainer(backend, s.spec, bundle, s.params, seed=s.config.seed, threads=threads)
-    ckpt.set_trainer_momenta(tr, s.momenta)
+    tr = make_trainer(backend, s.spec, bundle, s.params, seed=s.config.seed, threads=threads,
+                      buffers=s.buffers)
+    tr.set_slots(s.slots)
     return Model(spec=tr.spec, backend=backend, config=s.config, mean=s.mean, std=s.std, losses=list(s.losses),
                  steps=s.loop.step, seconds=s.seconds, ipc=s.ipc, _trainer=tr, _bundle=bundle, _loop=s.loop)
 
@@ -145,40 +154,56 @@ def build_config(config: TrainConfig | None, settings: dict[str, Any]) -> TrainC
     return (config or TrainConfig()).with_(**settings)
 
 
+def _bundle_for(bundle: TrainerBundle | None, arch: str | None, arch_kwargs: dict[str, Any] | None,
+                backend: str) -> TrainerBundle | None:
+    """The bundle if it trains the asked network; one that describes another network is dropped for the
+    torch backend and an error for the onnx one."""
+    if bundle is None:
+        return None
+    m = bundle.meta
+    if (arch is None or arch == m.arch) and (arch_kwargs is None or dict(arch_kwargs) == dict(m.arch_kwargs)):
+        return bundle
+    if backend == "onnx":
+        raise TrainerError(f"the trainer bundle trains {m.arch!r} {m.arch_kwargs}, not {arch!r} "
+                           f"{arch_kwargs or {}}; pass a matching trainer= or use backend='torch'")
+    return None
+
+
+def _optimizer_with(opt: OptimizerConfig, cfg: TrainConfig, baked: bool) -> OptimizerConfig:
+    """The optimizer with TrainConfig's momentum / weight_decay: an onnx graph bakes them in, so there an
+    explicit value must equal the bundle's; the torch backend takes it."""
+    changes = {}
+    for name in ("momentum", "weight_decay"):
+        v = getattr(cfg, name)
+        if v is None:
+            continue
+        if not hasattr(opt, name):
+            raise ConfigError(f"{name}={v} does not apply to the trainer's optimizer {opt.name!r}")
+        if baked and not math.isclose(v, getattr(opt, name), rel_tol=1e-6):
+            raise ConfigError(f"{name}={v} but the onnx train step has {getattr(opt, name)} built in")
+        changes[name] = float(v)
+    return replace(opt, **changes)
+
+
 def plan(image_shape: tuple[int, int, int], num_classes: int, arch: str | None, backend: str,
          cfg: TrainConfig, bundle: TrainerBundle | None, arch_kwargs: dict[str, Any] | None = None,
          ) -> tuple[ModelSpec, int, TrainerBundle | None]:
-    """The network spec and batch size a run uses; a bundle that describes another network is dropped
-    for the torch backend and an error for the onnx one."""
+    """The network spec and batch size a run uses, and the bundle that trains it (None: torch builds it)."""
     if bundle is not None:
         _check_bundle(bundle, image_shape, num_classes)
-        m = bundle.meta
-        same = (arch is None or arch == m.arch) and (
-            arch_kwargs is None or dict(arch_kwargs) == dict(m.arch_kwargs))
-        if not same:
-            if backend == "onnx":
-                raise TrainerError(f"the trainer bundle trains {m.arch!r} {m.arch_kwargs}, not {arch!r} "
-                                   f"{arch_kwargs or {}}; pass a matching trainer= or use backend='torch'")
-            bundle = None
+    bundle = _bundle_for(bundle, arch, arch_kwargs, backend)
     if bundle is not None:
         spec = ModelSpec.from_bundle(bundle)
-        if backend == "onnx":
-            for name in ("momentum", "weight_decay"):
-                v = getattr(cfg, name)
-                if v is not None and not math.isclose(v, getattr(spec, name), rel_tol=1e-6):
-                    raise ConfigError(f"{name}={v} but the onnx train step has {getattr(spec, name)} "
-                                      "built in")
-            if cfg.batch_size is not None and cfg.batch_size != spec.batch_size:
-                raise ConfigError(f"batch_size={cfg.batch_size} but the onnx train step takes batches of "
-                                  f"{spec.batch_size}; export a trainer with --batch-size {cfg.batch_size}")
+        if backend == "onnx" and cfg.batch_size is not None and cfg.batch_size != spec.batch_size:
+            raise ConfigError(f"batch_size={cfg.batch_size} but the onnx train step takes batches of "
+                              f"{spec.batch_size}; export a trainer with --batch-size {cfg.batch_size}")
+    elif backend == "onnx":
+        raise TrainerError("backend 'onnx' needs a trainer bundle: the file embeds none; export one with "
+                           "`condenser export-trainer` and pass trainer=PATH (or use backend='torch')")
     else:
-        if backend == "onnx":
-            raise TrainerError("backend 'onnx' needs a trainer bundle: the file embeds none; export one with "
-                               "`condenser export-trainer` and pass trainer=PATH (or use backend='torch')")
         spec = ModelSpec(arch=arch or "convnet", in_shape=tuple(image_shape), num_classes=num_classes,
                          arch_kwargs=dict(arch_kwargs or {}))
-    spec = replace(spec, momentum=spec.momentum if cfg.momentum is None else float(cfg.momentum),
-                   weight_decay=spec.weight_decay if cfg.weight_decay is None else float(cfg.weight_decay))
+    spec = replace(spec, optimizer=_optimizer_with(spec.optimizer, cfg, baked=backend == "onnx"))
     batch = cfg.batch_size or spec.batch_size or DEFAULT_BATCH_SIZE
     return spec, int(batch), bundle
 
@@ -194,12 +219,24 @@ def initial_params(cfg: TrainConfig, spec: ModelSpec, bundle: TrainerBundle | No
     return init_params(bundle.meta.param_names, bundle.params, cfg.seed)
 
 
+def initial_buffers(cfg: TrainConfig, bundle: TrainerBundle | None) -> list[np.ndarray] | None:
+    """init 'bundle': the bundle's buffers (perhaps a trained model's running statistics); 'seed': fresh
+    ones, as torch initialises BatchNorm (running mean 0, running variance 1); None: the torch model's own."""
+    if bundle is None:
+        return None
+    if cfg.init == "bundle":
+        return bundle.initial_buffers()
+    return [np.full(shape, 1.0 if name.endswith("running_var") else 0.0, np.float32)
+            for name, shape in zip(bundle.meta.buffer_names, bundle.meta.buffer_shapes, strict=True)]
+
+
 def _fresh_model(ds: Dataset, arch: str | None, backend: str, cfg: TrainConfig, trainer: TrainerSource,
                  arch_kwargs: dict[str, Any] | None) -> Model:
     bundle = resolve_bundle(trainer, ds.trainer_bundle)
     spec, _, bundle = plan(ds.image_shape, ds.num_classes, arch, backend, cfg, bundle, arch_kwargs)
     params = initial_params(cfg, spec, bundle, backend)
-    tr = make_trainer(backend, spec, bundle, params, seed=cfg.seed, threads=cfg.threads)
+    tr = make_trainer(backend, spec, bundle, params, seed=cfg.seed, threads=cfg.threads,
+                      buffers=initial_buffers(cfg, bundle))
     return Model(spec=tr.spec, backend=backend, config=cfg, mean=ds.mean, std=ds.std, ipc=ds.ipc,
                  _trainer=tr, _bundle=bundle, _loop=LoopState.start(cfg.seed, ckpt.data_fingerprint(ds)))
 
@@ -312,7 +349,7 @@ def _run(model: Model, ds: Dataset, mode: str, batch_size: int, callback: Callab
         for j in range(loop.batch, spe):
             batch = ds.batch(order[j * batch_size:(j + 1) * batch_size], batch_size, mode, rng)
             lr = learning_rate(cfg, loop.step, spe)
-            loss = tr.step(lr, batch.x, batch.targets, batch.weights)
+            loss = tr.step(lr, batch.x, batch.targets, batch.weights, step=loop.step)
             if not math.isfinite(loss):
                 raise DivergedError(f"loss became {loss} at epoch {loop.epoch}, step {loop.step} (lr {lr:.3g}); "
                                     "lower lr")

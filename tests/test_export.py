@@ -31,7 +31,7 @@ def _session(model_bytes: bytes) -> ort.InferenceSession:
 def exported(request):
     torch.set_num_threads(1)
     settings = ExportSettings(arch=request.param, in_shape=SHAPE, num_classes=K, batch_size=B, seed=3,
-                              sgd=SGD, model_kwargs=ARCHS[request.param])
+                              optimizer=SGD, model_kwargs=ARCHS[request.param])
     bundle = TrainerBundle.from_bytes(export_trainer(settings).to_bytes())  # test what a device reads
     return settings, bundle, _session(bundle.train_step), _session(bundle.inference)
 
@@ -321,9 +321,10 @@ def test_first_layer_of_convnet_is_fused():
     assert targets.count(aten.convolution_backward.default) == 2  # layers 2 and 3 keep theirs
 
 
-def test_batchnorm_model_is_refused():
-    with pytest.raises(ExportError, match="buffers"):
-        export_trainer(ExportSettings(arch="convnet", model_kwargs={"width": 4, "norm": "batch"}))
+def test_batchnorm_without_running_statistics_is_refused():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4), torch.nn.BatchNorm1d(4, momentum=None))
+    with pytest.raises(ExportError, match=r"module '2' \(BatchNorm1d\): BatchNorm needs track_running_stats"):
+        export_trainer(model, in_shape=(1, 8, 8), num_classes=4, batch_size=4)
 
 
 def test_bundle_reader_does_not_import_torch():

@@ -28,7 +28,8 @@ from onnx import TensorProto, helper
 import formats
 import formats.atomic
 import runtime
-from condenser.export import ExportSettings, export_trainer
+from condenser.export import AdamWConfig, ExportSettings, LossConfig, SGDConfig, export_trainer, train_step
+from condenser.export.supported import SUPPORTED_ATEN_OPS
 from formats.testing import make_data
 from runtime import onnx_check
 from runtime.backends import onnx_backend
@@ -42,21 +43,46 @@ MEMORY_BOUND = 512 << 20  # per test, checked by tests/conftest.py bounded_memor
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE, K, B = (1, 8, 8), 3, 4
-VARIANTS = {  # together they emit every op of onnx_check.ALLOWED_OPS
-    "convnet": ("convnet", {"width": 2, "depth": 2}),
-    "convnet-leaky-max": ("convnet", {"width": 2, "depth": 2, "act": "leakyrelu", "pool": "max"}),
-    "convnet-sigmoid-plain": ("convnet", {"width": 2, "depth": 2, "act": "sigmoid", "norm": "none"}),
-    "resnet-ap10": ("resnet-ap10", {"width": 2}),
+USER = "examples.user_models:"
+VARIANTS = {  # together they emit every op of onnx_check.ALLOWED_OPS (and every aten op of supported.py)
+    "convnet": ("convnet", {"width": 2, "depth": 2}, {}),
+    "convnet-leaky-max": ("convnet", {"width": 2, "depth": 2, "act": "leakyrelu", "pool": "max"}, {}),
+    "convnet-sigmoid-plain": ("convnet", {"width": 2, "depth": 2, "act": "sigmoid", "norm": "none"}, {}),
+    "resnet-ap10": ("resnet-ap10", {"width": 2}, {}),
+    "residual-gelu-layernorm-dropout": (USER + "residual_mlp", {"width": 8}, {}),
+    "group-instance-norm-adaptive-pool": (USER + "group_norm_cnn", {"width": 4}, {}),
+    "batchnorm-adamw-kl": (USER + "bn_mlp", {"width": 8},
+                           {"optimizer": AdamWConfig(), "loss": LossConfig("kl_divergence", temperature=4.0)}),
+    "mobilenet-nesterov-hard": (USER + "mobilenet_like", {"width": 2},
+                                {"optimizer": SGDConfig(nesterov=True), "loss": LossConfig("hard_cross_entropy")}),
 }
+
+
+TRACED_OPS: set[str] = set()  # aten ops of every graph the `exported` fixture traced
+
+
+def _recording_trace(trace):
+    def wrapper(fn, args):
+        gm = trace(fn, args)
+        TRACED_OPS.update(str(n.target) for n in gm.graph.nodes if isinstance(n.target, torch._ops.OpOverload))
+        return gm
+    return wrapper
 
 
 @pytest.fixture(scope="module")
 def exported() -> dict[str, TrainerBundle]:
     torch.set_num_threads(1)
+    if str(ROOT) not in sys.path:  # the example factories import as examples.user_models
+        sys.path.insert(0, str(ROOT))
     out = {}
-    for name, (arch, kwargs) in VARIANTS.items():
-        s = ExportSettings(arch=arch, in_shape=SHAPE, num_classes=K, batch_size=B, model_kwargs=kwargs)
-        out[name] = export_trainer(s)
+    trace = train_step._trace
+    train_step._trace = _recording_trace(trace)
+    try:
+        for name, (arch, kwargs, extra) in VARIANTS.items():
+            s = ExportSettings(arch=arch, in_shape=SHAPE, num_classes=K, batch_size=B, model_kwargs=kwargs, **extra)
+            out[name] = export_trainer(s)
+    finally:
+        train_step._trace = trace
     return out
 
 
@@ -118,6 +144,10 @@ def test_every_exported_variant_passes_and_together_they_use_the_whole_allow_lis
             assert report.nodes > 0 and set(report.ops) <= onnx_check.ALLOWED_OPS
             seen |= set(report.ops)
     assert seen == onnx_check.ALLOWED_OPS  # no stale entries: regenerate the list with the exporter
+
+
+def test_the_variants_trace_to_exactly_the_supported_aten_ops(exported):
+    assert TRACED_OPS == SUPPORTED_ATEN_OPS  # no stale entries in condenser/export/supported.py either
 
 
 def test_exported_bundle_still_trains_with_onnx(exported):

@@ -125,9 +125,9 @@ def test_save_load_round_trip(tmp_path, ds):
     assert (loaded.mean, loaded.std, loaded.ipc) == (model.mean, model.std, model.ipc)
     np.testing.assert_array_equal(loaded.logits(ds.images), model.logits(ds.images))
     before = model.state()
-    for m, n in zip(before.momenta, loaded.state().momenta, strict=True):
+    for m, n in zip(before.slots[0], loaded.state().slots[0], strict=True):
         np.testing.assert_array_equal(m, n)
-    assert any(np.abs(m).sum() > 0 for m in before.momenta)  # the optimizer state is really kept
+    assert any(np.abs(m).sum() > 0 for m in before.slots[0])  # the optimizer state is really kept
     as_torch = runtime.Model.load(path, backend="torch")
     np.testing.assert_allclose(as_torch.logits(ds.images), model.logits(ds.images), atol=1e-5, rtol=1e-5)
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically, no temp file left
@@ -154,8 +154,9 @@ def test_malformed_checkpoints_name_the_problem(tmp_path, ds):
         (lambda d: d.update(format="other"), "not a 'multisize-model' file"),
         (lambda d: d.update(version=9), "unsupported version 9"),
         (lambda d: d["params"].__setitem__(0, d["params"][0][:-4]), r"params\[0\] does not hold"),
-        (lambda d: d["momenta"].__setitem__(1, np.full(len(d["momenta"][1]) // 4, np.nan, "<f4").tobytes()),
-         r"momenta\[1\] holds NaN"),
+        (lambda d: d["optimizer_state"]["momentum"].__setitem__(
+            1, np.full(len(d["optimizer_state"]["momentum"][1]) // 4, np.nan, "<f4").tobytes()),
+         r"optimizer_state.momentum\[1\] holds NaN"),
         (lambda d: d["loop"]["rng"].update(bit_generator="MT19937"), "loop.rng must be a PCG64"),
         (lambda d: d["loop"].update(order=np.array([0, 0], "<i8").tobytes()), "loop.order must be a permutation"),
         (lambda d: d["loop"].update(step=-1), "loop.step must be an integer >= 0"),

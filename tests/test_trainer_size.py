@@ -98,7 +98,7 @@ def test_export_param_modes():
         export_trainer(ExportSettings(params="raw"))
     model = initial_model(ExportSettings(in_shape=SHAPE, num_classes=K, model_kwargs=SMALL))
     with pytest.raises(ExportError, match="params='stored'"):
-        export_trainer(ExportSettings(in_shape=SHAPE, num_classes=K, model_kwargs=SMALL, params="seeded"), model)
+        export_trainer(model, ExportSettings(in_shape=SHAPE, num_classes=K, model_kwargs=SMALL, params="seeded"))
 
 
 def test_convnet_d3_trainer_is_under_256_kb():

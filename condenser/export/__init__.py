@@ -3,11 +3,9 @@
 from condenser.export.bundle import ExportSettings, export_trainer, initial_model
 from condenser.export.decompositions import decomposition_table
 from condenser.export.errors import ExportError, UnsupportedOpError
-from condenser.export.train_step import (
-    export_inference,
-    export_train_step,
-    graph_names,
-)
+from condenser.export.train_step import StepPlan, export_inference, export_train_step, plan_step
+from runtime.bundle import AdamWConfig, LossConfig, SGDConfig
 
-__all__ = ["ExportError", "ExportSettings", "UnsupportedOpError", "decomposition_table", "export_inference",
-           "export_train_step", "export_trainer", "graph_names", "initial_model"]
+__all__ = ["AdamWConfig", "ExportError", "ExportSettings", "LossConfig", "SGDConfig", "StepPlan", "UnsupportedOpError",
+           "decomposition_table", "export_inference", "export_train_step", "export_trainer", "initial_model",
+           "plan_step"]

@@ -82,18 +82,38 @@ def _weight_grad_narrow(grad_out, inp, kernel, stride, padding, dilation, with_b
     return prod[:, :k].reshape(o, inp.shape[1], kernel[0], kernel[1]), (prod[:, -1] if with_bias else None)
 
 
+def _weight_grad_grouped(grad_out, inp, kernel, stride, padding, dilation, groups: int):
+    """dW[g] = grad_out[g] [O/g, B*h*w] @ shifted input[g] [B*h*w, C/g] per group (one batched product per
+    kernel offset); a depthwise conv (C/g = O/g = 1) makes each product a dot product per channel."""
+    b, c = inp.shape[:2]
+    o, ho, wo = grad_out.shape[1:]
+    cg, og = c // groups, o // groups
+    x = aten.constant_pad_nd(inp, [padding[1], padding[1], padding[0], padding[0]], 0.0)
+    go = grad_out.reshape(b, groups, og, ho * wo).permute(1, 2, 0, 3).reshape(groups, og, b * ho * wo)
+    cols = []
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            r, q = i * dilation[0], j * dilation[1]
+            shifted = x[:, :, r: r + stride[0] * (ho - 1) + 1: stride[0], q: q + stride[1] * (wo - 1) + 1: stride[1]]
+            shifted = shifted.reshape(b, groups, cg, ho * wo).permute(1, 0, 3, 2).reshape(groups, b * ho * wo, cg)
+            cols.append(torch.bmm(go, shifted))
+    return torch.stack(cols, dim=-1).reshape(o, cg, kernel[0], kernel[1])
+
+
 def convolution_backward(grad_out, inp, weight, bias_sizes, stride, padding, dilation, transposed,
                          output_padding, groups, output_mask):
     """Input grad = transposed conv of grad_out; weight grad = per-offset matrix products (or one batched
-    im2col product for narrow inputs); bias grad = sum."""
-    if transposed or groups != 1 or inp.dim() != 4:
-        raise UnsupportedOpError("train-step export supports only 2-d, non-transposed, groups=1 convolutions")
+    im2col product for narrow inputs; per group for grouped convs); bias grad = sum."""
+    if transposed or inp.dim() != 4:
+        raise UnsupportedOpError("train-step export supports only 2-d, non-transposed convolutions")
     kernel = weight.shape[2:]
     grad_in = grad_w = grad_b = None
     if output_mask[0]:
         pad = _output_padding(inp.shape[2:], grad_out.shape[2:], kernel, stride, padding, dilation)
-        grad_in = aten.convolution(grad_out, weight, None, stride, padding, dilation, True, pad, 1)
-    if output_mask[1] and inp.shape[1] * kernel[0] * kernel[1] <= NARROW_COLUMNS:
+        grad_in = aten.convolution(grad_out, weight, None, stride, padding, dilation, True, pad, groups)
+    if output_mask[1] and groups != 1:
+        grad_w = _weight_grad_grouped(grad_out, inp, kernel, stride, padding, dilation, groups)
+    elif output_mask[1] and inp.shape[1] * kernel[0] * kernel[1] <= NARROW_COLUMNS:
         grad_w, grad_b = _weight_grad_narrow(grad_out, inp, kernel, stride, padding, dilation, bool(output_mask[2]))
     elif output_mask[1]:
         grad_w = _weight_grad_matmul(grad_out, inp, kernel, stride, padding, dilation)
@@ -120,6 +140,25 @@ def avg_pool2d_backward(grad_out, inp, kernel_size, stride, padding, ceil_mode, 
     return aten.convolution(grad_out, k, None, stride, [0, 0], [1, 1], True, pad, c)
 
 
+def _adaptive_kernel(in_hw: Sequence[int], out_hw: Sequence[int]) -> list[int]:
+    """The window of an adaptive average pool whose windows tile the input (sizes divisible), else refused."""
+    if any(int(i) % int(o) for i, o in zip(in_hw, out_hw, strict=True)):
+        raise UnsupportedOpError(f"adaptive_avg_pool2d from {tuple(in_hw)} to {tuple(out_hw)}: the export "
+                                 "supports output sizes that divide the input size")
+    return [int(i) // int(o) for i, o in zip(in_hw, out_hw, strict=True)]
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """An average pool with window = stride = input / output size (translations.avg_pool2d: one product)."""
+    kernel = _adaptive_kernel(x.shape[2:], output_size)
+    return aten.avg_pool2d(x, kernel, kernel)
+
+
+def adaptive_avg_pool2d_backward(grad_out, x):
+    kernel = _adaptive_kernel(x.shape[2:], grad_out.shape[2:])
+    return aten.avg_pool2d_backward(grad_out, x, kernel, kernel, [0, 0], False, True, None)
+
+
 # Kept in the traced graph: translations.py gives them ONNX translations with fewer passes.
 _TRANSLATED = (aten.native_group_norm_backward.default, aten.threshold_backward.default)
 
@@ -128,6 +167,8 @@ def decomposition_table() -> dict[torch._ops.OperatorBase, Callable]:
     table = {op: fn for op, fn in core_aten_decompositions().items() if op not in _TRANSLATED}
     table[aten.convolution_backward.default] = convolution_backward
     table[aten.avg_pool2d_backward.default] = avg_pool2d_backward
+    table[aten._adaptive_avg_pool2d.default] = adaptive_avg_pool2d
+    table[aten._adaptive_avg_pool2d_backward.default] = adaptive_avg_pool2d_backward
     return table
 
 

@@ -1,17 +1,20 @@
-"""Trace one SGD train step, and the inference pass, of a model into ONNX graphs.
+"""Trace one train step, and the inference pass, of a model into ONNX graphs.
 
-Both graphs are pure functions of their inputs (parameters and momentum buffers in, new ones
-out) so a device runs them with onnxruntime alone and keeps the state itself. The step is:
-forward, per-sample-weighted soft-label cross-entropy, autograd backward, then PyTorch's SGD
-update; momentum and weight decay are constants of the graph, the learning rate is an input.
-Recipe: make_fx over torch.autograd.grad with the decompositions of decompositions.py, the graph
-rewrites of fusions.py (first conv + instance norm block), then torch.onnx.export(dynamo=True) of the
-traced graph with the onnxruntime-oriented translations of translations.py.
+Both graphs are pure functions of their inputs (parameters, optimizer state and state buffers in, new
+ones out) so a device runs them with onnxruntime alone and keeps the state itself. The step is: forward
+(BatchNorm and Dropout in the train-time forms of layers.py), the per-sample-weighted loss chosen at
+export (runtime/torch_step.py), autograd backward, then PyTorch's SGD (momentum, Nesterov) or AdamW
+update; momentum, weight decay and betas are constants of the graph, the learning rate (and AdamW's step
+count) are inputs. Recipe: make_fx over torch.autograd.grad with the decompositions of
+decompositions.py, the graph rewrites of fusions.py (first conv + instance norm block), then
+torch.onnx.export(dynamo=True) of the traced graph with the onnxruntime-oriented translations of
+translations.py.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import onnx
@@ -23,44 +26,58 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from condenser.export.decompositions import decomposition_table, first_pass_table
 from condenser.export.errors import ExportError
 from condenser.export.fusions import fuse_narrow_conv_instance_norm
+from condenser.export.layers import (
+    check_modules,
+    describe_unsupported,
+    dropout_specs,
+    probe,
+    state_buffers,
+    train_forwards,
+    unsupported_ops,
+)
+from condenser.export.supported import SUPPORTED_ATEN_OPS
 from condenser.export.translations import reset_running_inputs, translation_table
-from runtime.bundle import SGDConfig
-from runtime.torch_losses import soft_cross_entropy
+from runtime.bundle import AdamWConfig, DropoutSpec, GraphIO, LossConfig, OptimizerConfig, SGDConfig, graph_io
+from runtime.torch_step import forwards_replaced, student_loss
 
 OPSET = 18
+DROPOUT_MODES = ("seeded", "off")
 
 
 @dataclass(frozen=True)
-class GraphNames:
-    """Input and output names of the two graphs, in positional order."""
+class StepPlan:
+    """What the traced graphs depend on besides the model: sizes, state, optimizer, loss, dropout inputs."""
 
-    train_inputs: list[str]
-    train_outputs: list[str]
-    inference_inputs: list[str]
-    inference_outputs: list[str]
+    param_names: list[str]
+    buffer_names: list[str]
+    batch_size: int
+    in_shape: tuple[int, int, int]
+    num_classes: int
+    optimizer: OptimizerConfig
+    loss: LossConfig
+    dropout: list[DropoutSpec]
 
-
-def graph_names(param_names: list[str]) -> GraphNames:
-    params = [f"param:{n}" for n in param_names]
-    return GraphNames(
-        train_inputs=["lr", "x", "targets", "weights", *params, *(f"momentum:{n}" for n in param_names)],
-        train_outputs=["loss", *(f"new_param:{n}" for n in param_names),
-                       *(f"new_momentum:{n}" for n in param_names)],
-        inference_inputs=["x", *params],
-        inference_outputs=["logits"],
-    )
+    @property
+    def io(self) -> GraphIO:
+        return graph_io(self.param_names, self.buffer_names, self.optimizer, self.dropout)
 
 
-
-
-def exportable_param_names(model: nn.Module) -> list[str]:
-    """Parameter names in graph order; buffers (BatchNorm running stats) are not carried by the step."""
-    buffers = [n for n, _ in model.named_buffers()]
-    if buffers:
-        raise ExportError(f"model has buffers ({', '.join(buffers[:4])}...); the train step carries no "
-                          "running statistics: export a model built with norm='instance' or 'none' "
-                          "(convnet, resnet-ap10, resnet18)")
-    return [n for n, _ in model.named_parameters()]
+def plan_step(model: nn.Module, batch_size: int, in_shape: tuple[int, int, int], num_classes: int,
+              optimizer: OptimizerConfig | None = None, loss: LossConfig | None = None,
+              dropout: str = "seeded") -> StepPlan:
+    """Check the model's layers and output shape and collect what its graphs carry (ExportError if not)."""
+    if dropout not in DROPOUT_MODES:
+        raise ExportError(f"unknown dropout mode {dropout!r}; known: {', '.join(DROPOUT_MODES)}")
+    check_modules(model)
+    seen = probe(model, in_shape, batch_size)
+    if seen.out_shape != (1, num_classes):
+        raise ExportError(f"the model maps inputs of shape {(batch_size, *in_shape)} to {seen.out_shape[1:]} "
+                          f"per sample, not {num_classes} logits: check in_shape and num_classes")
+    return StepPlan(param_names=[n for n, _ in model.named_parameters()], buffer_names=state_buffers(model),
+                    batch_size=batch_size, in_shape=tuple(in_shape), num_classes=num_classes,
+                    optimizer=optimizer if optimizer is not None else SGDConfig(),
+                    loss=loss if loss is not None else LossConfig(),
+                    dropout=dropout_specs(model, seen.dropout_shapes) if dropout == "seeded" else [])
 
 
 class _Traced(nn.Module):
@@ -119,63 +136,157 @@ def _to_onnx(gm: torch.fx.GraphModule, args: tuple[torch.Tensor, ...], names_in:
     return proto.SerializeToString()
 
 
+def _locate_unsupported(fn, args: tuple[torch.Tensor, ...]) -> None:
+    """Raise an UnsupportedOpError naming the first op outside SUPPORTED_ATEN_OPS and the module calling
+    it: a trace with the whole decomposition table and module stacks recorded, run only to name it."""
+    gm = make_fx(fn, decomposition_table=decomposition_table(), tracing_mode="fake", record_module_stack=True)(*args)
+    bad = unsupported_ops(gm, SUPPORTED_ATEN_OPS)
+    if bad:
+        raise describe_unsupported(bad[0])
+
+
 def _trace(fn, args: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:
     """make_fx with convolution_backward kept, the graph rewrites of fusions.py, then make_fx again with
-    the whole decomposition table (it decomposes what is left and inlines the fused functions)."""
+    the whole decomposition table (it decomposes what is left and inlines the fused functions). Every op
+    of the result must be one the export supports (supported.py)."""
     try:
         gm = make_fx(fn, decomposition_table=first_pass_table(), tracing_mode="fake")(*args)
         fuse_narrow_conv_instance_norm(gm)
-        return make_fx(gm, decomposition_table=decomposition_table(), tracing_mode="fake")(*args)
+        gm = make_fx(gm, decomposition_table=decomposition_table(), tracing_mode="fake")(*args)
     except ExportError:
         raise
     except Exception as exc:  # tracing failures come in many types; name the stage
         raise ExportError(f"tracing the model failed: {type(exc).__name__}: {exc}") from exc
+    bad = unsupported_ops(gm, SUPPORTED_ATEN_OPS)
+    if bad:
+        _locate_unsupported(fn, args)
+        raise describe_unsupported(bad[0])
+    return gm
 
 
 def _example_params(model: nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone().float() for p in model.parameters()]
 
 
-def trace_train_step(model: nn.Module, batch_size: int, in_shape: tuple[int, int, int], num_classes: int,
-                     sgd: SGDConfig) -> tuple[torch.fx.GraphModule, tuple[torch.Tensor, ...]]:
-    """The train step as an fx graph of core ATen ops (all with ONNX translations), and its example args."""
-    names = exportable_param_names(model)
-    n = len(names)
-    momentum, wd = float(sgd.momentum), float(sgd.weight_decay)
+def _example_buffers(model: nn.Module, names: list[str]) -> list[torch.Tensor]:
+    buffers = dict(model.named_buffers())
+    return [buffers[n].detach().clone().float() for n in names]
+
+
+def sgd_update(opt: SGDConfig, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+               bufs: Sequence[torch.Tensor], lr: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """torch.optim.SGD (dampening 0): g += wd * p; buf = m * buf + g; p -= lr * (g + m * buf if nesterov
+    else buf). With zero buffers the first step is torch's buf = g."""
+    momentum, wd = float(opt.momentum), float(opt.weight_decay)
+    if not opt.nesterov:
+        new_bufs = [momentum * b + (g + wd * p) for p, g, b in zip(params, grads, bufs, strict=True)]
+        return [p - lr * b for p, b in zip(params, new_bufs, strict=True)], new_bufs
+    decayed = [g + wd * p for p, g in zip(params, grads, strict=True)]
+    new_bufs = [momentum * b + g for g, b in zip(decayed, bufs, strict=True)]
+    return [p - lr * (g + momentum * b) for p, g, b in zip(params, decayed, new_bufs, strict=True)], new_bufs
+
+
+def adamw_update(opt: AdamWConfig, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                 exp_avg: Sequence[torch.Tensor], exp_avg_sq: Sequence[torch.Tensor], lr: torch.Tensor,
+                 step: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """torch.optim.AdamW (no amsgrad, not maximizing), `step` the 1-based count of this update."""
+    (b1, b2), eps, wd = opt.betas, float(opt.eps), float(opt.weight_decay)
+    step_size = lr / (1 - torch.pow(b1, step))
+    bc2_sqrt = torch.sqrt(1 - torch.pow(b2, step))
+    new_p, new_m, new_v = [], [], []
+    for p, g, m, v in zip(params, grads, exp_avg, exp_avg_sq, strict=True):
+        m = m + (1 - b1) * (g - m)  # torch's lerp(m, g, 1 - b1)
+        v = b2 * v + (1 - b2) * g * g
+        new_p.append(p * (1 - lr * wd) - step_size * (m / (torch.sqrt(v) / bc2_sqrt + eps)))
+        new_m.append(m)
+        new_v.append(v)
+    return new_p, new_m, new_v
+
+
+def _update(opt: OptimizerConfig, params: list[torch.Tensor], grads: Sequence[torch.Tensor],
+            slots: list[Sequence[torch.Tensor]], lr: torch.Tensor, step: torch.Tensor | None
+            ) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+    """New parameters and optimizer slots (in `opt.slots` order)."""
+    if isinstance(opt, SGDConfig):
+        new_params, bufs = sgd_update(opt, params, grads, slots[0], lr)
+        return new_params, [bufs]
+    new_params, m, v = adamw_update(opt, params, grads, slots[0], slots[1], lr, step)
+    return new_params, [m, v]
+
+
+def _step_fn(model: nn.Module, plan: StepPlan) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """The function that make_fx traces: (lr, x, targets, weights, *state) -> (loss, *new state), state in
+    the order of `plan.io` (AdamW step, dropout noise, parameters, optimizer slots, buffers)."""
+    n, k, nb = len(plan.param_names), len(plan.dropout), len(plan.buffer_names)
+    n_step, n_slots = int(plan.optimizer.takes_step), len(plan.optimizer.slots)
+    modules = [d.module for d in plan.dropout]
 
     def step(lr, x, targets, weights, *state):
+        t, noise = (state[0] if n_step else None), state[n_step:n_step + k]
+        state = state[n_step + k:]
         params = [p.requires_grad_() for p in state[:n]]
-        logits = functional_call(model, dict(zip(names, params, strict=True)), (x,))
-        loss = soft_cross_entropy(logits, targets, weights)  # the server's and the runtime's loss
+        slots = [state[n + i * n:n + (i + 1) * n] for i in range(n_slots)]
+        tensors = dict(zip(plan.param_names, params, strict=True))
+        tensors.update(zip(plan.buffer_names, state[n + n_slots * n:], strict=True))
+        keep = (weights > 0).to(x.dtype) if nb else None
+        updates: dict[str, torch.Tensor] = {}
+        with forwards_replaced(train_forwards(model, keep, dict(zip(modules, noise, strict=True)), updates)):
+            logits = functional_call(model, tensors, (x,))
+        loss = student_loss(logits, targets, weights, plan.loss)  # the runtime's torch backend calls it too
         grads = torch.autograd.grad(loss, params)
-        bufs = [momentum * b + (g + wd * p) for p, g, b in zip(params, grads, state[n:], strict=True)]
-        new_params = [p - lr * b for p, b in zip(params, bufs, strict=True)]
-        return (loss.detach(), *(p.detach() for p in new_params), *(b.detach() for b in bufs))
+        new_params, new_slots = _update(plan.optimizer, params, grads, slots, lr, t)
+        return (loss.detach(), *(p.detach() for p in new_params), *(b.detach() for s in new_slots for b in s),
+                *(updates[b].detach() for b in plan.buffer_names))
 
+    return step
+
+
+def _example_targets(plan: StepPlan) -> torch.Tensor:
+    if plan.loss.targets == "index":
+        return torch.zeros(plan.batch_size, dtype=torch.int64)
+    return torch.full((plan.batch_size, plan.num_classes), 1.0 / plan.num_classes)
+
+
+def trace_train_step(model: nn.Module, plan: StepPlan) -> tuple[torch.fx.GraphModule, tuple[torch.Tensor, ...]]:
+    """The train step as an fx graph of core ATen ops (all with ONNX translations), and its example args."""
     params = _example_params(model)
-    args = (torch.tensor(0.01), torch.zeros(batch_size, *in_shape),
-            torch.full((batch_size, num_classes), 1.0 / num_classes), torch.ones(batch_size),
-            *params, *(torch.zeros_like(p) for p in params))
-    return _trace(step, args), args
+    b = plan.batch_size
+    args = (torch.tensor(0.01), torch.zeros(b, *plan.in_shape), _example_targets(plan), torch.ones(b),
+            *([torch.tensor(1.0)] if plan.optimizer.takes_step else []),
+            *(torch.full((b, *d.shape), 0.5) for d in plan.dropout),
+            *params, *(torch.zeros_like(p) for _ in plan.optimizer.slots for p in params),
+            *_example_buffers(model, plan.buffer_names))
+    was_training = model.training
+    model.train()
+    try:
+        return _trace(_step_fn(model, plan), args), args
+    finally:
+        model.train(was_training)
 
 
-def export_train_step(model: nn.Module, batch_size: int, in_shape: tuple[int, int, int], num_classes: int,
-                      sgd: SGDConfig) -> bytes:
-    """ONNX bytes of one train step, inputs/outputs named as in `graph_names`."""
-    gm, args = trace_train_step(model, batch_size, in_shape, num_classes, sgd)
-    gn = graph_names(exportable_param_names(model))
-    return _to_onnx(gm, args, gn.train_inputs, gn.train_outputs)
+def export_train_step(model: nn.Module, plan: StepPlan) -> bytes:
+    """ONNX bytes of one train step, inputs/outputs named as in `plan.io`."""
+    gm, args = trace_train_step(model, plan)
+    io = plan.io
+    return _to_onnx(gm, args, io.train_inputs, io.train_outputs)
 
 
-def export_inference(model: nn.Module, batch_size: int, in_shape: tuple[int, int, int]) -> bytes:
-    """ONNX bytes of (x, params) -> logits; parameters are inputs so a device feeds its trained ones."""
-    names = exportable_param_names(model)
+def export_inference(model: nn.Module, plan: StepPlan) -> bytes:
+    """ONNX bytes of (x, params, buffers) -> logits in eval mode (BatchNorm on its running statistics,
+    no dropout); parameters and buffers are inputs so a device feeds its trained ones."""
+    names = [*plan.param_names, *plan.buffer_names]
 
     def infer(x, *params):
         return functional_call(model, dict(zip(names, params, strict=True)), (x,))
 
-    args = (torch.zeros(batch_size, *in_shape), *_example_params(model))
-    with torch.no_grad():
-        gm = _trace(infer, args)
-    gn = graph_names(names)
-    return _to_onnx(gm, args, gn.inference_inputs, gn.inference_outputs)
+    args = (torch.zeros(plan.batch_size, *plan.in_shape), *_example_params(model),
+            *_example_buffers(model, plan.buffer_names))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            gm = _trace(infer, args)
+    finally:
+        model.train(was_training)
+    io = plan.io
+    return _to_onnx(gm, args, io.inference_inputs, io.inference_outputs)

@@ -1,4 +1,5 @@
-"""Training with onnxruntime alone: the bundle's train-step graph maps (params, momenta, batch) to new."""
+"""Training with onnxruntime alone: the bundle's train-step graph maps (params, optimizer state, buffers,
+batch) to new ones."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import ModelSpec
+from runtime.backends.base import ModelSpec, check_arrays, dropout_noise
 from runtime.bundle import TrainerBundle
 from runtime.errors import BackendError, TrainerError
 from runtime.onnx_check import check_model
@@ -54,49 +55,71 @@ def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
 
 
 class OnnxTrainer:
-    """Holds parameters and momentum buffers as numpy arrays and feeds them through the graph each step."""
+    """Holds parameters, optimizer slots and state buffers as numpy arrays and feeds them through the graph
+    each step, with the inputs the runtime draws: lr, AdamW's step count and each dropout's noise."""
 
     backend = "onnx"
 
     def __init__(self, bundle: TrainerBundle, params: Sequence[np.ndarray] | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, seed: int = 0, buffers: Sequence[np.ndarray] | None = None):
         self.bundle = bundle
         self.spec = ModelSpec.from_bundle(bundle)
         self.meta = bundle.meta
+        self.io = bundle.meta.io
+        self._seed = seed
         self._threads = threads
         self._train = _session(bundle.train_step, threads, "train-step")
         self._infer = None
-        n = len(self.meta.param_names)
-        self._n = n
         self.set_params(bundle.initial_params() if params is None else list(params))
-        self._momenta = bundle.initial_momenta()
-        self._p_in = self.meta.train_inputs[4:4 + n]
-        self._m_in = self.meta.train_inputs[4 + n:]
-        self._lr_name, self._x_name, self._t_name, self._w_name = self.meta.train_inputs[:4]
+        self.set_buffers(bundle.initial_buffers() if buffers is None else list(buffers))
+        self._slots = bundle.initial_slots()
 
     def set_params(self, params: list[np.ndarray]) -> None:
-        shapes = self.meta.param_shapes
-        if len(params) != len(shapes):
-            raise TrainerError(f"expected {len(shapes)} parameter arrays, got {len(params)}")
-        for name, shape, p in zip(self.meta.param_names, shapes, params, strict=True):
-            if tuple(p.shape) != tuple(shape):
-                raise TrainerError(f"parameter {name!r} has shape {p.shape}, the trainer expects {shape}")
-        self._params = [np.ascontiguousarray(p, dtype=np.float32) for p in params]
+        self._params = check_arrays(params, self.meta.param_names, self.meta.param_shapes, "parameter")
 
     def get_params(self) -> list[np.ndarray]:
         return [p.copy() for p in self._params]
 
-    def step(self, lr: float, x: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> float:
+    def set_buffers(self, buffers: list[np.ndarray]) -> None:
+        self._buffers = check_arrays(buffers, self.meta.buffer_names, self.meta.buffer_shapes, "buffer")
+
+    def get_buffers(self) -> list[np.ndarray]:
+        return [b.copy() for b in self._buffers]
+
+    def set_slots(self, slots: list[list[np.ndarray]]) -> None:
+        if len(slots) != len(self.meta.optimizer.slots):
+            raise TrainerError(f"expected {len(self.meta.optimizer.slots)} optimizer slots, got {len(slots)}")
+        self._slots = [check_arrays(s, self.meta.param_names, self.meta.param_shapes, f"{name} slot")
+                       for name, s in zip(self.meta.optimizer.slots, slots, strict=True)]
+
+    def get_slots(self) -> list[list[np.ndarray]]:
+        return [[a.copy() for a in s] for s in self._slots]
+
+    def _feeds(self, lr: float, x: np.ndarray, targets: np.ndarray, weights: np.ndarray,
+               step: int) -> dict[str, np.ndarray]:
+        io, b = self.io, self.meta.batch_size
+        if self.meta.loss.targets == "index":  # hard labels as class indices: the argmax of each target row
+            targets = np.asarray(targets).argmax(axis=-1).astype(np.int64)
+        feeds = dict(zip(io.data, (np.asarray(lr, dtype=np.float32), x, targets, weights), strict=True))
+        if io.step:
+            feeds[io.step[0]] = np.asarray(step + 1, dtype=np.float32)
+        for i, (name, d) in enumerate(zip(io.noise, self.meta.dropout, strict=True)):
+            feeds[name] = dropout_noise(self._seed, step, i, (b, *d.shape))
+        feeds.update(zip(io.params, self._params, strict=True))
+        for names, arrays in zip(io.slots, self._slots, strict=True):
+            feeds.update(zip(names, arrays, strict=True))
+        feeds.update(zip(io.buffers, self._buffers, strict=True))
+        return feeds
+
+    def step(self, lr: float, x: np.ndarray, targets: np.ndarray, weights: np.ndarray, step: int = 0) -> float:
         b = self.meta.batch_size
         if x.shape[0] != b:
             raise TrainerError(f"the train-step graph takes batches of exactly {b} rows, got {x.shape[0]}")
-        feeds = {self._lr_name: np.asarray(lr, dtype=np.float32), self._x_name: x,
-                 self._t_name: targets, self._w_name: weights}
-        feeds.update(zip(self._p_in, self._params, strict=True))
-        feeds.update(zip(self._m_in, self._momenta, strict=True))
-        out = self._train.run(self.meta.train_outputs, feeds)
-        self._params = out[1:1 + self._n]
-        self._momenta = out[1 + self._n:]
+        out = self._train.run(self.meta.train_outputs, self._feeds(lr, x, targets, weights, step))
+        n, k = len(self._params), len(self._slots)
+        self._params = out[1:1 + n]
+        self._slots = [out[1 + n * (i + 1):1 + n * (i + 2)] for i in range(k)]
+        self._buffers = out[1 + n * (k + 1):]
         return float(out[0])
 
     def logits(self, x: np.ndarray) -> np.ndarray:
@@ -104,7 +127,7 @@ class OnnxTrainer:
             self._infer = _session(self.bundle.inference, self._threads, "inference")
         b = self.meta.batch_size
         x_name, p_names = self.meta.inference_inputs[0], self.meta.inference_inputs[1:]
-        feeds = dict(zip(p_names, self._params, strict=True))
+        feeds = dict(zip(p_names, [*self._params, *self._buffers], strict=True))
         chunks = []
         for i in range(0, x.shape[0], b):
             part = np.ascontiguousarray(x[i:i + b], dtype=np.float32)

@@ -1,0 +1,201 @@
+"""What the train-step export accepts in a user's torch module, and the train-time forms of its stateful layers.
+
+`check_modules` refuses, by module path, every module whose parameters, state or randomness the graph
+could not carry; the ops a model calls in its own forward are checked after tracing (`check_ops`). Two
+layers get a train-time forward of their own while the step is traced:
+
+- BatchNorm: batch statistics over the rows with weight > 0 only (padding rows of a partial batch must
+  not shift them; the torch backend drops those rows, giving the same statistics), and the updated
+  running mean / variance returned as graph outputs instead of written in place;
+- Dropout: the keep mask from a noise input that the runtime draws (runtime/torch_step.py), so both
+  backends drop the same elements.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+
+from condenser.export.errors import ExportError, UnsupportedOpError
+from runtime.bundle import DropoutSpec
+from runtime.torch_step import DROPOUT_TYPES, dropout_modules, seeded_dropout
+
+aten = torch.ops.aten
+
+# Modules that may own parameters; others may own none (a custom module's ops are checked after tracing).
+PARAMETRIC = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm1d,
+              nn.InstanceNorm2d, nn.LayerNorm)
+# Modules refused outright, with what to use instead.
+REFUSED: dict[type[nn.Module], str] = {
+    nn.Dropout1d: "nn.Dropout", nn.Dropout2d: "nn.Dropout", nn.Dropout3d: "nn.Dropout",
+    nn.AlphaDropout: "nn.Dropout", nn.FeatureAlphaDropout: "nn.Dropout",
+}
+BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
+BN_STATE = ("running_mean", "running_var")
+
+
+def _where(name: str, module: nn.Module) -> str:
+    return f"'{name or '<root>'}' ({type(module).__name__})"
+
+
+def _check_options(name: str, m: nn.Module) -> None:
+    """Layer options the graph cannot express."""
+    where = _where(name, m)
+    if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
+        raise ExportError(f"module {where}: padding_mode={m.padding_mode!r} is not supported (only 'zeros')")
+    if isinstance(m, BN_TYPES) and (not m.track_running_stats or m.momentum is None):
+        raise ExportError(f"module {where}: BatchNorm needs track_running_stats=True and a float momentum "
+                          f"(got {m.track_running_stats}, {m.momentum})")
+    if isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm2d)) and m.track_running_stats:
+        raise ExportError(f"module {where}: InstanceNorm with track_running_stats=True is not supported")
+    if isinstance(m, nn.AvgPool2d) and (m.ceil_mode or m.divisor_override is not None or any(
+            p != 0 for p in ((m.padding,) if isinstance(m.padding, int) else m.padding))):
+        raise ExportError(f"module {where}: AvgPool2d supports no padding, ceil_mode or divisor_override")
+    if isinstance(m, DROPOUT_TYPES) and m.p >= 1:
+        raise ExportError(f"module {where}: dropout p={m.p} drops everything")
+
+
+def check_modules(model: nn.Module) -> None:
+    """Refuse modules the export cannot carry; the ExportError names the module path and type."""
+    for name, m in model.named_modules():
+        where = _where(name, m)
+        if type(m) in REFUSED:
+            raise ExportError(f"module {where} is not supported by the train-step export; use {REFUSED[type(m)]}")
+        own_params = [n for n, _ in m.named_parameters(recurse=False)]
+        if own_params and not isinstance(m, PARAMETRIC) and _is_library_layer(m):
+            raise ExportError(f"module {where} is not supported by the train-step export (supported layers: "
+                              "docs/trainer.md)")
+        for b, _ in m.named_buffers(recurse=False):
+            if not (isinstance(m, BN_TYPES) and b in (*BN_STATE, "num_batches_tracked")):
+                raise ExportError(f"module {where} has buffer {b!r}: only BatchNorm running statistics are "
+                                  "carried as trainer state")
+        _check_options(name, m)
+
+
+def _is_library_layer(m: nn.Module) -> bool:
+    """A torch.nn layer (LSTM, Embedding, ConvTranspose2d, ...), as opposed to the user's own module, whose
+    own parameters are plain tensors that its forward combines with ops the trace checks."""
+    return type(m).__module__.startswith("torch.nn")
+
+
+def state_buffers(model: nn.Module) -> list[str]:
+    """Names of the buffers a train step carries: the running statistics of every BatchNorm, in order."""
+    return [f"{name}.{b}" if name else b for name, m in model.named_modules() if isinstance(m, BN_TYPES)
+            for b in BN_STATE]
+
+
+@dataclass
+class Probe:
+    """What an eval-mode forward shows: the logits' shape (batch as 1) and each dropout's per-sample input shape."""
+
+    out_shape: tuple[int, ...]
+    dropout_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+def probe(model: nn.Module, in_shape: tuple[int, int, int], batch_size: int) -> Probe:
+    """Forward a zero batch in eval mode (no running statistics move) and record shapes (the logits' with
+    the batch dimension as 1)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    calls: dict[str, int] = {}
+    hooks = []
+    for name, m in dropout_modules(model):
+        def hook(_m, args, name=name):
+            calls[name] = calls.get(name, 0) + 1
+            shapes[name] = tuple(args[0].shape[1:])
+        hooks.append(m.register_forward_pre_hook(hook))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(torch.zeros(batch_size, *in_shape))
+    except Exception as exc:  # the user's forward can raise anything; name the stage
+        raise ExportError(f"the model's forward fails on a batch of shape {(batch_size, *in_shape)}: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    twice = [n for n, c in calls.items() if c > 1]
+    if twice:
+        raise ExportError(f"dropout module '{twice[0]}' is called more than once per forward; give each call "
+                          "its own nn.Dropout")
+    if not isinstance(out, torch.Tensor):
+        raise ExportError(f"the model returns a {type(out).__name__}, not a logits tensor")
+    return Probe(out_shape=(1, *out.shape[1:]) if out.dim() else (), dropout_shapes=shapes)
+
+
+def dropout_specs(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> list[DropoutSpec]:
+    """The bundle's dropout inputs: every nn.Dropout with p > 0 that the forward calls."""
+    return [DropoutSpec(module=name, p=float(m.p), shape=shapes[name]) for name, m in dropout_modules(model)
+            if name in shapes]
+
+
+def masked_batch_norm(x: torch.Tensor, keep: torch.Tensor, bn: nn.Module, running_mean: torch.Tensor,
+                      running_var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, new running mean, new running var) of training-mode BatchNorm over the rows where keep = 1.
+
+    As torch: biased variance normalizes, the unbiased one (n / (n - 1), n = kept rows x positions) enters
+    the running variance, running = (1 - momentum) * running + momentum * batch statistic.
+    """
+    dims = [0, *range(2, x.dim())]
+    shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
+    positions = math.prod(x.shape[2:])
+    mask = keep.reshape(-1, *([1] * (x.dim() - 1)))
+    count = keep.sum() * positions
+    mean = (x * mask).sum(dims) / count
+    centered = x - mean.reshape(shape)
+    var = (centered * centered * mask).sum(dims) / count
+    y = centered * torch.rsqrt(var + bn.eps).reshape(shape)
+    if bn.weight is not None:
+        y = y * bn.weight.reshape(shape) + bn.bias.reshape(shape)
+    m = float(bn.momentum)
+    unbiased = var.detach() * count / torch.clamp(count - 1, min=1)
+    return y, (1 - m) * running_mean + m * mean.detach(), (1 - m) * running_var + m * unbiased
+
+
+def train_forwards(model: nn.Module, keep: torch.Tensor | None, noise: dict[str, torch.Tensor],
+                   updates: dict[str, torch.Tensor]) -> dict[nn.Module, Callable[..., torch.Tensor]]:
+    """Train-time forwards for the traced step: masked BatchNorm that writes its new running statistics
+    into `updates` (by buffer name), seeded dropout from `noise` (by module path), identity for any
+    other nn.Dropout (dropout disabled in the graph)."""
+    out: dict[nn.Module, Callable[..., torch.Tensor]] = {}
+    for name, m in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(m, BN_TYPES):
+            def bn_forward(x, m=m, prefix=prefix):
+                y, rm, rv = masked_batch_norm(x, keep, m, m.running_mean, m.running_var)
+                updates[prefix + "running_mean"], updates[prefix + "running_var"] = rm, rv
+                return y
+            out[m] = bn_forward
+        elif isinstance(m, DROPOUT_TYPES):
+            out[m] = (lambda x, m=m, name=name: seeded_dropout(x, noise[name], m.p)) if name in noise else (
+                lambda x: x)
+    return out
+
+
+def _module_of(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "the model's own forward"
+    path, kind = list(stack.values())[-1]
+    name = kind.__name__ if isinstance(kind, type) else str(kind).rpartition(".")[2].strip("'>")
+    return f"module '{path}' ({name})"
+
+
+def unsupported_ops(gm: fx.GraphModule, supported: frozenset[str]) -> list[fx.Node]:
+    """Nodes whose aten op is not in `supported` (names as 'aten.<op>.<overload>')."""
+    return [n for n in gm.graph.nodes if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)
+            and str(n.target) not in supported]
+
+
+def describe_unsupported(node: fx.Node) -> UnsupportedOpError:
+    return UnsupportedOpError(f"op {node.target} in {_module_of(node)} is not supported by the train-step "
+                              "export (supported layers: docs/trainer.md)")
+
+
+__all__ = ["BN_TYPES", "PARAMETRIC", "Probe", "check_modules", "describe_unsupported", "dropout_specs",
+           "masked_batch_norm", "probe", "state_buffers", "train_forwards", "unsupported_ops"]
