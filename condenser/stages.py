@@ -33,6 +33,6 @@ class StageResult:
     provenance: dict[str, Any] = field(default_factory=dict)  # method, base_method, teacher(s), ...
 
 
-# (cfg: BuildConfig, profile: Profile, train: ImageDataset, log, stop_after, seconds) -> StageResult
+# (cfg: BuildConfig, settings: Config (the resolved tree), train: ImageDataset, log, stop_after, seconds) -> StageResult
 Stage = Callable[..., StageResult]
 STAGES: Registry[Stage] = Registry("build method", providers=("condenser.build", "condenser.statmatch.stage"))
