@@ -46,10 +46,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 import bench_format  # noqa: E402
 import bench_runtime  # noqa: E402
 
-HOT_PATHS = ("dm", "gm", "onnx_step", "torch_eager_step", "torch_compile_step", "eval", "read", "decode", "write")
+HOT_PATHS = ("dm", "gm", "onnx_step", "torch_eager_step", "torch_compile_step", "eval", "eval_ipc1", "eval_compile",
+             "eval_compile_ipc1", "read", "decode", "write")
 MEASURING = ("dm_measuring", "gm_measuring")
 IPC, MLS, BATCH_REAL, GM_N_DATA = 10, 5, 64, 256  # the cpu profile's condensation (condenser/profiles.py)
-EVAL_IMAGES_PER_CLASS = 10
 
 
 @dataclass
@@ -211,30 +211,52 @@ def trainer_rows(names: list[str], bundle_dir: Path, steps: int, repeats: int, p
     return rows
 
 
-def eval_row(epochs: int, repeats: int, peak: float) -> Row:
-    """Server-side evaluation training (condenser/training.py train_epoch) on an IPC-10 prefix with the pinned
-    protocol's augmentation (DSA + CutMix), hard labels, batch 64: CPU-s per trained image-epoch."""
+EVAL_ROWS = {"eval": (10, False), "eval_ipc1": (1, False), "eval_compile": (10, True), "eval_compile_ipc1": (1, True)}
+
+
+def eval_row(name: str, image_epochs: int, repeats: int, peak: float) -> Row:
+    """Server-side evaluation training (condenser/training.py train_epoch) of one seed of an IPC-10 or IPC-1
+    cell with the pinned protocol's augmentation (DSA + CutMix), hard labels, batch 64 (IPC-1: one batch of
+    10), eager or compiled as `condenser eval` with MULTISIZE_COMPILE=1 trains (condenser/compiled.py):
+    CPU-s per trained image-epoch, about `image_epochs` of them per sample."""
     import torch
 
+    from condenser.compiled import compiled, inductor_cache_dir
     from condenser.data import load_dataset
     from condenser.evaluate.protocol import hard_label_source
     from condenser.models import build_model
     from condenser.profiles import get_profile
     from condenser.training import sgd, train_epoch
 
+    ipc, use_compile = EVAL_ROWS[name]
     train = load_dataset("fashion-mnist", "train")
     c = train.spec.num_classes
-    idx = torch.cat([train.first_of_class(k, EVAL_IMAGES_PER_CLASS) for k in range(c)])
+    idx = torch.cat([train.first_of_class(k, ipc) for k in range(c)])
     budget = get_profile("cpu").evaluate
     source = hard_label_source(train.normalized(idx), train.labels[idx], c, budget, train.spec.allow_flip)
     torch.manual_seed(0)
     model = build_model("convnet", train.spec.image_shape, c, width=budget.width)
     optimizer = sgd(model, budget.lr, budget.momentum, budget.weight_decay)
     generator = torch.Generator().manual_seed(0)
-    run = lambda: [train_epoch(model, source, optimizer, budget.batch_size, generator,  # noqa: E731
-                               torch.device("cpu")) for _ in range(epochs)]
-    return flop_row("eval", "image-epoch", run, repeats, peak, per=epochs * len(idx),
-                    note=f"{len(idx)} images, {epochs} epoch(s) per sample, DSA + CutMix, batch {budget.batch_size}")
+    cold = use_compile and not any(inductor_cache_dir().rglob("*.py"))
+    step_model = compiled(model) if use_compile else model
+    epoch = lambda: train_epoch(step_model, source, optimizer, budget.batch_size, generator,  # noqa: E731
+                                torch.device("cpu"))
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    epoch()  # the compile, when there is one
+    warm = ""
+    if use_compile:
+        warm = (f"; first epoch (the compile, {'cold' if cold else 'warm'} cache) {time.perf_counter() - t0:.1f} s "
+                f"wall, {cpu_seconds() - c0:.1f} CPU-s of this process")
+    epochs = max(1, image_epochs // len(idx))
+    # FLOPs counted on the eager network: a dispatch mode does not see inside inductor's kernels
+    flops = count_flops(lambda: train_epoch(model, source, optimizer, budget.batch_size, generator,
+                                            torch.device("cpu"))) / len(idx)
+    seconds, samples = median_seconds(lambda: [epoch() for _ in range(epochs)], repeats)
+    per = epochs * len(idx)
+    return Row(name, "image-epoch", seconds / per, [s / per for s in samples], flops, flops * per / seconds / peak,
+               "GEMM peak", f"IPC-{ipc}: {len(idx)} images, {epochs} epochs per sample, DSA + CutMix, batch "
+                            f"{min(budget.batch_size, len(idx))}, {'compiled' if use_compile else 'eager'}{warm}")
 
 
 def container_rows(names: list[str], work: Path, repeats: int) -> list[Row]:
@@ -303,8 +325,8 @@ def run(args: argparse.Namespace) -> list[Row]:
     trainers = [p for p in ("onnx_step", "torch_eager_step", "torch_compile_step") if p in wanted]
     if trainers:
         rows += trainer_rows(trainers, args.dir, 3 if args.quick else 10, args.repeats, peak)
-    if "eval" in wanted:
-        rows.append(eval_row(1 if args.quick else 3, args.repeats, peak))
+    for name in (p for p in EVAL_ROWS if p in wanted):
+        rows.append(eval_row(name, 100 if args.quick else 300, args.repeats, peak))
     rates += gemm_rates(n, calls, args.repeats)
     if max(rates) > peak:  # a quieter moment at the end: every share against the better peak
         for r in rows:

@@ -44,12 +44,27 @@ def inductor_cache_dir() -> Path:
     return cache_root() / "inductor"
 
 
+def use_multisize_cache() -> None:
+    """Point TORCHINDUCTOR_CACHE_DIR at inductor_cache_dir() unless the user chose a directory.
+
+    Importing torch._dynamo already sets the variable to torch's default (a per-user directory under /tmp,
+    which a reboot empties), so that value counts as unset; inductor reads the variable on every lookup.
+    """
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # another torch layout: leave torch's choice alone
+        return
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, "", default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_cache_dir())
+
+
 def compiled(model: nn.Module) -> nn.Module:
-    """`model` compiled by inductor for training; the result shares its parameters, so training it trains
-    `model`. One static graph per batch shape (an IPC-10 cell's 64 and 36), not a slower dynamic one.
-    TORCHINDUCTOR_CACHE_DIR, unless already set, points at inductor_cache_dir()."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache_dir()))
+    """`model` compiled by inductor for training, its kernels cached under the multisize cache; the result
+    shares its parameters, so training it trains `model`. One static graph per batch shape (an IPC-10
+    cell's 64 and 36), not a slower dynamic one."""
+    use_multisize_cache()
     return torch.compile(model, dynamic=False)
 
 
-__all__ = ["COMPILE_ENV", "CompileSettingError", "compile_requested", "compiled", "inductor_cache_dir"]
+__all__ = ["COMPILE_ENV", "CompileSettingError", "compile_requested", "compiled", "inductor_cache_dir",
+           "use_multisize_cache"]

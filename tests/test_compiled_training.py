@@ -7,11 +7,18 @@ import os
 
 import pytest
 import torch
+from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-from condenser.compiled import COMPILE_ENV, CompileSettingError, compile_requested, inductor_cache_dir
-from condenser.config.tree import EvalBudget
+from condenser.compiled import (
+    COMPILE_ENV,
+    CompileSettingError,
+    compile_requested,
+    inductor_cache_dir,
+    use_multisize_cache,
+)
 from condenser.data import synthetic
 from condenser.evaluate.protocol import hard_label_source, train_student
+from condenser.profiles import EvalBudget
 
 BUDGET = EvalBudget(epochs=4, batch_size=12, width=8, seeds=1)  # 12 images: one batch shape, one compile
 
@@ -42,7 +49,7 @@ def _train(use_compile: bool | None) -> torch.nn.Module:
 
 
 def test_compiled_training_matches_eager_and_caches_its_kernels(monkeypatch):
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what importing torch._dynamo sets
     eager = _train(False)
     fast = _train(True)
     assert type(fast) is type(eager)  # the caller gets the network itself, not the compiled wrapper
@@ -50,6 +57,22 @@ def test_compiled_training_matches_eager_and_caches_its_kernels(monkeypatch):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(inductor_cache_dir())
     assert any(inductor_cache_dir().rglob("*.py")), "no compiled kernel was written to the multisize cache"
+
+
+@pytest.mark.parametrize("before", [None, "", "torch's default"])
+def test_the_multisize_cache_replaces_torchs_default_cache_dir(monkeypatch, before):
+    if before is None:
+        monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    else:
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir() if before else before)
+    use_multisize_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(inductor_cache_dir())
+
+
+def test_a_cache_dir_the_user_chose_is_kept(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    use_multisize_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path)
 
 
 def test_eager_stays_the_default_and_bit_identical_between_runs(monkeypatch):
