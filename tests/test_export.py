@@ -166,19 +166,22 @@ def test_bundle_errors(exported):
         TrainerBundle.from_bytes(msgpack.packb(d))
 
 
-@pytest.mark.parametrize("narrow", [True, False], ids=["im2col", "per-offset"])
+@pytest.mark.parametrize("narrow,groups", [(True, 1), (False, 1), (False, 2), (False, 4)],
+                         ids=["im2col", "per-offset", "grouped", "depthwise"])
 @pytest.mark.parametrize("cfg", [dict(h=9, w=7, k=3, s=1, p=1, d=1), dict(h=8, w=8, k=1, s=2, p=0, d=1),
                                  dict(h=7, w=9, k=3, s=2, p=1, d=1), dict(h=10, w=10, k=3, s=1, p=2, d=2)],
                          ids=["3x3", "1x1s2", "3x3s2-odd", "dilated"])
-def test_convolution_backward_decomposition(cfg, narrow, monkeypatch):
+def test_convolution_backward_decomposition(cfg, narrow, groups, monkeypatch):
     monkeypatch.setattr(decompositions, "NARROW_COLUMNS", 64 if narrow else 0)
     g = torch.Generator().manual_seed(0)
-    x, wt = torch.randn(3, 2, cfg["h"], cfg["w"], generator=g), torch.randn(4, 2, cfg["k"], cfg["k"], generator=g)
+    cin = 4
+    x = torch.randn(3, cin, cfg["h"], cfg["w"], generator=g)
+    wt = torch.randn(4, cin // groups, cfg["k"], cfg["k"], generator=g)
     args = ([cfg["s"]] * 2, [cfg["p"]] * 2, [cfg["d"]] * 2)
-    go = torch.randn_like(torch.ops.aten.convolution(x, wt, None, *args, False, [0, 0], 1))
+    go = torch.randn_like(torch.ops.aten.convolution(x, wt, None, *args, False, [0, 0], groups))
     for mask in ([True, True, True], [False, True, False]):
-        ref = torch.ops.aten.convolution_backward(go, x, wt, [4], *args, False, [0, 0], 1, mask)
-        got = convolution_backward(go, x, wt, [4], *args, False, [0, 0], 1, mask)
+        ref = torch.ops.aten.convolution_backward(go, x, wt, [4], *args, False, [0, 0], groups, mask)
+        got = convolution_backward(go, x, wt, [4], *args, False, [0, 0], groups, mask)
         for a, b in zip(got, ref, strict=True):
             assert (a is None) == (b is None)
             if a is not None:

@@ -49,12 +49,11 @@ VARIANTS = {  # together they emit every op of onnx_check.ALLOWED_OPS (and every
     "convnet-leaky-max": ("convnet", {"width": 2, "depth": 2, "act": "leakyrelu", "pool": "max"}, {}),
     "convnet-sigmoid-plain": ("convnet", {"width": 2, "depth": 2, "act": "sigmoid", "norm": "none"}, {}),
     "resnet-ap10": ("resnet-ap10", {"width": 2}, {}),
-    "residual-gelu-layernorm-dropout": (USER + "residual_mlp", {"width": 8}, {}),
-    "group-instance-norm-adaptive-pool": (USER + "group_norm_cnn", {"width": 4}, {}),
-    "batchnorm-adamw-kl": (USER + "bn_mlp", {"width": 8},
-                           {"optimizer": AdamWConfig(), "loss": LossConfig("kl_divergence", temperature=4.0)}),
-    "mobilenet-nesterov-hard": (USER + "mobilenet_like", {"width": 2},
-                                {"optimizer": SGDConfig(nesterov=True), "loss": LossConfig("hard_cross_entropy")}),
+    "residual-gelu-layernorm-dropout-adamw-kl": (USER + "residual_mlp", {"width": 8}, {
+        "optimizer": AdamWConfig(), "loss": LossConfig("kl_divergence", temperature=4.0)}),
+    "group-instance-norm-pools-nesterov-hard": (USER + "group_norm_cnn", {"width": 4}, {
+        "optimizer": SGDConfig(nesterov=True), "loss": LossConfig("hard_cross_entropy")}),
+    "batchnorm": (USER + "bn_mlp", {"width": 8}, {}),
 }
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from condenser.export.errors import ExportError, UnsupportedOpError
 from runtime.bundle import DropoutSpec
@@ -177,25 +178,53 @@ def train_forwards(model: nn.Module, keep: torch.Tensor | None, noise: dict[str,
     return out
 
 
-def _module_of(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return "the model's own forward"
-    path, kind = list(stack.values())[-1]
-    name = kind.__name__ if isinstance(kind, type) else str(kind).rpartition(".")[2].strip("'>")
-    return f"module '{path}' ({name})"
+def _calling_module(model: nn.Module, in_shape: tuple[int, int, int], batch_size: int,
+                    op: torch._ops.OpOverload) -> str | None:
+    """The innermost module whose forward calls `op` (by op name) in an eager eval-mode forward, or None
+    (the op comes from a backward or a decomposition)."""
+    stack: list[str] = []
+    found: list[str] = []
+
+    def leave(_m, _args, _out) -> None:  # a forward hook that returned a value would replace the output
+        stack.pop()
+
+    hooks = []
+    for name, m in model.named_modules():
+        where = _where(name, m)
+        hooks.append(m.register_forward_pre_hook(lambda _m, _a, where=where: stack.append(where)))
+        hooks.append(m.register_forward_hook(leave))
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not found and stack and func.overloadpacket is op.overloadpacket:
+                found.append(stack[-1])
+            return func(*args, **(kwargs or {}))
+
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), Spy():
+            model(torch.zeros(batch_size, *in_shape))
+    except Exception:  # locating is best effort: the op is named either way
+        pass
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return found[0] if found else None
 
 
-def unsupported_ops(gm: fx.GraphModule, supported: frozenset[str]) -> list[fx.Node]:
-    """Nodes whose aten op is not in `supported` (names as 'aten.<op>.<overload>')."""
-    return [n for n in gm.graph.nodes if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)
-            and str(n.target) not in supported]
+def check_ops(gm: fx.GraphModule, supported: frozenset[str], model: nn.Module, in_shape: tuple[int, int, int],
+              batch_size: int) -> None:
+    """Raise UnsupportedOpError naming the first op of `gm` outside `supported` and the module calling it."""
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload) and (
+                str(node.target) not in supported):
+            where = _calling_module(model, in_shape, batch_size, node.target)
+            place = f"module {where}" if where else "the model's forward or its gradient"
+            raise UnsupportedOpError(f"op {node.target} in {place} is not supported by the train-step export "
+                                     "(supported layers: docs/trainer.md)")
 
 
-def describe_unsupported(node: fx.Node) -> UnsupportedOpError:
-    return UnsupportedOpError(f"op {node.target} in {_module_of(node)} is not supported by the train-step "
-                              "export (supported layers: docs/trainer.md)")
-
-
-__all__ = ["BN_TYPES", "PARAMETRIC", "Probe", "check_modules", "describe_unsupported", "dropout_specs",
-           "masked_batch_norm", "probe", "state_buffers", "train_forwards", "unsupported_ops"]
+__all__ = ["BN_TYPES", "PARAMETRIC", "Probe", "check_modules", "check_ops", "dropout_specs", "masked_batch_norm",
+           "probe", "state_buffers", "train_forwards"]

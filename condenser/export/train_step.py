@@ -26,15 +26,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from condenser.export.decompositions import decomposition_table, first_pass_table
 from condenser.export.errors import ExportError
 from condenser.export.fusions import fuse_narrow_conv_instance_norm
-from condenser.export.layers import (
-    check_modules,
-    describe_unsupported,
-    dropout_specs,
-    probe,
-    state_buffers,
-    train_forwards,
-    unsupported_ops,
-)
+from condenser.export.layers import check_modules, check_ops, dropout_specs, probe, state_buffers, train_forwards
 from condenser.export.supported import SUPPORTED_ATEN_OPS
 from condenser.export.translations import reset_running_inputs, translation_table
 from runtime.bundle import AdamWConfig, DropoutSpec, GraphIO, LossConfig, OptimizerConfig, SGDConfig, graph_io
@@ -136,31 +128,23 @@ def _to_onnx(gm: torch.fx.GraphModule, args: tuple[torch.Tensor, ...], names_in:
     return proto.SerializeToString()
 
 
-def _locate_unsupported(fn, args: tuple[torch.Tensor, ...]) -> None:
-    """Raise an UnsupportedOpError naming the first op outside SUPPORTED_ATEN_OPS and the module calling
-    it: a trace with the whole decomposition table and module stacks recorded, run only to name it."""
-    gm = make_fx(fn, decomposition_table=decomposition_table(), tracing_mode="fake", record_module_stack=True)(*args)
-    bad = unsupported_ops(gm, SUPPORTED_ATEN_OPS)
-    if bad:
-        raise describe_unsupported(bad[0])
-
-
 def _trace(fn, args: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:
     """make_fx with convolution_backward kept, the graph rewrites of fusions.py, then make_fx again with
-    the whole decomposition table (it decomposes what is left and inlines the fused functions). Every op
-    of the result must be one the export supports (supported.py)."""
+    the whole decomposition table (it decomposes what is left and inlines the fused functions)."""
     try:
         gm = make_fx(fn, decomposition_table=first_pass_table(), tracing_mode="fake")(*args)
         fuse_narrow_conv_instance_norm(gm)
-        gm = make_fx(gm, decomposition_table=decomposition_table(), tracing_mode="fake")(*args)
+        return make_fx(gm, decomposition_table=decomposition_table(), tracing_mode="fake")(*args)
     except ExportError:
         raise
     except Exception as exc:  # tracing failures come in many types; name the stage
         raise ExportError(f"tracing the model failed: {type(exc).__name__}: {exc}") from exc
-    bad = unsupported_ops(gm, SUPPORTED_ATEN_OPS)
-    if bad:
-        _locate_unsupported(fn, args)
-        raise describe_unsupported(bad[0])
+
+
+def _trace_checked(fn, args: tuple[torch.Tensor, ...], model: nn.Module, plan: StepPlan) -> torch.fx.GraphModule:
+    """`_trace`, then every op of the result must be one the export supports (supported.py)."""
+    gm = _trace(fn, args)
+    check_ops(gm, SUPPORTED_ATEN_OPS, model, plan.in_shape, plan.batch_size)
     return gm
 
 
@@ -259,7 +243,7 @@ def trace_train_step(model: nn.Module, plan: StepPlan) -> tuple[torch.fx.GraphMo
     was_training = model.training
     model.train()
     try:
-        return _trace(_step_fn(model, plan), args), args
+        return _trace_checked(_step_fn(model, plan), args, model, plan), args
     finally:
         model.train(was_training)
 
@@ -285,7 +269,7 @@ def export_inference(model: nn.Module, plan: StepPlan) -> bytes:
     model.eval()
     try:
         with torch.no_grad():
-            gm = _trace(infer, args)
+            gm = _trace_checked(infer, args, model, plan)
     finally:
         model.train(was_training)
     io = plan.io
