@@ -47,7 +47,7 @@ import bench_format  # noqa: E402
 import bench_runtime  # noqa: E402
 
 HOT_PATHS = ("dm", "gm", "onnx_step", "torch_eager_step", "torch_compile_step", "eval", "eval_ipc1", "eval_compile",
-             "eval_compile_ipc1", "read", "decode", "write")
+             "eval_compile_ipc1", "read", "read_1thread", "decode", "write")
 MEASURING = ("dm_measuring", "gm_measuring")
 IPC, MLS, BATCH_REAL, GM_N_DATA = 10, 5, 64, 256  # the cpu profile's condensation (condenser/profiles.py)
 
@@ -214,11 +214,21 @@ def trainer_rows(names: list[str], bundle_dir: Path, steps: int, repeats: int, p
 EVAL_ROWS = {"eval": (10, False), "eval_ipc1": (1, False), "eval_compile": (10, True), "eval_compile_ipc1": (1, True)}
 
 
-def eval_row(name: str, image_epochs: int, repeats: int, peak: float) -> Row:
+@dataclass
+class EvalRun:
+    """One prepared evaluation training: `sample()` trains `per` image-epochs."""
+
+    sample: Callable[[], object]
+    per: int
+    flops: float  # per image-epoch
+    note: str
+
+
+def eval_run(name: str, image_epochs: int) -> EvalRun:
     """Server-side evaluation training (condenser/training.py train_epoch) of one seed of an IPC-10 or IPC-1
     cell with the pinned protocol's augmentation (DSA + CutMix), hard labels, batch 64 (IPC-1: one batch of
-    10), eager or compiled as `condenser eval` with MULTISIZE_COMPILE=1 trains (condenser/compiled.py):
-    CPU-s per trained image-epoch, about `image_epochs` of them per sample."""
+    10), eager or compiled as `condenser eval` with MULTISIZE_COMPILE=1 trains (condenser/compiled.py); its
+    first epoch (the compile) is run here, outside the samples."""
     import torch
 
     from condenser.compiled import compiled, inductor_cache_dir
@@ -240,23 +250,37 @@ def eval_row(name: str, image_epochs: int, repeats: int, peak: float) -> Row:
     generator = torch.Generator().manual_seed(0)
     cold = use_compile and not any(inductor_cache_dir().rglob("*.py"))
     step_model = compiled(model) if use_compile else model
-    epoch = lambda: train_epoch(step_model, source, optimizer, budget.batch_size, generator,  # noqa: E731
-                                torch.device("cpu"))
+    epoch = lambda m=step_model: train_epoch(m, source, optimizer, budget.batch_size, generator,  # noqa: E731
+                                             torch.device("cpu"))
     t0, c0 = time.perf_counter(), cpu_seconds()
-    epoch()  # the compile, when there is one
-    warm = ""
+    epoch()
+    first = ""
     if use_compile:
-        warm = (f"; first epoch (the compile, {'cold' if cold else 'warm'} cache) {time.perf_counter() - t0:.1f} s "
-                f"wall, {cpu_seconds() - c0:.1f} CPU-s of this process")
+        first = (f"; first epoch (the compile, {'cold' if cold else 'warm'} cache) {time.perf_counter() - t0:.1f} s "
+                 f"wall, {cpu_seconds() - c0:.1f} CPU-s of this process")
     epochs = max(1, image_epochs // len(idx))
-    # FLOPs counted on the eager network: a dispatch mode does not see inside inductor's kernels
-    flops = count_flops(lambda: train_epoch(model, source, optimizer, budget.batch_size, generator,
-                                            torch.device("cpu"))) / len(idx)
-    seconds, samples = median_seconds(lambda: [epoch() for _ in range(epochs)], repeats)
-    per = epochs * len(idx)
-    return Row(name, "image-epoch", seconds / per, [s / per for s in samples], flops, flops * per / seconds / peak,
-               "GEMM peak", f"IPC-{ipc}: {len(idx)} images, {epochs} epochs per sample, DSA + CutMix, batch "
-                            f"{min(budget.batch_size, len(idx))}, {'compiled' if use_compile else 'eager'}{warm}")
+    flops = count_flops(lambda: epoch(model)) / len(idx)  # eager: a dispatch mode cannot see into inductor's kernels
+    note = (f"IPC-{ipc}: {len(idx)} images, {epochs} epochs per sample, DSA + CutMix, batch "
+            f"{min(budget.batch_size, len(idx))}, {'compiled' if use_compile else 'eager'}{first}")
+    return EvalRun(lambda: [epoch() for _ in range(epochs)], epochs * len(idx), flops, note)
+
+
+def eval_rows(names: list[str], image_epochs: int, repeats: int, peak: float) -> list[Row]:
+    """CPU-s per trained image-epoch of each eval variant, their samples interleaved (round-robin), so that a busy
+    moment of the shared cores does not favour one variant."""
+    runs = {name: eval_run(name, image_epochs) for name in names}
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            c0 = cpu_seconds()
+            run.sample()
+            samples[name].append((cpu_seconds() - c0) / run.per)
+    rows = []
+    for name, run in runs.items():
+        seconds = statistics.median(samples[name])
+        rows.append(Row(name, "image-epoch", seconds, samples[name], run.flops, run.flops / seconds / peak,
+                        "GEMM peak", run.note))
+    return rows
 
 
 def container_rows(names: list[str], work: Path, repeats: int) -> list[Row]:
@@ -279,32 +303,50 @@ def container_rows(names: list[str], work: Path, repeats: int) -> list[Row]:
         rows.append(Row("write", "GB (wall)", ours / gb, [s / gb for s in samples], None, dd_s / ours,
                         "dd write, conv=fdatasync", f"{size / 1e6:.1f} MB file: {size / 1e6 / ours:.0f} MB/s, "
                         f"dd {dd_mbs:.0f} MB/s; encode + write + fsync + rename"))
-    reads = {"read": ("verified read_raw", lambda: bench_format.load(path, bench_format.IPC, raw=True)),
+
+    def raw(threads: int | None) -> None:
+        with formats.open_mdc(path, threads=threads) as r:
+            r.read_raw(bench_format.IPC)
+
+    reads = {"read": ("verified read_raw", lambda: raw(None)),
+             "read_1thread": ("verified read_raw on one thread (the reader before issue 14 item 5)", lambda: raw(1)),
              "decode": ("read(targets='compact')",
                         lambda: formats.open_mdc(path).read(bench_format.IPC, targets="compact"))}
-    for name, (what, fn) in reads.items():
-        if name in names:
-            rows.append(cached_read_row(name, what, fn, path, repeats))
+    wanted = {name: reads[name] for name in reads if name in names}
+    if wanted:
+        rows += cached_read_rows(wanted, path, repeats)
     return rows
 
 
-def cached_read_row(name: str, what: str, fn: Callable[[], object], path: Path, repeats: int) -> Row:
-    """fn() (a whole-file read) from the page cache against dd's copy of the same file, both in wall time: the
-    reader checks blocks on up to 4 threads, so its CPU time is the wrong clock (the note gives both).
-    dd's time is the one it reports for its copy, without its process start."""
+def cached_read_rows(reads: dict[str, tuple[str, Callable[[], object]]], path: Path, repeats: int) -> list[Row]:
+    """Whole-file reads from the page cache against dd's copy of the same file, all in wall time (the reader
+    checks blocks on several threads, so CPU time is the wrong clock; the note gives both), samples interleaved
+    round-robin with dd's. dd's time is the one it reports for its copy, without its process start."""
     size = path.stat().st_size
     gb = size / 1e9
     per = max(1, round(0.25 / gb))  # ~250 MB per sample: a few ms of file is below the clocks' noise
-    fn()  # into the page cache
-    run = lambda: [fn() for _ in range(per)]  # noqa: E731
-    wall, samples = median_seconds(run, repeats, time.perf_counter)
-    cpu, _ = median_seconds(run, repeats)
-    dd_mbs = statistics.median(bench_format.dd([f"if={path}", "of=/dev/null", "bs=1M"]) for _ in range(repeats * 5))
-    ours, dd_s = wall / per, size / 1e6 / dd_mbs
-    return Row(name, "GB (wall)", ours / gb, [s / per / gb for s in samples], None, dd_s / ours,
-               "dd read, page cache (wall)", f"{what}(IPC {bench_format.IPC}) of the {size / 1e6:.1f} MB file from "
-               f"the page cache: {size / 1e6 / ours:.0f} MB/s wall, {size / 1e6 / (cpu / per):.0f} MB/s of CPU; "
-               f"dd {dd_mbs:.0f} MB/s")
+    walls: dict[str, list[float]] = {name: [] for name in reads}
+    cpus: dict[str, list[float]] = {name: [] for name in reads}
+    dd_mbs: list[float] = []
+    for _, fn in reads.values():
+        fn()  # into the page cache, and any first-call cost out of the samples
+    for _ in range(repeats):
+        for name, (_, fn) in reads.items():
+            t0, c0 = time.perf_counter(), cpu_seconds()
+            for _ in range(per):
+                fn()
+            walls[name].append((time.perf_counter() - t0) / per / gb)
+            cpus[name].append((cpu_seconds() - c0) / per / gb)
+        dd_mbs += [bench_format.dd([f"if={path}", "of=/dev/null", "bs=1M"]) for _ in range(per)]
+    dd_s = 1e3 / statistics.median(dd_mbs)  # seconds per GB
+    rows = []
+    for name, (what, _) in reads.items():
+        wall, cpu = statistics.median(walls[name]), statistics.median(cpus[name])
+        rows.append(Row(name, "GB (wall)", wall, walls[name], None, dd_s / wall, "dd read, page cache (wall)",
+                        f"{what}(IPC {bench_format.IPC}) of the {size / 1e6:.1f} MB file from the page cache: "
+                        f"{1e3 / wall:.0f} MB/s wall, {1e3 / cpu:.0f} MB/s of CPU; dd {1e3 / dd_s:.0f} MB/s "
+                        f"(median of {len(dd_mbs)})"))
+    return rows
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -325,14 +367,15 @@ def run(args: argparse.Namespace) -> list[Row]:
     trainers = [p for p in ("onnx_step", "torch_eager_step", "torch_compile_step") if p in wanted]
     if trainers:
         rows += trainer_rows(trainers, args.dir, 3 if args.quick else 10, args.repeats, peak)
-    for name in (p for p in EVAL_ROWS if p in wanted):
-        rows.append(eval_row(name, 100 if args.quick else 300, args.repeats, peak))
+    evals = [p for p in EVAL_ROWS if p in wanted]
+    if evals:
+        rows += eval_rows(evals, 100 if args.quick else 300, args.repeats, peak)
     rates += gemm_rates(n, calls, args.repeats)
     if max(rates) > peak:  # a quieter moment at the end: every share against the better peak
         for r in rows:
             r.share_of_peak *= peak / max(rates)
     rows.insert(0, peak_row(n, rates))
-    io = [p for p in ("read", "decode", "write") if p in wanted]
+    io = [p for p in ("read", "read_1thread", "decode", "write") if p in wanted]
     if io:
         with tempfile.TemporaryDirectory(prefix="bench-hot-") as work:
             rows += container_rows(io, Path(work), args.repeats)
