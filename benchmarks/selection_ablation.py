@@ -26,10 +26,9 @@ import torch
 from condenser.data import ImageDataset, load_dataset
 from condenser.evaluate import random_real_subset
 from condenser.evaluate.protocol import evaluate_images, evaluate_views
-from condenser.methods.selection import select_indices
+from condenser.methods.selection import embed, select_indices
 from condenser.profiles import get_profile
 from condenser.relabel import RelabelConfig, relabel
-from condenser.statmatch.order import embed
 from condenser.teacher import load_teacher
 from formats import Views
 

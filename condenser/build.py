@@ -29,7 +29,7 @@ from torch import nn
 
 import formats
 from condenser.checkpoint import atomic_write_bytes, config_hash
-from condenser.condense import CondenseConfig, CondenseResult, condense
+from condenser.condense import CondenseConfig, CondenseResult, condense, selection_identity
 from condenser.config import ConfigError
 from condenser.config.tree import Config
 from condenser.data import DEFAULT_DATASET, ArraySource, DatasetSpec, ImageDataset, get_source, load_dataset
@@ -38,6 +38,7 @@ from condenser.device import resolve_device
 from condenser.distributed import current
 from condenser.errors import CondenserError
 from condenser.methods import METHODS
+from condenser.methods.selection import SELECTIONS
 from condenser.paths import cache_root, runs_dir
 from condenser.profiles import get_profile
 from condenser.progress import stage
@@ -97,12 +98,14 @@ def get_teacher(cfg: BuildConfig, log: Callable[[str], None] = print) -> Teacher
 
 
 def run_dir_for(ccfg: CondenseConfig, dataset: str, fingerprint: str | None = None,
-                data_root: str | None = None) -> Path:
+                data_root: str | None = None, selection: str = "") -> Path:
     """A condensation's run directory: the dataset name, its training data's fingerprint (looked up by name
-    unless given) and the configuration hash, so changed data never meets an old run's checkpoint."""
+    unless given) and the configuration hash (with the selection init's network, `selection_identity`), so
+    changed data or another teacher never meets an old run's checkpoint."""
     data = fingerprint or load_dataset(dataset, "train", root=data_root).fingerprint
     stem = dataset.replace(":", "_").replace("/", "_")
-    return runs_dir() / f"{stem}-{data[:8]}-{config_hash(asdict(ccfg))}"
+    key = config_hash(asdict(ccfg)) if not selection else config_hash({**asdict(ccfg), "selection": selection})
+    return runs_dir() / f"{stem}-{data[:8]}-{key}"
 
 
 def exporter_digest() -> str:
@@ -253,18 +256,19 @@ def relabel_and_pack(
 def condense_stage(cfg: BuildConfig, settings: Config, train: ImageDataset, log: Callable[[str], None],
                    stop_after: int | None, seconds: dict[str, float]) -> StageResult:
     """gm/dm: teacher (for the soft labels) -> the condense loop with the multisize wrapper."""
+    ccfg = cfg.condense_config(settings)
     teacher = None
-    if cfg.soft_labels == "teacher":
+    if cfg.soft_labels == "teacher" or ccfg.init in SELECTIONS:  # the labeller; the selection's features
         t0 = time.time()
         dist = current()
         with dist.local_first("teacher training"):
             teacher = get_teacher(cfg, log)
         dist.broadcast_module(teacher.model, what="broadcast of the teacher")  # one labeller on every rank
         seconds["teacher"] = time.time() - t0
-
-    ccfg = cfg.condense_config(settings)
+    features = teacher.features() if teacher is not None else None
     t0 = time.time()
-    result = condense(ccfg, train, run_dir=run_dir_for(ccfg, cfg.dataset, train.fingerprint), stop_after=stop_after)
+    run_dir = run_dir_for(ccfg, cfg.dataset, train.fingerprint, selection=selection_identity(ccfg, features))
+    result = condense(ccfg, train, run_dir=run_dir, stop_after=stop_after, features=features)
     seconds["condense"] = time.time() - t0
     provenance = {
         "method": "multisize" if ccfg.multisize.enabled else ccfg.method,

@@ -53,6 +53,7 @@ from condenser.errors import CondenserError
 from condenser.methods import METHODS, BaseMethod, MaskedSGD, StepContext, SyntheticSet, init_synthetic
 from condenser.methods.formation import decode
 from condenser.methods.real import RealPool
+from condenser.methods.selection import SELECTIONS, FeatureSource
 from condenser.models import build_model
 from condenser.multisize import Multisize, MultisizeConfig
 from condenser.resume import (
@@ -90,7 +91,7 @@ class CondenseConfig:
     mom_img: float = 0.5
     batch_real: int = 64  # real images per class per inner step
     multisize: MultisizeConfig = field(default_factory=MultisizeConfig)  # enabled=False: Baseline C
-    init: str = "first"  # first | random
+    init: str = "first"  # first | random | herding | kmeans (condenser/methods/selection.py, on the teacher)
     init_offset: int = 0  # start at image number offset (Baseline B run k uses k)
     model: str = "convnet"
     width: int = 128
@@ -269,6 +270,7 @@ def condense(
     stop_after: int | None = None,
     on_outer_loop: Callable[[int, dict], None] | None = None,
     dist: DistContext | None = None,
+    features: FeatureSource | None = None,
 ) -> CondenseResult:
     """Condense `train_set` to `cfg.ipc` images per class; resumable when `run_dir` is given.
 
@@ -277,10 +279,11 @@ def condense(
     info holds the loss, the MLS record (if one was selected), the live images [N, K, ...] of this
     process's classes `info["classes"]` (read only) and the frozen prefix per class for the next loop.
     `dist` (default: `condenser.distributed.current()`) shards the classes over the ranks of a process
-    group; every rank returns the whole, gathered result.
+    group; every rank returns the whole, gathered result. `features` embeds real images for the `herding`
+    and `kmeans` inits (condenser/methods/selection.py; a build passes its teacher).
     """
-    run = _start(cfg, train_set, dist if dist is not None else current())
-    checkpoint = Checkpoint.in_run_dir(run_dir, CHECKPOINT_NAME, _identity(cfg, train_set, run.dist),
+    run = _start(cfg, train_set, dist if dist is not None else current(), features)
+    checkpoint = Checkpoint.in_run_dir(run_dir, CHECKPOINT_NAME, _identity(cfg, train_set, run.dist, features),
                                        "condensation run", run.dist, keep_previous=True)
     _restore(run, agreed_state(checkpoint, run.dist, "outer_loop"))
     stop, first, t_run = StopAfter(stop_after), run.done, time.perf_counter()
@@ -339,7 +342,8 @@ def _autocasts(cfg: CondenseConfig, method: BaseMethod, device: torch.device
     return autocast, autocast if method.autocast_matching else contextlib.nullcontext
 
 
-def _start(cfg: CondenseConfig, train_set: ImageDataset, dist: DistContext) -> _Run:
+def _start(cfg: CondenseConfig, train_set: ImageDataset, dist: DistContext, features: FeatureSource | None = None
+           ) -> _Run:
     """Everything a fresh run starts from, in the order its random draws are made (results depend on it)."""
     device = resolve_device(cfg.device)
     num_classes = train_set.spec.num_classes
@@ -349,7 +353,7 @@ def _start(cfg: CondenseConfig, train_set: ImageDataset, dist: DistContext) -> _
     generator = torch.Generator().manual_seed(cfg.seed)
     class_gens = [torch.Generator().manual_seed(class_seed(cfg.seed, c)) for c in classes]
     syn = init_synthetic(train_set, cfg.ipc, cfg.factor, cfg.init, cfg.init_offset, class_gens, device,
-                         classes=classes)
+                         classes=classes, embedder=features)
     syn.clamp_()
     optimizer = MaskedSGD(syn.data, _image_lr(cfg, method, train_set, device), cfg.mom_img)
     objective = None
@@ -366,8 +370,14 @@ def _start(cfg: CondenseConfig, train_set: ImageDataset, dist: DistContext) -> _
                 ctx, match_ctx)
 
 
-def _identity(cfg: CondenseConfig, train_set: ImageDataset, dist: DistContext) -> str:
-    return run_identity(cfg.result_hash(), dataset_fingerprint(train_set), dist)
+def _identity(cfg: CondenseConfig, train_set: ImageDataset, dist: DistContext,
+              features: FeatureSource | None = None) -> str:
+    return run_identity(cfg.result_hash() + selection_identity(cfg, features), dataset_fingerprint(train_set), dist)
+
+
+def selection_identity(cfg: CondenseConfig, features: FeatureSource | None) -> str:
+    """What besides the config a run's initial images depend on: the selection's network, for those inits."""
+    return f"+{features.identity}" if cfg.init in SELECTIONS and features is not None else ""
 
 
 def _checkpoint_due(cfg: CondenseConfig, t: int) -> bool:

@@ -25,6 +25,7 @@ from condenser.config.tree import Config, TeacherBudget, TeacherSection
 from condenser.data import ImageDataset, data_fingerprint, load_dataset
 from condenser.device import resolve_device
 from condenser.errors import CheckpointError
+from condenser.methods.selection import FeatureSource
 from condenser.models import build_model
 from condenser.paths import teacher_dir
 from condenser.progress import progress_bar
@@ -97,6 +98,10 @@ class Teacher:
     @property
     def test_accuracy(self) -> float:
         return float(self.meta["test_accuracy"])
+
+    def features(self) -> FeatureSource:
+        """This teacher as the feature extractor of a selection init, keyed by its training configuration."""
+        return FeatureSource(self.model, f"teacher-{config_hash(self.meta.get('config') or self.meta)[:12]}")
 
 
 def teacher_paths(config: TeacherConfig, root: Path | None = None) -> tuple[Path, Path, Path]:

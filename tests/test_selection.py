@@ -69,3 +69,33 @@ def test_init_modes_select_on_the_given_features_and_need_them():
     assert syn.data.shape == (2, 4, 1, 8, 8) and syn.init_indices.shape == (4, 2)
     with pytest.raises(MethodConfigError, match="init 'herding' selects real images"):
         init_indices(train, 2, mode="herding")
+
+
+def test_condense_starts_from_the_selection_and_keys_its_run_by_the_network(tmp_path):
+    from condenser.condense import CondenseConfig, condense
+    from condenser.data import synthetic
+    from condenser.errors import CheckpointError
+    from condenser.methods.selection import FeatureSource
+    from condenser.models import build_model
+    from condenser.multisize import MultisizeConfig
+
+    train = synthetic(num_classes=3, image_shape=(1, 8, 8), per_class=16)
+    cfg = CondenseConfig(method="dm", ipc=2, outer_loops=1, inner_loops=1, multisize=MultisizeConfig(period=1),
+                         batch_real=4, width=8, depth=2, device="cpu", init="herding")
+    torch.manual_seed(0)
+    net = build_model("convnet", (1, 8, 8), 3, width=8, depth=2)
+    res = condense(cfg, train, tmp_path, progress=False, features=FeatureSource(net, "net-a"))
+    gens = [torch.Generator().manual_seed(s) for s in _class_seeds(cfg.seed, 3)]
+    expected = torch.cat([select_indices(train, 2, "herding", FeatureSource(net, "net-a"), generator=g,
+                                         classes=[c]) for c, g in enumerate(gens)])
+    assert torch.equal(res.init_indices, expected)
+    with pytest.raises(CheckpointError, match="belongs to a different condensation run"):
+        condense(cfg, train, tmp_path, progress=False, features=FeatureSource(net, "net-b"))
+    with pytest.raises(MethodConfigError, match="a build passes its teacher"):
+        condense(cfg, train, progress=False)
+
+
+def _class_seeds(seed: int, num_classes: int) -> list[int]:
+    from condenser.condense import class_seed
+
+    return [class_seed(seed, c) for c in range(num_classes)]

@@ -1,7 +1,7 @@
 """Nested selection of real images: which real images a condensation starts from, in which order.
 
 A nested file's IPC-k prefix must be a good set for every k, so a selection is an *order* per class, not
-a set. Two orders, both on a feature extractor's embeddings (the teacher's, `condenser.statmatch.order.embed`):
+a set. Two orders, both on a feature extractor's embeddings (the teacher's, `embed` below):
 
 - `herding`: greedy, each next image brings the prefix's mean feature closest to the class mean
   (Welling 2009; the decoupled methods' nested order, condenser/statmatch/order.py). Prefix 1 is the most
@@ -16,14 +16,37 @@ A candidate pool of `pool` random real images per class (seeded) bounds the cost
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from condenser.data import ImageDataset
 from condenser.methods.base import MethodConfigError
 
 Embedder = Callable[[torch.Tensor], torch.Tensor]  # normalised images [n, ch, H, W] -> features [n, D]
 SELECTIONS = ("herding", "kmeans")
+
+
+@torch.no_grad()
+def embed(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """model.embed (or the logits for models without one) in eval mode, on the model's device, float32."""
+    device = next(model.parameters()).device
+    fn = getattr(model, "embed", model)
+    model.eval()
+    return torch.cat([fn(x[s:s + batch_size].to(device)).float() for s in range(0, x.shape[0], batch_size)])
+
+
+@dataclass(frozen=True)
+class FeatureSource:
+    """The network a selection embeds with, and its identity: a run started from a selection is keyed by it,
+    so a different teacher never resumes another teacher's run."""
+
+    model: nn.Module
+    identity: str
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return embed(self.model, x)
 
 
 def class_pool(dataset: ImageDataset, c: int, pool: int, generator: torch.Generator) -> torch.Tensor:

@@ -12,16 +12,7 @@ import torch
 from torch import nn
 
 from condenser.data import ImageDataset
-from condenser.methods.selection import herding_order
-
-
-@torch.no_grad()
-def embed(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """model.embed (or the logits for models without one) in eval mode, on the model's device, float32."""
-    device = next(model.parameters()).device
-    fn = getattr(model, "embed", model)
-    model.eval()
-    return torch.cat([fn(x[s:s + batch_size].to(device)).float() for s in range(0, x.shape[0], batch_size)])
+from condenser.methods.selection import embed, herding_order
 
 
 @torch.no_grad()
