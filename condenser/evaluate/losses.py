@@ -23,6 +23,7 @@ from condenser.errors import CondenserError
 from condenser.registry import Registry
 from condenser.training import soft_cross_entropy
 from formats import Views
+from runtime.dataset import decode_targets
 
 PROB_FLOOR = 1e-4
 
@@ -36,11 +37,9 @@ class StudentLoss:
 
 
 def view_probabilities(views: Views, label_kind: str, temperature: float) -> torch.Tensor:
-    """Stored view targets as probability rows (logits are softened at the stored temperature)."""
-    t = torch.from_numpy(views.targets).float()
-    if label_kind == "logits":
-        return torch.softmax(t / temperature, dim=-1)
-    return t / t.sum(-1, keepdim=True).clamp_min(1e-12)
+    """Stored view targets as probability rows, decoded by the device's rule (runtime.dataset.decode_targets)
+    so that server evaluation trains on the very targets, to the bit, that runtime.train feeds a device."""
+    return torch.from_numpy(decode_targets(views.targets, label_kind, temperature))
 
 
 def teacher_logits(views: Views, label_kind: str, temperature: float) -> torch.Tensor:
