@@ -83,20 +83,22 @@ def _weight_grad_narrow(grad_out, inp, kernel, stride, padding, dilation, with_b
 
 
 def _weight_grad_grouped(grad_out, inp, kernel, stride, padding, dilation, groups: int):
-    """dW[g] = grad_out[g] [O/g, B*h*w] @ shifted input[g] [B*h*w, C/g] per group (one batched product per
-    kernel offset); a depthwise conv (C/g = O/g = 1) makes each product a dot product per channel."""
+    """dW[g] = grad_out[g] [O/g, B*h*w] @ shifted input[g] [B*h*w, C/g] per group, one batched product per
+    kernel offset. Like `_weight_grad_matmul`, the padded input is transposed once (to [G, B, H, W, C/g])
+    and each offset is a strided slice of it; a depthwise conv (C/g = O/g = 1) makes each product a batch
+    of per-channel dot products."""
     b, c = inp.shape[:2]
     o, ho, wo = grad_out.shape[1:]
     cg, og = c // groups, o // groups
-    x = aten.constant_pad_nd(inp, [padding[1], padding[1], padding[0], padding[0]], 0.0)
+    xp = aten.constant_pad_nd(inp, [padding[1], padding[1], padding[0], padding[0]], 0.0)
+    x = xp.reshape(b, groups, cg, xp.shape[2], xp.shape[3]).permute(1, 0, 3, 4, 2)
     go = grad_out.reshape(b, groups, og, ho * wo).permute(1, 2, 0, 3).reshape(groups, og, b * ho * wo)
     cols = []
     for i in range(kernel[0]):
         for j in range(kernel[1]):
             r, q = i * dilation[0], j * dilation[1]
             shifted = x[:, :, r: r + stride[0] * (ho - 1) + 1: stride[0], q: q + stride[1] * (wo - 1) + 1: stride[1]]
-            shifted = shifted.reshape(b, groups, cg, ho * wo).permute(1, 0, 3, 2).reshape(groups, b * ho * wo, cg)
-            cols.append(torch.bmm(go, shifted))
+            cols.append(torch.bmm(go, shifted.reshape(groups, b * ho * wo, cg)))
     return torch.stack(cols, dim=-1).reshape(o, cg, kernel[0], kernel[1])
 
 

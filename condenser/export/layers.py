@@ -13,7 +13,6 @@ layers get a train-time forward of their own while the step is traced:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -135,6 +134,52 @@ def dropout_specs(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> list[
             if name in shapes]
 
 
+def _rows_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """scale[c] * x + shift[c] over x [B, C, ...] in one pass: an inference-mode batch norm with mean 0 and
+    variance 1 (one ONNX BatchNormalization), not a Mul and an Add over the whole tensor."""
+    c = x.shape[1]
+    zeros, ones = torch.zeros(c, dtype=x.dtype), torch.ones(c, dtype=x.dtype)
+    return aten.native_batch_norm(x, scale, shift, zeros, ones, False, 0.0, 0.0)[0]
+
+
+class _MaskedBatchNorm(torch.autograd.Function):
+    """Training-mode BatchNorm whose statistics cover the rows with keep = 1 (keep [B] holds 0 / 1).
+
+    Written with its own backward because the autograd of the formula writes about twice as many
+    full-size tensors: per (row, channel) sums first, then one affine pass for the output and, in the
+    backward, dx = k * dy + keep * (s * x + t) with per-channel k, s, t (the algebra of
+    translations.native_group_norm_backward, restricted to the kept rows; padding rows get dx = 0).
+    """
+
+    @staticmethod
+    def forward(ctx, x, keep, weight, bias, eps: float):
+        n, c = x.shape[:2]
+        x3 = x.reshape(n, c, -1)
+        count = keep.sum() * x3.shape[2]
+        mean = (x3.sum(-1) * keep.unsqueeze(1)).sum(0) / count
+        centered = x3 - mean.reshape(1, c, 1)
+        var = ((centered * centered).sum(-1) * keep.unsqueeze(1)).sum(0) / count
+        rstd = torch.rsqrt(var + eps)
+        a = weight * rstd
+        ctx.save_for_backward(x, keep, weight, mean, rstd, count)
+        return _rows_affine(x, a, bias - mean * a), mean, var
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _dvar):
+        x, keep, weight, mean, rstd, count = ctx.saved_tensors
+        n, c = x.shape[:2]
+        dy3, x3, kept = dy.reshape(n, c, -1), x.reshape(n, c, -1), keep.unsqueeze(1)
+        sdy, sdyx = dy3.sum(-1), (dy3 * x3).sum(-1)  # [N, C]
+        dbeta = (sdy * kept).sum(0)
+        dgamma = ((sdyx - mean * sdy) * kept).sum(0) * rstd
+        k = weight * rstd
+        s = -k * rstd * dgamma / count
+        t = -k * dbeta / count - s * mean
+        rows = _rows_affine(x.reshape(1, n * c, -1), (kept * s).reshape(-1), (kept * t).reshape(-1))
+        dx = (dy3 * k.reshape(1, c, 1)).reshape(1, n * c, -1) + rows
+        return dx.reshape(x.shape), None, dgamma, dbeta, None
+
+
 def masked_batch_norm(x: torch.Tensor, keep: torch.Tensor, bn: nn.Module, running_mean: torch.Tensor,
                       running_var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, new running mean, new running var) of training-mode BatchNorm over the rows where keep = 1.
@@ -142,17 +187,11 @@ def masked_batch_norm(x: torch.Tensor, keep: torch.Tensor, bn: nn.Module, runnin
     As torch: biased variance normalizes, the unbiased one (n / (n - 1), n = kept rows x positions) enters
     the running variance, running = (1 - momentum) * running + momentum * batch statistic.
     """
-    dims = [0, *range(2, x.dim())]
-    shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
-    positions = math.prod(x.shape[2:])
-    mask = keep.reshape(-1, *([1] * (x.dim() - 1)))
-    count = keep.sum() * positions
-    mean = (x * mask).sum(dims) / count
-    centered = x - mean.reshape(shape)
-    var = (centered * centered * mask).sum(dims) / count
-    y = centered * torch.rsqrt(var + bn.eps).reshape(shape)
-    if bn.weight is not None:
-        y = y * bn.weight.reshape(shape) + bn.bias.reshape(shape)
+    c = x.shape[1]
+    weight = bn.weight if bn.weight is not None else torch.ones(c, dtype=x.dtype)
+    bias = bn.bias if bn.bias is not None else torch.zeros(c, dtype=x.dtype)
+    y, mean, var = _MaskedBatchNorm.apply(x, keep, weight, bias, float(bn.eps))
+    count = keep.sum() * (x[0, 0].numel())
     m = float(bn.momentum)
     unbiased = var.detach() * count / torch.clamp(count - 1, min=1)
     return y, (1 - m) * running_mean + m * mean.detach(), (1 - m) * running_var + m * unbiased
