@@ -3,7 +3,10 @@
 Two schedules. `per-ipc` (the papers): every IPC index is recovered independently, then each class's
 images are put in herding order on the first teacher's features. `joint` (small sets): all images in one
 batch through condenser.condense, so the multisize subset loss, MLS selection and freezing apply.
-Relabelling (the whole pool's ensemble) and packing are the build's shared tail.
+With multi-formation (`condense.factor` f > 1) `per-ipc` becomes `formed`: no recovery; every stored image is
+f x f real crops ranked by the pool (RDED's construction, condenser/statmatch/formed.py), and herding orders
+the stored images. Relabelling (the whole pool's ensemble, on the decoded images) and packing are the build's
+shared tail.
 
 Under torchrun, `per-ipc` shards chunks of IPC indices over the ranks (condenser.statmatch.recover): the
 pool is trained/cached by each node's local rank 0 first and rank 0's weights are broadcast, every rank
@@ -31,6 +34,7 @@ from condenser.paths import runs_dir
 from condenser.registry import Registry
 from condenser.stages import STAGES, StageResult
 from condenser.statmatch.cache import cached_conv_stats, model_hash
+from condenser.statmatch.formed import FormationConfig, formed_images
 from condenser.statmatch.joint import METHOD_NAME, JointStatMatch  # noqa: F401  (registers the joint method)
 from condenser.statmatch.objective import StatMatchObjective
 from condenser.statmatch.order import herd
@@ -43,6 +47,8 @@ from condenser.teacher import Teacher
 NESTING = {
     "per-ipc": "independent per-IPC-index recovery (no prefix co-adaptation) + herding order on teacher features",
     "joint": "one joint batch with the multisize subset loss (MLS prefix statistics) and freezing",
+    "formed": "f x f teacher-ranked real crops per stored image (RDED-style) + herding order of the stored images "
+              "on the mean teacher feature of their decoded images",
 }
 
 
@@ -100,9 +106,40 @@ def joint_schedule(method: str, cfg: Any, settings: Config, s: DecoupledSettings
     return result, {}
 
 
+def formed_schedule(method: str, cfg: Any, settings: Config, s: DecoupledSettings, train: ImageDataset,
+                    pool: TeacherPool, stats: list[dict | None], stats_paths: list[str | None], run_hash: str,
+                    stop_after: int | None) -> tuple[CondenseResult, dict]:
+    """Multi-formation: stored images of f x f real crops ranked by the pool's ensemble, in herding order
+    (s.order) over stored images. Forward passes only, so nothing is checkpointed (a rerun recomputes it)."""
+    t0 = time.time()
+    fcfg = FormationConfig(factor=settings.condense.factor, seed=cfg.seed)
+    order_model = pool.members[0].model if s.order == "herding" else None
+    images, labels, record = formed_images(pool.models, order_model, train, cfg.ipc, fcfg, s.herding_real)
+    dist = current()  # identical on CPU; on CUDA rank 0's images are the ones every rank relabels
+    images = dist.broadcast(images, what="broadcast of the formed images")
+    c = train.spec.num_classes
+    result = CondenseResult(
+        images=images, labels=labels, ipc=cfg.ipc, num_classes=c, factor=fcfg.factor, mls_history=[],
+        timings={"elapsed_s": time.time() - t0, "device": str(resolve_device(cfg.device)),
+                 "threads": torch.get_num_threads()},
+        config={"method": method, "schedule": "formed", "formation": asdict(fcfg)},
+        init_indices=torch.tensor(record["sources"], dtype=torch.int64), outer_loops_done=0)
+    extra = {"formation": record}
+    if "herding_order" in record:  # where the per-ipc schedule records it too
+        extra["herding_order"] = record.pop("herding_order")
+    return result, extra
+
+
 SCHEDULES: Registry[Callable[..., tuple[CondenseResult, dict]]] = Registry("decoupled schedule")
 SCHEDULES.add("per-ipc", per_ipc_schedule)
 SCHEDULES.add("joint", joint_schedule)
+SCHEDULES.add("formed", formed_schedule)
+
+
+def schedule_name(s: DecoupledSettings, factor: int) -> str:
+    """The schedule a build runs: `formed` where per-ipc meets condense.factor > 1 (recovered images have no
+    patches to decode), else the settings' own."""
+    return "formed" if s.schedule == "per-ipc" and factor > 1 else s.schedule
 
 
 def decoupled_stage(method: str):
@@ -111,8 +148,9 @@ def decoupled_stage(method: str):
     def stage(cfg: Any, settings: Config, train: ImageDataset, log: Callable[[str], None], stop_after: int | None,
               seconds: dict[str, float]) -> StageResult:
         s: DecoupledSettings = settings.method.settings(method)
+        name = schedule_name(s, settings.condense.factor)
         dist = current()
-        if dist.sharded and s.schedule == "joint":
+        if dist.sharded and name == "joint":
             raise MethodConfigError(f"{method}: the joint schedule optimises one batch of all classes and cannot be "
                                     f"sharded over {dist.world_size} processes; use schedule per-ipc or one process")
         t0 = time.time()
@@ -124,7 +162,7 @@ def decoupled_stage(method: str):
         seconds["teacher"] = time.time() - t0
         stats: list[dict | None] = [None] * len(pool)
         paths: list[str | None] = [None] * len(pool)
-        if s.recover.match.conv_weight > 0:
+        if s.recover.match.conv_weight > 0 and name != "formed":  # formed images match no statistics
             t0 = time.time()
             with dist.local_first(f"{method} conv statistics"):
                 for i, m in enumerate(pool.members):
@@ -135,13 +173,13 @@ def decoupled_stage(method: str):
                                 "pool": [model_hash(m.model) for m in pool.members],
                                 "data": dataset_fingerprint(train)})
         t0 = time.time()
-        schedule = SCHEDULES.get(s.schedule)
+        schedule = SCHEDULES.get(name)
         result, extra = schedule(method, cfg, settings, s, train, pool, stats, paths, run_hash, stop_after)
         seconds["condense"] = time.time() - t0
         first = pool.members[0]
         describe = pool.describe()
         provenance = {
-            "method": method, "base_method": method, "schedule": s.schedule, "nesting": NESTING[s.schedule],
+            "method": method, "base_method": method, "schedule": name, "nesting": NESTING[name],
             "teacher": describe[0], "teachers": describe, **extra,  # its settings: provenance.settings.method
         }
         return StageResult(result=result, relabel_models=pool.models if cfg.soft_labels == "teacher" else [],
