@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import formats
 from condenser.data import ImageDataset, load_dataset
 from condenser.evaluate import random_real_subset
 from condenser.evaluate.protocol import evaluate_images, evaluate_views
@@ -88,9 +89,17 @@ def run(args: argparse.Namespace) -> None:
            "done": {json.loads(line)["key"] for line in out.read_text().splitlines()} if out.exists() else set()}
     for how in args.sets:
         score(how, nested_images(train, args.ipc, how, ctx["teacher"].model, args.pool), ctx, args)
-    for item in args.images:  # NAME=PATH: a torch file holding IPC-major normalised images (a condensed set)
+    for item in args.images:  # NAME=PATH: an .mdc file's images (relabelled here like the others) or a torch file
         name, _, path = item.partition("=")
-        score(name, torch.load(path, weights_only=True), ctx, args)
+        score(name, _stored_images(Path(path)), ctx, args)
+
+
+def _stored_images(path: Path) -> torch.Tensor:
+    """IPC-major normalised images of an .mdc file (all its blocks), or of a torch file holding them."""
+    if path.suffix != ".mdc":
+        return torch.load(path, weights_only=True)
+    with formats.open_mdc(path) as reader:
+        return torch.from_numpy(reader.read(reader.ipc_max).images)
 
 
 def report(path: Path) -> str:
@@ -123,7 +132,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--images", nargs="*", default=[], metavar="NAME=PATH",
-                        help="also score these sets (torch files of IPC-major normalised images)")
+                        help="also score these sets (.mdc files, or torch files of IPC-major normalised images)")
     parser.add_argument("--out", default="selection.jsonl")
     parser.add_argument("--report", type=Path, help="print the Markdown table of a results file and exit")
     args = parser.parse_args()
