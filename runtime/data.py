@@ -1,19 +1,47 @@
-"""Test images for evaluation: normalisation of raw arrays, .npz files and IDX directories, numpy only."""
+"""Dataset files without torch: the IDX reader, the dataset roots and their search order, and the test
+images a device evaluates on (raw arrays, .npz files, IDX directories). The condenser reads its IDX datasets
+and searches its roots with these same functions (condenser/data/mnist.py, condenser/data/roots.py)."""
 
 from __future__ import annotations
 
 import gzip
 import os
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from runtime.errors import DataError
 
-# Known system locations of IDX datasets (Debian's dataset-fashion-mnist package, ...).
-SYSTEM_ROOTS = ("/usr/share/datasets",)
+DATA_ENV = "MULTISIZE_DATA"
+# Known system locations of datasets: Debian's dataset-fashion-mnist installs /usr/share/datasets/fashion-mnist.
+SYSTEM_ROOTS: tuple[Path, ...] = (Path("/usr/share/datasets"),)
 IDX_NAMES = {"test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
              "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")}
+
+
+@dataclass(frozen=True)
+class DataRoot:
+    """A directory searched for datasets, and why it is on the list (a not-found message shows both)."""
+
+    path: Path
+    origin: str  # "--data-root", "$MULTISIZE_DATA", "user cache" or "system"
+
+
+def data_roots(explicit: str | os.PathLike[str] | None = None, cache: Path | None = None,
+               system: Sequence[Path] | None = None) -> list[DataRoot]:
+    """Dataset roots in resolution order (README "Data"): the explicit root, $MULTISIZE_DATA, the user cache,
+    then the system roots (`system`, default SYSTEM_ROOTS); the runtime has no explicit root or cache."""
+    roots = [] if explicit is None else [DataRoot(Path(explicit).expanduser(), "--data-root")]
+    if env := os.environ.get(DATA_ENV):
+        roots.append(DataRoot(Path(env).expanduser(), f"${DATA_ENV}"))
+    if cache is not None:
+        roots.append(DataRoot(cache, "user cache"))
+    roots += [DataRoot(Path(r), "system") for r in (SYSTEM_ROOTS if system is None else system)]
+    return roots
 
 
 def prepare_images(x: np.ndarray, image_shape: tuple[int, int, int], mean: tuple[float, ...] | None,
@@ -43,46 +71,64 @@ def prepare_images(x: np.ndarray, image_shape: tuple[int, int, int], mean: tuple
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _open(path: Path):
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+def _read_bytes(path: Path) -> bytes:
+    """The whole file, gunzipped when it is named .gz; DataError names the file when it cannot be read."""
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            return f.read()
+    except (OSError, EOFError, zlib.error) as exc:  # missing, unreadable, not gzip, truncated or corrupt gzip
+        raise DataError(f"cannot read IDX file {path}: {exc}") from None
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (optionally .gz) as a numpy array: magic 0x0000 08 nd, big-endian dims, uint8 data."""
-    try:
-        with _open(path) as f:
-            data = f.read()
-    except OSError as exc:
-        raise DataError(f"cannot read IDX file {path}: {exc}") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise DataError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
-    nd = data[3]
-    if len(data) < 4 + 4 * nd:
-        raise DataError(f"{path}: truncated IDX header")
-    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(nd))
+    """An unsigned-byte IDX file (magic 00 00 08 ndim, big-endian uint32 dims, the bytes) as a writable
+    uint8 array; every malformed file is a DataError naming the file and what is wrong."""
+    data = _read_bytes(path)
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise DataError(f"{path} is not an IDX file (magic {data[:4].hex() or 'missing'})")
+    if data[2] != 0x08:
+        raise DataError(f"{path}: IDX element type 0x{data[2]:02x} is not unsigned byte (0x08)")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path}: truncated IDX header ({ndim} dimensions need {header} bytes, "
+                        f"the file holds {len(data)})")
+    dims = struct.unpack(f">{ndim}I", data[4:header])
     size = int(np.prod(dims, dtype=np.int64))
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * nd)
-    if body.size != size:
-        raise DataError(f"{path}: IDX header says {dims} ({size} bytes), file holds {body.size}")
-    return body.reshape(dims)
+    if len(data) - header != size:
+        raise DataError(f"{path}: IDX header says {size} bytes for shape {dims}, found {len(data) - header}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
 
 
-def _find_idx(root: Path, stem: str) -> Path | None:
-    for name in (stem, stem + ".gz"):
-        if (root / name).is_file():
-            return root / name
+def _find_idx(directory: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):  # the uncompressed file first: no gunzip
+        if (directory / name).is_file():
+            return directory / name
     return None
 
 
+def _idx_stems(split: str) -> tuple[str, str]:
+    if split not in IDX_NAMES:
+        raise DataError(f"unknown split {split!r}; known: {', '.join(sorted(IDX_NAMES))}")
+    return IDX_NAMES[split]
+
+
+def idx_files(directory: Path, split: str) -> tuple[Path, Path] | None:
+    """The split's image and label files in `directory` (each plain or .gz), or None when one is missing."""
+    img, lab = (_find_idx(directory, stem) for stem in _idx_stems(split))
+    return None if img is None or lab is None else (img, lab)
+
+
 def read_idx_dir(root: Path, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
-    img_stem, lab_stem = IDX_NAMES[split]
-    img, lab = _find_idx(root, img_stem), _find_idx(root, lab_stem)
-    if img is None or lab is None:
+    """The split of an MNIST-layout directory: uint8 images [N, ...] and int64 labels [N]."""
+    files = idx_files(root, split)
+    if files is None:
+        img_stem, lab_stem = _idx_stems(split)
         raise DataError(f"{root}: no {img_stem}[.gz] / {lab_stem}[.gz] IDX files")
-    x, y = read_idx(img), read_idx(lab).astype(np.int64)
-    if x.shape[0] != y.shape[0]:
-        raise DataError(f"{root}: {x.shape[0]} images but {y.shape[0]} labels")
-    return x, y
+    x, y = read_idx(files[0]), read_idx(files[1])
+    if y.ndim != 1 or x.ndim < 2 or x.shape[0] != y.shape[0]:
+        raise DataError(f"{root}: IDX images {x.shape} and labels {y.shape} do not match")
+    return x, y.astype(np.int64)
 
 
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +151,7 @@ def load_test_data(spec: str | os.PathLike[str], split: str = "test") -> tuple[n
     if path.is_dir():
         return read_idx_dir(path, split)
     name = str(spec)
-    roots = [Path(r) for r in (os.environ.get("MULTISIZE_DATA"),) if r] + [Path(r) for r in SYSTEM_ROOTS]
+    roots = [r.path for r in data_roots()]
     for root in roots:
         for cand in (root / name, root / name.replace("_", "-")):
             if cand.is_dir():
@@ -117,4 +163,5 @@ def load_test_data(spec: str | os.PathLike[str], split: str = "test") -> tuple[n
                     f"{', '.join(str(r) for r in roots)}")
 
 
-__all__ = ["load_test_data", "prepare_images", "read_idx", "read_idx_dir", "read_npz"]
+__all__ = ["DATA_ENV", "IDX_NAMES", "SYSTEM_ROOTS", "DataRoot", "data_roots", "idx_files", "load_test_data",
+           "prepare_images", "read_idx", "read_idx_dir", "read_npz"]

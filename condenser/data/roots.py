@@ -1,4 +1,5 @@
-"""Where dataset files are looked for, in a fixed order (README "Data").
+"""Where dataset files are looked for, in a fixed order (README "Data"); the order itself is runtime.data's
+`data_roots`, which the device's test-data lookup uses too.
 
 Order: the explicit root (`--data-root`), `$MULTISIZE_DATA`, the user cache
 (`<condenser cache>/data`: `$MULTISIZE_CACHE/data`, else `$XDG_CACHE_HOME/multisize/data`,
@@ -10,24 +11,16 @@ directory itself. Downloads go to the first of explicit root, `$MULTISIZE_DATA`,
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from condenser.paths import cache_root
+from runtime import data as runtime_data
+from runtime.data import DataRoot, data_roots
 
-ENV_VAR = "MULTISIZE_DATA"
+ENV_VAR = runtime_data.DATA_ENV
 
-# Module-level so tests (and unusual installs) can change it.
-SYSTEM_ROOTS: list[Path] = [Path("/usr/share/datasets")]
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One directory that was (or will be) searched, and why it was on the list."""
-
-    path: Path
-    origin: str  # "--data-root", "$MULTISIZE_DATA", "user cache", "system"
+# Module-level so tests (and unusual installs) can change it; the default is the runtime's.
+SYSTEM_ROOTS: list[Path] = list(runtime_data.SYSTEM_ROOTS)
 
 
 def user_cache_dir() -> Path:
@@ -35,27 +28,18 @@ def user_cache_dir() -> Path:
     return cache_root().expanduser() / "data"
 
 
-def base_roots(root: str | Path | None) -> list[Candidate]:
+def base_roots(root: str | Path | None) -> list[DataRoot]:
     """Writable-in-principle roots in priority order (explicit, env, cache)."""
-    bases: list[Candidate] = []
-    if root is not None:
-        bases.append(Candidate(Path(root).expanduser(), "--data-root"))
-    env = os.environ.get(ENV_VAR)
-    if env:
-        bases.append(Candidate(Path(env).expanduser(), f"${ENV_VAR}"))
-    bases.append(Candidate(user_cache_dir(), "user cache"))
-    return bases
+    return data_roots(root, user_cache_dir(), system=())
 
 
-def candidate_dirs(dirnames: tuple[str, ...], root: str | Path | None) -> list[Candidate]:
+def candidate_dirs(dirnames: tuple[str, ...], root: str | Path | None) -> list[DataRoot]:
     """Every directory to search for a dataset with these sub-directory names, in order."""
-    out: list[Candidate] = []
-    for base in base_roots(root):
-        out.extend(Candidate(base.path / d, base.origin) for d in dirnames)
+    out: list[DataRoot] = []
+    for base in data_roots(root, user_cache_dir(), system=SYSTEM_ROOTS):
+        out.extend(DataRoot(base.path / d, base.origin) for d in dirnames)
         if base.origin == "--data-root":
             out.append(base)  # --data-root may point straight at the dataset's files
-    for sys_root in SYSTEM_ROOTS:
-        out.extend(Candidate(Path(sys_root) / d, "system") for d in dirnames)
     seen: set[Path] = set()
     unique = []
     for c in out:

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 
 from condenser.data.dataset import ImageDataset
-from condenser.data.roots import Candidate, candidate_dirs, download_root
+from condenser.data.roots import candidate_dirs, download_root
 from condenser.data.spec import DatasetSpec
 from condenser.errors import DatasetNotFoundError
+from runtime.data import DataRoot
 
 SPLITS = ("train", "test")
 
@@ -92,7 +93,7 @@ class FileSource(DatasetSource):
             IMAGEFOLDER_HINT,
         ]
 
-    def find(self, split: str, root: str | Path | None) -> tuple[Path | None, list[Candidate]]:
+    def find(self, split: str, root: str | Path | None) -> tuple[Path | None, list[DataRoot]]:
         tried = candidate_dirs(self.dirnames, root)
         for cand in tried:
             if self.present(cand.path, split):
