@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from condenser.checkpoint import atomic_save_safetensors, atomic_write_bytes, config_hash
+from condenser.config.tree import Config
 from condenser.data import ImageDataset, load_dataset
 from condenser.device import resolve_device
 from condenser.errors import CheckpointError
@@ -49,8 +50,11 @@ from condenser.training import TensorSource, accuracy, one_hot, sgd, train_epoch
 
 @dataclass
 class PoolContext:
+    """What every pool builder needs besides the method's settings: the data, where it runs, and the settings
+    whose `teacher` section trains the pool's teachers (a command's resolved tree, or a profile's name)."""
+
     dataset: str
-    profile: str
+    settings: Config | str
     train: ImageDataset
     data_root: str | None = None
     device: str = "auto"
@@ -60,7 +64,7 @@ class PoolContext:
 
 def teacher_config(ctx: PoolContext, s: DecoupledSettings, arch: str, model_kwargs: dict) -> TeacherConfig:
     budget = {k: v for k, v in (("epochs", s.teacher_epochs), ("max_train", s.teacher_max_train)) if v is not None}
-    cfg = TeacherConfig.from_profile(ctx.dataset, arch, ctx.profile, data_root=ctx.data_root, **budget)
+    cfg = TeacherConfig.from_profile(ctx.dataset, arch, ctx.settings, data_root=ctx.data_root, **budget)
     return replace(cfg, model_kwargs=dict(model_kwargs))
 
 
