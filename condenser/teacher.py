@@ -65,7 +65,8 @@ class TeacherConfig:
         tree = _profile_tree(profile)
         budget = replace(tree.teacher.budget(), **budget_overrides)
         return cls(dataset=dataset, arch=arch or tree.teacher.arch, profile=tree.name, budget=budget, seed=seed,
-                   data_root=data_root, settings=None if isinstance(profile, str) else tree.as_dict())
+                   model_kwargs=dict(tree.teacher.model_kwargs), data_root=data_root,
+                   settings=None if isinstance(profile, str) else tree.as_dict())
 
     @property
     def data(self) -> str:

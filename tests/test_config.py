@@ -212,3 +212,13 @@ def test_a_teacher_trained_from_a_tree_records_it_but_keeps_its_identity():
     assert from_tree.settings == tree.as_dict() and plain.settings is None
     longer = TeacherConfig.from_profile("synthetic", None, resolve("smoke", items=["teacher.epochs=2"]))
     assert longer.budget.epochs == 2 and longer.name != plain.name  # a changed budget is another cache entry
+
+
+def test_teacher_network_arguments_reach_the_teacher_and_its_cache_name():
+    from condenser.teacher import TeacherConfig
+
+    cpu = TeacherConfig.from_profile("synthetic:3:1x8x8", None, get_profile("cpu"))
+    assert cpu.model_kwargs == {"width": 64} and cpu.budget.epochs == 15
+    wider = TeacherConfig.from_profile("synthetic:3:1x8x8", None,
+                                       get_profile("cpu").updated({"teacher.model_kwargs": {"width": 128}}))
+    assert wider.model_kwargs == {"width": 128} and wider.name != cpu.name

@@ -64,6 +64,7 @@ class TeacherSection(TeacherBudget):
     """The `teacher` section: the network that labels the soft-label views, and its budget."""
 
     arch: str = "convnet"
+    model_kwargs: dict = field(default_factory=dict)  # the network's builder arguments, e.g. {"width": 64}
 
     def budget(self) -> TeacherBudget:
         """The training budget alone (a cached teacher's identity: condenser.teacher.TeacherConfig)."""
