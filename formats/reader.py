@@ -48,12 +48,14 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _threads(threads: Any) -> int | None:
-    if threads is None:
+def _optional_int(name: str, value: Any, minimum: int) -> int | None:
+    """None, or an integer >= minimum (a bool is refused): the reader's `threads` and `max_bytes` options."""
+    if value is None:
         return None
-    if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-    return int(threads)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{name} must be a {kind} integer or None, got {value!r}")
+    return int(value)
 
 
 def _split(ipc: int, parts: int) -> list[tuple[int, int]]:
@@ -90,14 +92,6 @@ def _run_parts(jobs: list[Callable[[Callable[[], bool]], None]]) -> None:
         raise first
 
 
-def _max_bytes(max_bytes: Any) -> int | None:
-    if max_bytes is None:
-        return None
-    if isinstance(max_bytes, (bool, np.bool_)) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 0:
-        raise ValueError(f"max_bytes must be a non-negative integer or None, got {max_bytes!r}")
-    return int(max_bytes)
-
-
 class MDCReader:
     """An open .mdc file. Opening reads and validates only the preamble and the header.
 
@@ -112,7 +106,7 @@ class MDCReader:
     """
 
     def __init__(self, source: MDCSource, *, threads: int | None = None) -> None:
-        self._threads = _threads(threads)
+        self._threads = _optional_int("threads", threads, 1)
         self._src = open_source(source)
         self.path = self._src.name  # for messages; the path itself when opened from one
         self.bytes_read = 0
@@ -211,7 +205,7 @@ class MDCReader:
         ipc = self._check_budget(ipc)
         _check_mode(targets)
         _check_formation(formation)
-        limit = _max_bytes(max_bytes)
+        limit = _optional_int("max_bytes", max_bytes, 0)
         self._check_present(ipc)
         check_decode(self.decoded_nbytes(ipc, targets=targets, formation=formation), limit,
                      f"IPC-{ipc} of {self.path}")

@@ -1,6 +1,6 @@
 """`condenser info FILE`: what an .mdc file holds, from its header alone (numpy-only: no torch import).
 
-A header is untrusted (docs/format.md, "Trust model" in the design): everything it says is type-checked
+A header is untrusted (docs/format.md §3, `dataset`, and §8): everything it says is type-checked
 before use and printed as plain text (rich `Text`, never markup) with control and format characters
 escaped, and `--json` always prints valid JSON, whatever the header holds.
 """
