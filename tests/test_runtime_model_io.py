@@ -222,3 +222,24 @@ def test_checkpoint_and_export_leave_torch_out(tmp_path, mdc):
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+def test_version_1_checkpoint_still_loads(tmp_path, ds):
+    """A checkpoint written before optimizer slots and buffers (SGD "momenta", spec momentum/weight_decay)."""
+    path = tmp_path / "v2.ckpt"
+    model = runtime.train(ds, epochs=1, threads=1)
+    model.save(path)
+    d = msgpack.unpackb(path.read_bytes())
+    d["version"], d["momenta"] = 1, d.pop("optimizer_state")["momentum"]
+    for key in ("buffers", "buffer_shapes"):
+        del d[key]
+    opt = d["spec"].pop("optimizer")
+    d["spec"].update(momentum=opt["momentum"], weight_decay=opt["weight_decay"])
+    for key in ("loss", "buffer_names", "dropout"):
+        del d["spec"][key]
+    old = tmp_path / "v1.ckpt"
+    old.write_bytes(msgpack.packb(d, use_bin_type=True))
+    loaded = runtime.Model.load(old)
+    assert loaded.spec == model.spec and loaded.steps == model.steps
+    for a, b in zip(loaded.state().slots[0], model.state().slots[0], strict=True):
+        np.testing.assert_array_equal(a, b)
