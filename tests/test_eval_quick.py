@@ -44,9 +44,10 @@ def _eval(path: Path, *extra: str) -> tuple[dict, str]:
 def test_quick_eval_puts_the_control_next_to_every_size_and_states_its_budget(tmp_path):
     data, out = _eval(_build(tmp_path))
     assert list(data["sizes"]) == ["1", "2"] and list(data["control"]["sizes"]) == ["1", "2"]
+    assert data["control_formed"] is None  # formation factor 1: the random control only
     for rows in (data["sizes"], data["control"]["sizes"]):
         for k, row in rows.items():
-            assert set(row) == {"images", "soft", "train_samples"}  # quick: soft labels only
+            assert set(row) == {"images", "stored_images", "soft", "train_samples"}  # quick: soft labels only
             assert row["images"] == 3 * int(k) and len(row["soft"]["accuracies"]) == SMOKE.quick_budget.seeds
     assert data["protocol"] == json.loads(json.dumps(asdict(SMOKE.quick_budget)))
     assert data["protocol_name"] == "quick" and data["protocol"] != json.loads(json.dumps(asdict(SMOKE.evaluate)))
@@ -124,8 +125,8 @@ def test_pinned_selects_the_profiles_evaluation_every_size_hard_and_soft(tmp_pat
 
 def test_a_hard_label_file_gets_a_hard_label_control_without_a_teacher(tmp_path):
     data, _ = _eval(_build(tmp_path, soft_labels="none"))
-    assert set(data["sizes"]["1"]) == {"images", "hard", "train_samples"}
-    assert set(data["control"]["sizes"]["2"]) == {"images", "hard", "train_samples"}
+    assert set(data["sizes"]["1"]) == {"images", "stored_images", "hard", "train_samples"}
+    assert set(data["control"]["sizes"]["2"]) == {"images", "stored_images", "hard", "train_samples"}
     with formats.open_mdc(Path(data["control"]["file"])) as reader:
         assert reader.spec.views is None and reader.header["provenance"]["teacher"] is None
 

@@ -1,8 +1,11 @@
 """Evaluation cells: one (method, size, label mode, seed) training, cached as one atomic JSON file.
 
-A cell's key hashes the exact prefix it trains on (pixels, labels and, for soft labels, the views), the
-test set it is scored on (its fingerprint) and the evaluation budget, so a resumed benchmark skips finished
-cells and never reuses a result computed on different data or under a different protocol.
+A cell trains on the decoded training images of its prefix (`read(k, formation="decoded")`, docs/format.md
+§4.1): k*f*f per class for a multi-formation file of factor f, with the views of those decoded images. A
+cell's key hashes that exact prefix (pixels, labels and, for soft labels, the views), the test set it is
+scored on (its fingerprint) and the evaluation budget, so a resumed benchmark skips finished cells and never
+reuses a result computed on different data or under a different protocol. (A factor-1 prefix decodes to
+itself, so its key is the one the stored read gave.)
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ class Cell:
 
 
 def read_prefix(path: Path, size: int) -> formats.Prefix:
+    """The IPC-`size` prefix of `path` as training images: decoded, so a factor-f file gives k*f*f per class."""
     with formats.open_mdc(path) as reader:
-        return reader.read(size)
+        return reader.read(size, formation="decoded")
 
 
 def prefix_digest(prefix: formats.Prefix, labels: str) -> str:
@@ -80,7 +84,17 @@ class CellCache:
 
 def run_cell(cell: Cell, prefix: formats.Prefix, key: str, test_set: ImageDataset, budget: EvalBudget,
              device: str = "auto") -> dict:
-    """Train once under the pinned protocol on this prefix; the record the cache stores."""
+    """Train once under the pinned protocol on this (decoded) prefix; the record the cache stores.
+
+    `num_images` counts the training images the network saw (decoded), `stored_images` what the file stores.
+    """
     result = evaluate_prefix(prefix, test_set, budget, cell.labels, [cell.seed], device)
     return {**asdict(cell), "accuracy": result.accuracies[0], "wall_seconds": round(result.wall_seconds, 3),
-            "num_images": result.num_images, "key": key}
+            "num_images": result.num_images, "stored_images": stored_count(prefix),
+            "formation_factor": prefix.formation_factor, "key": key}
+
+
+def stored_count(prefix: formats.Prefix) -> int:
+    """Stored images of a prefix, decoded or not (a decoded read keeps them in `stored_images`)."""
+    stored = prefix.stored_images if prefix.stored_images is not None else prefix.images
+    return int(stored.shape[0])

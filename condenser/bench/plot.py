@@ -32,7 +32,9 @@ def plot_results(results: dict, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (%)")
     axes[0][-1].legend(loc="lower right", fontsize=8)
-    fig.suptitle(f"{results['dataset']}, profile {results['profile']}, {len(results['seeds'])} seeds")
+    factor = results.get("formation_factor", 1)
+    formed = f", formation factor {factor}" if factor > 1 else ""
+    fig.suptitle(f"{results['dataset']}, profile {results['profile']}, {len(results['seeds'])} seeds{formed}")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)

@@ -16,12 +16,17 @@ from pathlib import Path
 from condenser.bench.config import DISPLAY_NAMES, REFERENCE
 from condenser.checkpoint import atomic_write_bytes
 from condenser.evaluate import EvalResult
+from condenser.evaluate.controls import CONTROL_METHOD, FORMED_CONTROL_METHOD
 from condenser.evaluate.sizes import summarize
 
 
 def per_size_table(records: Iterable[dict], methods: Sequence[str], labels: Sequence[str], sizes: Sequence[int],
                    seeds: Sequence[int]) -> dict[str, dict[str, dict[str, dict]]]:
-    """{method: {labels: {size: summary}}} over the wanted seeds; a size appears once all its seeds finished."""
+    """{method: {labels: {size: summary}}} over the wanted seeds; a size appears once all its seeds finished.
+
+    A summary carries `images`, the decoded training images a cell trained on (k*f*f*C with formation
+    factor f), and `stored_images`, what the file stores for that size (k*C; absent in older cached cells).
+    """
     grouped: dict[tuple[str, str, int], dict[int, dict]] = {}
     for r in records:
         grouped.setdefault((r["method"], r["labels"], r["size"]), {})[r["seed"]] = r
@@ -36,7 +41,8 @@ def per_size_table(records: Iterable[dict], methods: Sequence[str], labels: Sequ
                 result = EvalResult(accuracies=[cells[s]["accuracy"] for s in seeds], seeds=list(seeds), labels=lab,
                                     num_images=cells[seeds[0]]["num_images"], arch="convnet", budget={},
                                     wall_seconds=sum(cells[s]["wall_seconds"] for s in seeds))
-                row[str(n)] = summarize(result)
+                row[str(n)] = {**summarize(result), "images": result.num_images,
+                               "stored_images": cells[seeds[0]].get("stored_images")}
     return table
 
 
@@ -138,7 +144,7 @@ def markdown_report(results: dict) -> str:
         "",
         f"Test accuracy (%) of ConvNet-D3 (width {ev['width']}) trained on each size, last epoch, mean ± std over "
         f"{len(results['seeds'])} seeds. Avg. = mean over sizes of the per-size means; Diff. = Avg. minus "
-        f"Baseline C's Avg. with the same labels.",
+        f"Baseline C's Avg. with the same labels.{formation_note(results)}",
         "",
         markdown_table(results),
         f"- command: `{results['command']}`",
@@ -152,6 +158,17 @@ def markdown_report(results: dict) -> str:
         f"(summed over runs, resumes included); wall time of the last invocation {seconds.get('wall', 0):.0f} s",
         "",
     ])
+
+
+def formation_note(results: dict) -> str:
+    """The sentence that says what a size holds when the methods store multi-formation images."""
+    f = results.get("formation_factor", 1)
+    if f == 1:
+        return ""
+    formed, plain = DISPLAY_NAMES[FORMED_CONTROL_METHOD], DISPLAY_NAMES[CONTROL_METHOD]
+    return (f" Formation factor {f}: size k stores k images per class, each of {f}x{f} patches that decode to "
+            f"{f * f} training images (k*{f * f} per class) for A, B, C, MDC and {formed} (k*{f * f} real images "
+            f"formed into the same layout); {plain} stores k real images per class (the same storage).")
 
 
 def _fmt(x: float | None) -> str:

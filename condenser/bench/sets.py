@@ -1,9 +1,10 @@
 """Per-size training sets of every benchmark method, packed as .mdc files with the build's packing tail.
 
-Nested methods (B, C, mdc, the random control) are one file whose IPC-n prefix is size n; Baseline A is
+Nested methods (B, C, mdc, the random controls) are one file whose IPC-n prefix is size n; Baseline A is
 not nested, so it is a directory with one file per size (ipc-1.mdc ... ipc-N.mdc). Every file is
 relabelled by the same teacher with the same RelabelConfig (`relabel_and_pack`), so hard and soft
-comparisons use the same labels for every method.
+comparisons use the same labels for every method. With condense.factor f > 1 every condensed method and
+random-formed store f*f patches per image (labelled on the decoded images); random stores real images.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 import formats
 from condenser.baselines import SizedSets, build_sized_sets, planned_runs
 from condenser.build import BuildConfig, environment, relabel_and_pack
@@ -21,7 +24,13 @@ from condenser.condense import CHECKPOINT_NAME
 from condenser.data import ImageDataset
 from condenser.device import resolve_device
 from condenser.errors import CondenserError
-from condenser.evaluate import random_real_subset
+from condenser.evaluate.controls import (
+    CONTROL_METHOD,
+    FORMED_CONTROL_METHOD,
+    check_formed,
+    formed_real_subset,
+    random_real_subset,
+)
 from condenser.profiles import Profile
 from condenser.teacher import Teacher
 
@@ -36,9 +45,22 @@ class MethodFiles:
 
 def random_sets(train: ImageDataset, ipc: int, seed: int) -> SizedSets:
     """The honest control: one random real subset per class, nested (size n = its first n images)."""
-    images, labels = random_real_subset(train, ipc, seed)
-    c = train.spec.num_classes
-    return SizedSets("random", ipc, c, 1, True, {n: images[: n * c] for n in range(1, ipc + 1)}, [])
+    images, _ = random_real_subset(train, ipc, seed)
+    return nested_sets(CONTROL_METHOD, images, train.spec.num_classes, 1)
+
+
+def random_formed_sets(train: ImageDataset, ipc: int, factor: int, seed: int) -> SizedSets:
+    """The formed control: ipc stored images per class, each f*f random real images (controls.formed_real_subset)."""
+    check_formed(factor)
+    images, _ = formed_real_subset(train, ipc, factor, seed)
+    return nested_sets(FORMED_CONTROL_METHOD, images, train.spec.num_classes, factor)
+
+
+def nested_sets(name: str, images: torch.Tensor, num_classes: int, factor: int) -> SizedSets:
+    """Sizes 1..N of IPC-major stored `images` as prefixes (no condensation runs)."""
+    ipc = images.shape[0] // num_classes
+    return SizedSets(name, ipc, num_classes, factor, True, {n: images[: n * num_classes] for n in range(1, ipc + 1)},
+                     [])
 
 
 def equivalent_runs(ipc: int) -> list[tuple[str, str]]:
@@ -62,12 +84,15 @@ def share_equivalent_runs(run_dir: Path, ipc: int) -> None:
 
 def method_sets(method: str, cfg: BuildConfig, profile: Profile, train: ImageDataset, run_dir: Path,
                 progress: bool = True, workers: int = 1, log: Callable[[str], None] = lambda _: None) -> SizedSets:
-    """Condense (resumably, runs under `run_dir`) or sample the sets of `method`: A, B, C, mdc or random.
+    """Condense (resumably, runs under `run_dir`) or sample the sets of `method`: A, B, C, mdc, random or
+    random-formed (at the tree's condense.factor).
 
     With `workers` > 1 on a CPU, the N independent runs of A or B are condensed in parallel processes first.
     """
-    if method == "random":
+    if method == CONTROL_METHOD:
         return random_sets(train, cfg.ipc, cfg.seed)
+    if method == FORMED_CONTROL_METHOD:
+        return random_formed_sets(train, cfg.ipc, profile.condense.factor, cfg.seed)
     ccfg = cfg.condense_config(profile)
     if method in ("A", "B", "C"):
         share_equivalent_runs(run_dir, ccfg.ipc)

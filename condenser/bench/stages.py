@@ -6,6 +6,8 @@ continues where it stopped:
 - each method's packed file(s) in `sets/` carry a `bench_key` in their provenance and are reused when the
   key matches (the condensation is not even reloaded);
 - each evaluation cell is one atomic JSON in `cells/`, keyed by the exact prefix, budget and test data.
+Cells train on the decoded images of a prefix (condenser/bench/cells.py): with condense.factor f > 1 every
+condensed method and random-formed train on k*f*f images per class, random on its k real ones.
 The report (results.json, results.md, results.png) is rewritten after each method's cells, so a partial
 run already shows what it has.
 """
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import formats
 from condenser.bench.cells import Cell, CellCache, cell_key, read_prefix
-from condenser.bench.config import METHODS, BenchConfig
+from condenser.bench.config import METHODS, BenchConfig, default_methods, method_factor
 from condenser.bench.report import per_size_table, summary, write_report
 from condenser.bench.sets import (
     MethodFiles,
@@ -40,13 +42,14 @@ from condenser.checkpoint import config_hash
 from condenser.config import differences
 from condenser.config.tree import Config
 from condenser.data import ImageDataset, load_dataset
+from condenser.evaluate.controls import CONTROL_METHOD, FORMED_CONTROL_METHOD
 from condenser.evaluate.sizes import LABEL_MODES
 from condenser.profiles import get_profile
 from condenser.teacher import Teacher
 
 # Execution order: the headline comparison (MDC vs C) and the control first, the N-run baselines last,
 # so a run cut short has the most useful rows. The report keeps the table order of METHODS.
-EXECUTION_ORDER = ("mdc", "C", "random", "B", "A")
+EXECUTION_ORDER = ("mdc", "C", CONTROL_METHOD, FORMED_CONTROL_METHOD, "B", "A")
 FORWARD_COST = 0.55  # a test-image forward (~1.9 ms) relative to a training image-epoch (~3.5 ms), for the ETA
 
 
@@ -58,7 +61,7 @@ class BenchOutput:
 
 
 def condensation_runs(method: str, ipc: int) -> int:
-    return {"A": ipc, "B": ipc, "random": 0}.get(method, 1)
+    return {"A": ipc, "B": ipc, CONTROL_METHOD: 0, FORMED_CONTROL_METHOD: 0}.get(method, 1)
 
 
 def _nested_bars_supported() -> bool:
@@ -73,7 +76,7 @@ def _nested_bars_supported() -> bool:
 def bench_command(cfg: BenchConfig) -> str:
     """A command line that reproduces `cfg`: every setting that differs from the profile's bench tree is a --set."""
     parts = ["condenser", "bench", "--dataset", cfg.dataset, "--ipc", str(cfg.ipc), "--profile", cfg.profile]
-    if tuple(cfg.methods) != METHODS:
+    if tuple(cfg.methods) != default_methods(cfg.factor):
         parts += ["--methods", ",".join(cfg.methods)]
     if tuple(cfg.labels) != LABEL_MODES:
         parts += ["--labels", ",".join(cfg.labels)]
@@ -99,7 +102,10 @@ class _Context:
 
     def set_key(self, method: str) -> str:
         """Identity of a method's packed files: everything that changes their content, not the device."""
-        ccfg = None if method == "random" else asdict(replace(self.build.condense_config(self.profile), device=""))
+        if method in (CONTROL_METHOD, FORMED_CONTROL_METHOD):  # drawn, not condensed: only the factor matters
+            ccfg = {"factor": method_factor(method, self.cfg.factor)} if method == FORMED_CONTROL_METHOD else None
+        else:
+            ccfg = asdict(replace(self.build.condense_config(self.profile), device=""))
         teacher = teacher_summary(self.teacher)
         tree = self.profile.as_dict()
         return config_hash({
@@ -149,11 +155,12 @@ def condense_seconds(files: MethodFiles) -> float:
     return total
 
 
-def cell_weight(ctx: _Context, size: int) -> float:
-    """Relative cost of one cell: training image steps plus the test pass (for the ETA)."""
+def cell_weight(ctx: _Context, cell: Cell) -> float:
+    """Relative cost of one cell: training image steps (decoded images) plus the test pass (for the ETA)."""
     budget = ctx.profile.evaluate
     n_test = budget.max_test or len(ctx.test)
-    return budget.epochs * size * ctx.train.spec.num_classes + FORWARD_COST * n_test
+    images = cell.size * ctx.train.spec.num_classes * method_factor(cell.method, ctx.cfg.factor) ** 2
+    return budget.epochs * images + FORWARD_COST * n_test
 
 
 def collect_results(ctx: _Context, files: dict[str, MethodFiles], records: list[dict], seconds: dict,
@@ -166,6 +173,7 @@ def collect_results(ctx: _Context, files: dict[str, MethodFiles], records: list[
     finished = sum(len(row) for by_label in table.values() for row in by_label.values())
     return {
         "dataset": cfg.dataset, "ipc": cfg.ipc, "profile": cfg.profile, "sizes": sizes, "methods": methods,
+        "formation_factor": cfg.factor,
         "labels": list(cfg.labels), "seeds": seeds, "table": table, "summary": summary(table, sizes),
         "complete": finished == len(methods) * len(cfg.labels) * len(sizes),
         "budgets": {"evaluate": asdict(budget), "views": ctx.views,
@@ -207,7 +215,7 @@ def run_bench(
     with bar if bar is not None else nullcontext():
         runs_total = sum(condensation_runs(m, cfg.ipc) for m in order)
         t_sets = bar.add_task("condense", total=runs_total) if bar else None
-        t_eval = bar.add_task("evaluate", total=sum(cell_weight(ctx, c.size) for c in cells)) if bar else None
+        t_eval = bar.add_task("evaluate", total=sum(cell_weight(ctx, c) for c in cells)) if bar else None
         nested = progress and _nested_bars_supported()
         for m in order:  # stage 1: every method's sets (condensation runs are the long part)
             if bar:
@@ -229,7 +237,7 @@ def run_bench(
             if bar:  # the bar counts training image-epochs (a cell's cost); the text counts cells
                 bar.update(t_eval, description=f"evaluate {len(records)}/{len(cells)} cells (last: {cell.method} "
                                                f"{cell.labels} IPC {cell.size} seed {cell.seed})")
-                bar.advance(t_eval, cell_weight(ctx, cell.size))
+                bar.advance(t_eval, cell_weight(ctx, cell))
             if on_cell is not None:
                 on_cell(cell, record)
             remaining[cell.method] -= 1

@@ -53,7 +53,8 @@ def bench(
     profile: Profile = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Results directory (default: "
                                              "results/DATASET-ipcN-PROFILE); also holds the cache.")] = None,
-    methods: Annotated[str, typer.Option(help="Comma list of A, B, C, mdc, random.")] = "A,B,C,mdc,random",
+    methods: Annotated[str | None, typer.Option(help="Comma list of A, B, C, mdc, random, random-formed (default: "
+                                                "all; random-formed needs condense.factor > 1).")] = None,
     labels: Annotated[str, typer.Option(help="hard, soft or hard,soft.")] = "hard,soft",
     seeds: Annotated[int | None, typer.Option(min=1, help="Evaluation seeds (sets evaluate.seeds).")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Evaluation epochs (sets evaluate.epochs).")] = None,
@@ -86,7 +87,8 @@ def bench(
     aliases = flag_aliases(BENCH_FLAGS, seeds=seeds, epochs=epochs, outer_loops=outer_loops, views=views)
     cfg = BenchConfig(
         dataset=dataset, ipc=ipc, settings=resolve_settings(profile, config, settings, aliases, bench=True),
-        methods=_csv(methods), labels=_csv(labels), seed=seed, out=str(out) if out else None, device=device,
+        methods=_csv(methods) if methods else None, labels=_csv(labels), seed=seed, out=str(out) if out else None,
+        device=device,
         data_root=str(data_root) if data_root else None, teacher_path=str(teacher_path) if teacher_path else None,
         workers=workers,
     )

@@ -1,4 +1,5 @@
-"""`condenser eval FILE`: every requested prefix next to the random-real control with the same labels.
+"""`condenser eval FILE`: every requested prefix next to the random-real controls with the same labels (random; for a
+multi-formation file also random-formed, condenser/evaluate/controls.py), all trained on decoded images.
 
 `--protocol quick` (the default) trains on a few sizes under the profile's quick budget, a first honest
 number in minutes; `--protocol pinned` is the profile's full evaluation (condenser/profiles.py holds both).
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from formats import MDCReader
 
 LABEL_MODES = ("hard", "soft")
+CONTROL_KEYS = {"random": "control", "random-formed": "control_formed"}  # control -> its key in FILE.eval.json
 PROTOCOLS = ("quick", "pinned")
 TABLE_WIDTH = 78  # wide enough for the budget caption in two lines, narrow enough for an 80-column log
 
@@ -78,22 +80,23 @@ def check_sizes(reader: MDCReader, sizes: str, modes: list[str]) -> list[int]:
 
 
 def results_table(results: dict, title: str, caption: str) -> Table:
-    """IPC rows; per label mode the file's accuracy, the random-real control's and their difference."""
+    """IPC rows; per label mode the file's accuracy, then each random-real control's and its difference."""
     table = Table(title=title, caption=caption, caption_justify="left", min_width=TABLE_WIDTH)
     table.add_column("IPC", justify="right")
-    control = (results.get("control") or {}).get("sizes", {})
+    controls = [(name, (results.get(key) or {}).get("sizes", {})) for name, key in CONTROL_KEYS.items()]
+    controls = [(name, sizes) for name, sizes in controls if sizes]
     modes = [m for m in LABEL_MODES if any(m in row for row in results["sizes"].values())]
     for mode in modes:
         table.add_column(f"file {mode} %", justify="right")
-        if control:
-            table.add_column(f"random {mode} %", justify="right")
+        for name, _ in controls:
+            table.add_column(f"{name} {mode} %", justify="right")
             table.add_column("Δ", justify="right")
     for k, row in results["sizes"].items():
         cells = []
         for mode in modes:
             cells.append(_mean_std(row.get(mode)))
-            if control:
-                other = control.get(k, {}).get(mode)
+            for _, sizes in controls:
+                other = sizes.get(k, {}).get(mode)
                 cells += [_mean_std(other), _difference(row.get(mode), other)]
         table.add_row(str(k), *cells)
     return table
@@ -170,6 +173,9 @@ def plan_control(reader: MDCReader, file: Path, wanted: bool | None, dataset: st
 def table_title(file: Path, plan: ControlPlanT | None) -> str:
     if plan is None:
         return file.name
+    if plan.factor > 1:
+        return (f"{file.name} vs random real and random real formed {plan.factor}x{plan.factor} "
+                f"({'the same teacher, views and codec' if plan.soft else 'hard labels'})")
     return f"{file.name} vs random real ({'the same teacher, views and codec' if plan.soft else 'hard labels'})"
 
 
@@ -187,7 +193,7 @@ def run_cells(file: Path, paths: dict[str, Path], sizes: list[int], modes: list[
     from condenser.progress import progress_bar
 
     accuracies: dict[tuple[str, int, str], list[float]] = defaultdict(list)
-    name = f"eval {file.name}" + (" and its control" if len(paths) > 1 else "")
+    name = f"eval {file.name}" + {1: "", 2: " and its control"}.get(len(paths), " and its controls")
     with progress_bar() as progress:
         task = {}
 
@@ -199,7 +205,7 @@ def run_cells(file: Path, paths: dict[str, Path], sizes: list[int], modes: list[
             group = accuracies[(cell.method, cell.size, cell.labels)]
             group.append(record["accuracy"])
             if len(group) == budget.seeds:
-                log(f"{cell.method:>7} IPC {cell.size:>3} {cell.labels:>4}: {statistics.fmean(group):.2f} ± "
+                log(f"{cell.method:>13} IPC {cell.size:>3} {cell.labels:>4}: {statistics.fmean(group):.2f} ± "
                     f"{statistics.pstdev(group):.2f} ({len(group)} seeds)")
 
         return evaluate_sets(paths, sizes, modes, budget, test, dataset, data_root, device, workers,
@@ -209,14 +215,22 @@ def run_cells(file: Path, paths: dict[str, Path], sizes: list[int], modes: list[
 def eval_results(file: Path, paths: dict, tables: dict, plan: ControlPlanT | None, no_control: str | None,
                  protocol: str, prof: ConfigT, budget: EvalBudget, modes: list[str], test: ImageDataset,
                  dataset: str) -> dict:
-    """The sidecar record: the file's table, its control's, the budget that produced both and the whole tree."""
+    """The sidecar record: the file's table, its controls' (random; random-formed for a formation factor > 1),
+    the budget that produced them and the whole tree."""
     scored = scored_images(test, budget)
     caption = budget_line(protocol, prof, budget, modes, scored, len(test))
-    control_record = None if plan is None else {"sizes": tables.get("control", {}), "file": str(paths["control"]),
-                                                "method": "random", "labels": "the file's teacher, views and codec"}
+    controls = {key: control_record(name, paths, tables, plan) for name, key in CONTROL_KEYS.items()}
     return {"sizes": tables["file"], "protocol": asdict(budget), "protocol_name": protocol, "budget": caption,
             "profile": prof.name, "dataset": dataset, "arch": "convnet", "test_images": scored,
-            "control": control_record, "control_note": no_control, "settings": prof.as_dict()}
+            **controls, "control_note": no_control, "settings": prof.as_dict()}
+
+
+def control_record(name: str, paths: dict, tables: dict, plan: ControlPlanT | None) -> dict | None:
+    """One control's table and file; None where the file has no such control."""
+    if plan is None or name not in paths:
+        return None
+    return {"sizes": tables.get(name, {}), "file": str(paths[name]), "method": name,
+            "labels": "the file's teacher, views and codec"}
 
 
 def store_results(file: Path, results: dict, json_path: Path, write: bool) -> None:
@@ -250,10 +264,11 @@ def eval_file(
     max_test: Annotated[int | None, typer.Option(help="Score on a seeded stratified random sample of this many "
                                                  "test images (sets the protocol section's max_test).", min=1)] = None,
     control: Annotated[bool | None, typer.Option("--control/--no-control", help="Also train on the random-real "
-                                                 "control: as many real images per class, relabelled by the "
-                                                 "file's teacher with its views and codec (cached under "
-                                                 "$MULTISIZE_CACHE/controls). Default: where the file's header "
-                                                 "allows it.")] = None,
+                                                 "control: as many real images per class (and, for a file of "
+                                                 "formation factor f > 1, k*f*f real images formed into its "
+                                                 "layout), relabelled by the file's teacher with its views "
+                                                 "and codec (cached under $MULTISIZE_CACHE/controls). "
+                                                 "Default: where the file's header allows it.")] = None,
     teacher: Annotated[Path | None, typer.Option("--teacher", exists=True, dir_okay=False, help="The "
                                                  "teacher.safetensors that labelled FILE, for its control (files "
                                                  "built with --teacher; default: the build's cached "
@@ -284,7 +299,7 @@ def eval_file(
     import formats
     from condenser.data import load_dataset
     from condenser.data.trusted import header_dataset
-    from condenser.evaluate.controls import ensure_control
+    from condenser.evaluate.controls import ensure_controls
 
     aliases = eval_aliases(protocol, seeds=seeds, epochs=epochs, max_test=max_test, loss=loss, gamma=gamma)
     prof = resolve_settings(profile, config, settings, aliases)
@@ -303,7 +318,7 @@ def eval_file(
     root = str(data_root) if data_root else None
     paths = {"file": file}
     if plan is not None:
-        paths["control"] = ensure_control(plan, log)
+        paths.update(ensure_controls(plan, log))
     elif no_control != "--no-control":
         log(f"no random-real control: {no_control}")
     test = load_dataset(dataset, "test", root=root)

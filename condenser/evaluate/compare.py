@@ -1,4 +1,8 @@
-"""Per-size tables of several nested files (a condensed file and its random-real control) under one budget.
+"""Per-size tables of several nested files (a condensed file and its random-real controls) under one budget.
+
+Every cell trains on the decoded training images of its prefix (condenser/bench/cells.py read_prefix), so a
+file of formation factor f and its controls are compared on what a student sees: k*f*f images per class
+for the file and its random-formed control, k for the random one.
 
 Every (file, size, label mode, seed) training is one cell of the bench (condenser/bench/cells.py), run by the
 bench's worker pool (condenser/bench/workers.py: one single-threaded process per core on a CPU, where small
@@ -45,9 +49,20 @@ def plan_jobs(paths: Mapping[str, Path], sizes: Sequence[int], modes: Sequence[s
     return sorted(jobs, key=lambda job: -job.cell.size)
 
 
-def cell_cost(cell: Cell, num_classes: int, budget: EvalBudget, num_test: int) -> float:
-    """Relative cost of one cell, in training image-epochs (the bench's weights), for the ETA."""
-    return budget.epochs * cell.size * num_classes + FORWARD_COST * min(num_test, budget.max_test or num_test)
+def cell_cost(cell: Cell, num_classes: int, budget: EvalBudget, num_test: int, factor: int = 1) -> float:
+    """Relative cost of one cell, in training image-epochs (the bench's weights), for the ETA; a file of
+    formation `factor` trains on factor**2 decoded images per stored one."""
+    images = cell.size * num_classes * factor * factor
+    return budget.epochs * images + FORWARD_COST * min(num_test, budget.max_test or num_test)
+
+
+def formation_factors(paths: Mapping[str, Path]) -> dict[str, int]:
+    """{file name: its formation factor} from the headers."""
+    factors = {}
+    for name, path in paths.items():
+        with formats.open_mdc(path) as reader:
+            factors[name] = reader.spec.formation_factor
+    return factors
 
 
 def check_classes(paths: Mapping[str, Path], test: ImageDataset) -> None:
@@ -60,7 +75,8 @@ def check_classes(paths: Mapping[str, Path], test: ImageDataset) -> None:
 
 
 def size_tables(records: Sequence[dict], budget: EvalBudget) -> dict[str, dict[int, dict]]:
-    """{file name: {size: {"images", mode: summary, "train_samples"}}} from finished cell records."""
+    """{file name: {size: {"images", "stored_images", mode: summary, "train_samples"}}} from finished cell
+    records; `images` counts the decoded training images a cell trained on."""
     grouped: dict[tuple[str, int, str], list[dict]] = {}
     for r in records:
         grouped.setdefault((r["method"], r["size"], r["labels"]), []).append(r)
@@ -69,7 +85,8 @@ def size_tables(records: Sequence[dict], budget: EvalBudget) -> dict[str, dict[i
         cells.sort(key=lambda r: r["seed"])
         result = EvalResult([r["accuracy"] for r in cells], [r["seed"] for r in cells], mode, cells[0]["num_images"],
                             "convnet", asdict(budget), sum(r["wall_seconds"] for r in cells))
-        row = tables.setdefault(name, {}).setdefault(k, {"images": cells[0]["num_images"]})
+        row = tables.setdefault(name, {}).setdefault(k, {"images": cells[0]["num_images"],
+                                                          "stored_images": cells[0]["stored_images"]})
         row[mode] = summarize(result)
         row["train_samples"] = cells[0]["num_images"] * budget.epochs  # training cost: images seen (runtime budgets)
     return {name: dict(sorted(rows.items())) for name, rows in tables.items()}
@@ -94,7 +111,12 @@ def evaluate_sets(
     check_classes(paths, test)
     jobs = plan_jobs(paths, sizes, modes, budget)
     c = test.spec.num_classes
-    total = sum(cell_cost(job.cell, c, budget, len(test)) for job in jobs)
+    factors = formation_factors(paths)
+
+    def cost(cell: Cell) -> float:
+        return cell_cost(cell, c, budget, len(test), factors[cell.method])
+
+    total = sum(cost(job.cell) for job in jobs)
     if workers is None:
         workers = auto_workers(device) if total >= POOL_MIN_COST else 1
     if on_plan is not None:
@@ -104,7 +126,7 @@ def evaluate_sets(
     def done(job: Job, record: dict) -> None:
         records.append(record)
         if on_cell is not None:
-            on_cell(job.cell, record, cell_cost(job.cell, c, budget, len(test)))
+            on_cell(job.cell, record, cost(job.cell))
 
     with tempfile.TemporaryDirectory(prefix="multisize-eval-") as cells:
         evaluate_jobs(jobs, test, CellCache(cells), budget, device, workers, done, dataset, data_root)

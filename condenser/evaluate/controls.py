@@ -1,10 +1,16 @@
-"""Honest controls (docs/RESULTS.md): a random real subset of the same size, in the nested order, labelled
-like the file it is compared with.
+"""Honest controls (docs/RESULTS.md, docs/methods.md "Controls"): real images in the storage of the file they are
+compared with, in the nested order, labelled like it.
 
-`random_real_subset` draws the images (the bench's `random` method). `plan_control` reads, from a file's
-header, everything its control must share with it: the data, the teacher that labelled it, the views
-(RelabelConfig), the soft-label codec and the pixel encoding; `ensure_control` builds that file once,
-with the build's own relabel-and-pack tail, and caches it under `$MULTISIZE_CACHE/controls/`.
+- `random` (DD-Ranking's control): k random real images per class, one per stored image (formation factor 1).
+- `random-formed` (a file of formation factor f > 1 only): k*f*f random real images per class formed into
+  the file's stored layout (condenser/methods/formation.py `encode`, f*f per stored image), so it decodes
+  to k*f*f training images like the file; it separates what condensation adds from what formation adds.
+
+`random_real_subset` and `formed_real_subset` draw the images (the bench's methods of the same names).
+`plan_control` reads, from a file's header, everything its controls must share with it: the data, the
+teacher that labelled it, the views (RelabelConfig), the soft-label codec, the pixel encoding and the
+formation factor; `ensure_controls` builds those files once, with the build's own relabel-and-pack tail,
+and caches them under `$MULTISIZE_CACHE/controls/`.
 
 A header is untrusted input: no path is taken from it (the teacher comes from the cache or from the user's
 `--teacher`, the data from the user's dataset and root), and every value used is checked before any work.
@@ -14,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +33,14 @@ from condenser.config import ConfigError
 from condenser.config.tree import Config
 from condenser.data import ImageDataset, load_dataset
 from condenser.errors import CondenserError
+from condenser.methods.formation import encode
 from condenser.paths import cache_root
 from condenser.profiles import PROFILES, get_profile
 from condenser.teacher import Teacher, TeacherConfig, teacher_paths
+from formats.header import ViewsInfo
 
 CONTROL_METHOD = "random"  # the bench's name for the same control (condenser/bench/sets.py random_sets)
+FORMED_CONTROL_METHOD = "random-formed"  # the formed control's name, in the bench and in `condenser eval`
 
 
 def random_real_subset(train: ImageDataset, ipc: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,6 +53,48 @@ def random_real_subset(train: ImageDataset, ipc: int, seed: int = 0) -> tuple[to
     per_class = [train.sample_class(c, ipc, generator=generator) for c in range(num_classes)]
     order = torch.stack(per_class, dim=1).reshape(-1)  # [ipc, C] -> IPC-major
     return train.normalized(order), train.labels[order].clone()
+
+
+def formed_real_subset(train: ImageDataset, ipc: int, factor: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`ipc` stored images per class, each formed from f*f random real images of its class, IPC-major, normalised.
+
+    Stored image i of class c holds real images i*f*f .. i*f*f+f*f-1 of that class's draw, area-downsampled
+    and tiled row-major (condenser.methods.formation.encode), so it decodes (docs/format.md §4.1) to f*f
+    training images like a condensed file of factor f. Nested: the IPC-k prefix holds the first k*f*f draws.
+    """
+    ff = factor * factor
+    generator = torch.Generator().manual_seed(seed)
+    num_classes = train.spec.num_classes
+    per_class = torch.stack([train.sample_class(c, ipc * ff, generator=generator) for c in range(num_classes)])
+    order = per_class.view(num_classes, ipc, ff).transpose(0, 1).reshape(-1)  # [ipc, C, f*f] -> IPC-major groups
+    real = train.normalized(order).view(ipc * num_classes, ff, *train.spec.image_shape)
+    return encode(real, factor), torch.arange(num_classes).repeat(ipc)
+
+
+def control_sets(method: str, train: ImageDataset, ipc: int, factor: int,
+                 seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stored images and labels of control `method` (random or random-formed) for a file of `factor`."""
+    if method == CONTROL_METHOD:
+        return random_real_subset(train, ipc, seed)
+    if method == FORMED_CONTROL_METHOD:
+        check_formed(factor)
+        return formed_real_subset(train, ipc, factor, seed)
+    raise CondenserError(f"unknown control {method!r}; known: {CONTROL_METHOD}, {FORMED_CONTROL_METHOD}")
+
+
+class FormedControlError(CondenserError, ValueError):
+    """random-formed was asked for at formation factor 1, where it would be the random control itself."""
+
+
+def check_formed(factor: int) -> None:
+    if factor < 2:
+        raise FormedControlError(f"{FORMED_CONTROL_METHOD} needs formation factor > 1 (condense.factor), got {factor}: "
+                                 f"at factor 1 it is the {CONTROL_METHOD} control itself")
+
+
+def control_methods(factor: int) -> tuple[str, ...]:
+    """The controls of a file of formation `factor`: random always, random-formed where f > 1."""
+    return (CONTROL_METHOD,) if factor == 1 else (CONTROL_METHOD, FORMED_CONTROL_METHOD)
 
 
 class NoControl(CondenserError):
@@ -59,10 +110,19 @@ class ControlPlan:
     teacher: dict | None  # the header's summary of the teacher that labelled the file; None: hard labels
     relabel: dict | None  # the file's RelabelConfig (provenance.relabel); None: hard labels
     provenance: dict  # the file's provenance, the identity the cached control is keyed by
+    factor: int = 1  # the file's formation factor (its header's)
 
     @property
     def soft(self) -> bool:
         return self.build.soft_labels == "teacher"
+
+    def build_for(self, method: str) -> BuildConfig:
+        """The control's build job: the file's, with the formation factor the control is stored with."""
+        factor = self.factor if method == FORMED_CONTROL_METHOD else 1
+        if self.build.settings.condense.factor == factor:
+            return self.build
+        settings = self.build.settings.updated({"condense": {"factor": factor}}, "the control")
+        return replace(self.build, settings=settings)
 
 
 def _canonical(value: Any) -> Any:
@@ -149,15 +209,16 @@ def plan_control(path: Path, reader: formats.MDCReader, dataset: str, data_root:
         soft_labels="none" if views is None else "teacher", teacher_path=str(teacher_path) if teacher_path else None,
         seed=build["seed"], device=device, data_root=data_root,
     )
-    return ControlPlan(path, cfg, teacher, relabel, provenance)
+    return ControlPlan(path, cfg, teacher, relabel, provenance, reader.spec.formation_factor)
 
 
-def control_key(plan: ControlPlan, train: ImageDataset) -> str:
+def control_key(plan: ControlPlan, train: ImageDataset, method: str = CONTROL_METHOD) -> str:
     """The cached control's identity: the file as built (its provenance: settings, teacher, data), the data
     the control draws from, and what it is drawn as. Rewriting the file's results (`eval --write`) keeps it."""
-    return config_hash({"provenance": plan.provenance, "dataset": plan.build.dataset, "data": train.fingerprint,
-                        "method": CONTROL_METHOD, "build": plan.build.record() | {"device": "", "data_root": ""},
-                        "settings": plan.build.settings.as_dict()})
+    build = plan.build_for(method)
+    return config_hash({"provenance": plan.provenance, "dataset": build.dataset, "data": train.fingerprint,
+                        "method": method, "build": build.record() | {"device": "", "data_root": ""},
+                        "settings": build.settings.as_dict()})
 
 
 def control_path(key: str) -> Path:
@@ -200,35 +261,56 @@ def control_teacher(plan: ControlPlan, log: Callable[[str], None]) -> Teacher:
     return teacher
 
 
+def views_per_training_image(reader: formats.MDCReader) -> ViewsInfo | None:
+    """The header's views with `count` per decoded training image (a stored image of factor f holds f*f)."""
+    views = reader.spec.views
+    return None if views is None else replace(views, count=views.count // reader.spec.formation_factor ** 2)
+
+
 def check_same_labels(plan: ControlPlan, control: Path) -> None:
-    """The control's views, codec and pixels are the file's (a drift of the relabel code would show here)."""
+    """The control's views (per training image), codec and pixels are the file's (a drift of the relabel code
+    would show here)."""
     with formats.open_mdc(plan.file) as a, formats.open_mdc(control) as b:
-        pairs = {"views (count, codec, temperature)": (a.spec.views, b.spec.views),
+        pairs = {"views (count per training image, codec, temperature)": (views_per_training_image(a),
+                                                                           views_per_training_image(b)),
                  "pixel encoding": (a.spec.encoding, b.spec.encoding),
                  "relabel settings": (_canonical(plan.relabel), _canonical(b.header["provenance"].get("relabel")))}
     if bad := [name for name, (x, y) in pairs.items() if x != y]:
         raise CondenserError(f"the control of {plan.file} would differ from it in {', '.join(bad)}; use --no-control")
 
 
-def ensure_control(plan: ControlPlan, log: Callable[[str], None] = lambda _: None) -> Path:
-    """The control's file: from the cache when built for this file before, else drawn, relabelled and packed."""
-    train = load_dataset(plan.build.dataset, "train", root=plan.build.data_root)
-    key = control_key(plan, train)
+def ensure_control(plan: ControlPlan, log: Callable[[str], None] = lambda _: None,
+                   method: str = CONTROL_METHOD) -> Path:
+    """The file of control `method`: from the cache when built for this file before, else drawn, relabelled and
+    packed (random-formed: stored with the file's formation factor, labelled on its decoded images)."""
+    build = plan.build_for(method)
+    factor = build.settings.condense.factor
+    if method == FORMED_CONTROL_METHOD:
+        check_formed(factor)
+    train = load_dataset(build.dataset, "train", root=build.data_root)
+    key = control_key(plan, train, method)
     path = control_path(key)
     if _carries_key(path, key):
         log(f"control: {path} (cached)")
         return path
-    if (fewest := int(train.class_counts.min())) < plan.build.ipc:
-        raise CondenserError(f"the control of {plan.file} needs {plan.build.ipc} real images per class, but a class "
-                             f"of {plan.build.dataset} has {fewest}; use --no-control")
+    needed = build.ipc * factor * factor
+    if (fewest := int(train.class_counts.min())) < needed:
+        raise CondenserError(f"the {method} control of {plan.file} needs {needed} real images per class, but a class "
+                             f"of {build.dataset} has {fewest}; use --no-control")
     teacher = control_teacher(plan, log) if plan.soft else None
-    images, labels = random_real_subset(train, plan.build.ipc, plan.build.seed)
-    provenance = {"method": CONTROL_METHOD, "bench_method": CONTROL_METHOD, "control_key": key,
-                  "control_of": plan.file.name, "build": plan.build.record(), "teacher": plan.teacher,
-                  "settings": plan.build.settings.as_dict(),
-                  "data": {"name": plan.build.dataset, "train_fingerprint": train.fingerprint}}
+    images, labels = control_sets(method, train, build.ipc, factor, build.seed)
+    provenance = {"method": method, "bench_method": method, "control_key": key,
+                  "control_of": plan.file.name, "build": build.record(), "teacher": plan.teacher,
+                  "settings": build.settings.as_dict(),
+                  "data": {"name": build.dataset, "train_fingerprint": train.fingerprint}}
     path.parent.mkdir(parents=True, exist_ok=True)
-    relabel_and_pack(plan.build, path, images, labels, train, teacher, provenance, plan.build.settings, {})
+    relabel_and_pack(build, path, images, labels, train, teacher, provenance, build.settings, {}, factor=factor)
     check_same_labels(plan, path)
-    log(f"control: {plan.build.ipc} random real images per class, labelled like {plan.file.name} -> {path}")
+    formed = "" if factor == 1 else f", formed {factor}x{factor} into {build.ipc} stored images"
+    log(f"control {method}: {needed} random real images per class{formed}, labelled like {plan.file.name} -> {path}")
     return path
+
+
+def ensure_controls(plan: ControlPlan, log: Callable[[str], None] = lambda _: None) -> dict[str, Path]:
+    """{control name: its file} for every control of the file (`control_methods` of its formation factor)."""
+    return {method: ensure_control(plan, log, method) for method in control_methods(plan.factor)}

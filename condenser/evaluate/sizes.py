@@ -1,4 +1,8 @@
-"""Per-size evaluation of a nested .mdc: the protocol on every requested prefix, hard and soft labels."""
+"""Per-size evaluation of a nested .mdc: the protocol on every requested prefix, hard and soft labels.
+
+Training always sees the decoded training images of a prefix (`read(k, formation="decoded")`, docs/format.md
+§4.1): the k*f*f images per class that a multi-formation file of factor f decodes to, with their views.
+"""
 
 from __future__ import annotations
 
@@ -41,8 +45,16 @@ def parse_sizes(text: str, ipc_max: int) -> list[int]:
     return sorted(sizes)
 
 
+class StoredPrefixError(CondenserError, ValueError):
+    """A multi-formation prefix was read as stored images, which are not what a student trains on."""
+
+
 def evaluate_prefix(prefix: formats.Prefix, test_set: ImageDataset, budget: EvalBudget, labels: str,
                     seeds: Sequence[int], device: str = "auto") -> EvalResult:
+    """The protocol on one prefix's training images (a factor-f prefix must be the decoded read)."""
+    if prefix.formation_factor > 1 and prefix.stored_images is None:
+        raise StoredPrefixError(f"the IPC-{prefix.ipc} prefix holds stored images of formation factor "
+                                f"{prefix.formation_factor}; read it with formation='decoded' to train on them")
     images = torch.from_numpy(prefix.images)
     if labels == "hard":
         return evaluate_images(images, torch.from_numpy(prefix.labels), test_set, budget, seeds, device=device)
@@ -71,6 +83,8 @@ def evaluate_file(
 ) -> dict:
     """Evaluate each prefix; returns the per-size table {ipc: {label_mode: summary}} plus the protocol.
 
+    A row's `images` are the decoded training images (k*f*f*C), `stored_images` the stored ones (k*C).
+
     The test split is the user's `dataset`; without one, the header's name only if it is a registered
     dataset (condenser.data.trusted: a file never picks a data path).
     """
@@ -87,8 +101,8 @@ def evaluate_file(
                                  f"{test_set.spec.num_classes}")
         table: dict[int, dict] = {}
         for k in sizes:
-            prefix = reader.read(k)
-            row: dict[str, dict] = {"images": int(prefix.images.shape[0])}
+            prefix = reader.read(k, formation="decoded")
+            row: dict = {"images": int(prefix.images.shape[0]), "stored_images": k * reader.num_classes}
             for mode in labels:
                 if mode == "soft" and prefix.views is None:
                     continue
