@@ -22,6 +22,7 @@ import torch
 from condenser.condense import CondenseConfig, CondenseResult, condense
 from condenser.data import ImageDataset
 from condenser.errors import CondenserError
+from condenser.methods.selection import FeatureSource
 from condenser.registry import Registry
 
 
@@ -81,18 +82,18 @@ def prefix_sets(result: CondenseResult, name: str) -> SizedSets:
 
 
 def baseline_a(cfg: CondenseConfig, train_set: ImageDataset, run_dir: str | Path | None = None,
-               progress: bool = True) -> SizedSets:
+               progress: bool = True, features: FeatureSource | None = None) -> SizedSets:
     """A: condense each size n = 1..N separately (base method, no subset loss; lr_img scales with n)."""
-    runs = [condense(run_cfg, train_set, _subdir(run_dir, name), progress=progress)
+    runs = [condense(run_cfg, train_set, _subdir(run_dir, name), progress=progress, features=features)
             for name, run_cfg in planned_runs("A", cfg)]
     c = train_set.spec.num_classes
     return SizedSets("A", cfg.ipc, c, cfg.factor, False, {r.ipc: r.images for r in runs}, runs)
 
 
 def baseline_b(cfg: CondenseConfig, train_set: ImageDataset, run_dir: str | Path | None = None,
-               progress: bool = True) -> SizedSets:
+               progress: bool = True, features: FeatureSource | None = None) -> SizedSets:
     """B: N IPC-1 condensations, run k starting from real image k of each class; size n = runs 0..n-1."""
-    runs = [condense(run_cfg, train_set, _subdir(run_dir, name), progress=progress)
+    runs = [condense(run_cfg, train_set, _subdir(run_dir, name), progress=progress, features=features)
             for name, run_cfg in planned_runs("B", cfg)]
     c = train_set.spec.num_classes
     blocks = torch.cat([r.images for r in runs])  # run k is block k: record k*C + c
@@ -101,17 +102,19 @@ def baseline_b(cfg: CondenseConfig, train_set: ImageDataset, run_dir: str | Path
 
 
 def baseline_c(cfg: CondenseConfig, train_set: ImageDataset, run_dir: str | Path | None = None,
-               progress: bool = True) -> SizedSets:
+               progress: bool = True, features: FeatureSource | None = None) -> SizedSets:
     """C: one condensation to N without the subset loss; size n is its prefix (subset degradation)."""
     [(name, run_cfg)] = planned_runs("C", cfg)
-    return prefix_sets(condense(run_cfg, train_set, _subdir(run_dir, name), progress=progress), "C")
+    result = condense(run_cfg, train_set, _subdir(run_dir, name), progress=progress, features=features)
+    return prefix_sets(result, "C")
 
 
 def multisize_sets(cfg: CondenseConfig, train_set: ImageDataset, run_dir: str | Path | None = None,
-                   progress: bool = True) -> SizedSets:
+                   progress: bool = True, features: FeatureSource | None = None) -> SizedSets:
     """MDC: one condensation to N with the subset loss; size n is its prefix."""
     [(name, run_cfg)] = planned_runs("mdc", cfg)
-    return prefix_sets(condense(run_cfg, train_set, _subdir(run_dir, name), progress=progress), "mdc")
+    result = condense(run_cfg, train_set, _subdir(run_dir, name), progress=progress, features=features)
+    return prefix_sets(result, "mdc")
 
 
 Builder = Callable[..., SizedSets]
@@ -123,6 +126,7 @@ BASELINES.add("mdc", multisize_sets)
 
 
 def build_sized_sets(name: str, cfg: CondenseConfig, train_set: ImageDataset,
-                     run_dir: str | Path | None = None, progress: bool = True) -> SizedSets:
-    """Any of A, B, C, mdc by name (UnknownNameError lists them)."""
-    return BASELINES.get(name)(cfg, train_set, run_dir, progress=progress)
+                     run_dir: str | Path | None = None, progress: bool = True,
+                     features: FeatureSource | None = None) -> SizedSets:
+    """Any of A, B, C, mdc by name (UnknownNameError lists them); `features`: the selection inits' network."""
+    return BASELINES.get(name)(cfg, train_set, run_dir, progress=progress, features=features)

@@ -25,6 +25,7 @@ import torch
 from condenser.bench.cells import Cell, CellCache, read_prefix, run_cell
 from condenser.condense import CondenseConfig, condense
 from condenser.data import ImageDataset, load_dataset
+from condenser.methods.selection import FeatureSource
 from condenser.profiles import EvalBudget
 from formats.alloc import configure_allocator
 
@@ -119,9 +120,10 @@ def _run_in_pool(workers: int, initializer: Callable, initargs: tuple,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _condense_run(dataset: str, data_root: str | None, cfg: CondenseConfig, run_dir: Path) -> float:
+def _condense_run(dataset: str, data_root: str | None, cfg: CondenseConfig, run_dir: Path,
+                  features: FeatureSource | None) -> float:
     train = load_dataset(dataset, "train", root=data_root)
-    return condense(cfg, train, run_dir, progress=False).timings.get("elapsed_s", 0.0)
+    return condense(cfg, train, run_dir, progress=False, features=features).timings.get("elapsed_s", 0.0)
 
 
 def _init_condense_worker(threads: int, parent: int) -> None:
@@ -137,10 +139,13 @@ def condense_runs(
     data_root: str | None,
     workers: int,
     on_done: Callable[[Path, float], None] = lambda _path, _seconds: None,
+    features: FeatureSource | None = None,
 ) -> None:
     """Condense every (run directory, config) in `workers` processes, largest first; finished runs return at
-    once (condense() resumes from the checkpoint). The caller then reads them back with condense() too."""
+    once (condense() resumes from the checkpoint). The caller then reads them back with condense() too.
+    `features` (the selection inits' network) is pickled to every worker."""
     order = sorted(runs, key=lambda r: -r[1].ipc)
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     _run_in_pool(workers, _init_condense_worker, (threads, os.getpid()),
-                 [(run_dir, _condense_run, (dataset, data_root, cfg, run_dir)) for run_dir, cfg in order], on_done)
+                 [(run_dir, _condense_run, (dataset, data_root, cfg, run_dir, features)) for run_dir, cfg in order],
+                 on_done)
