@@ -18,6 +18,8 @@ from runtime.torch_losses import soft_cross_entropy
 
 # nn.Dropout only: Dropout1d/2d/3d drop whole channels and AlphaDropout rescales differently.
 DROPOUT_TYPES = (nn.Dropout,)
+BATCH_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
+BATCH_NORM_STATE = ("running_mean", "running_var")
 
 
 def _weighted_mean(per_sample: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -63,6 +65,13 @@ def dropout_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, DROPOUT_TYPES) and m.p > 0]
 
 
+def state_buffers(model: nn.Module) -> list[str]:
+    """Names of the buffers a train step carries as state: every BatchNorm's running mean and variance,
+    in module order (num_batches_tracked only matters with momentum=None, which the export refuses)."""
+    return [f"{name}.{b}" if name else b for name, m in model.named_modules() if isinstance(m, BATCH_NORM_TYPES)
+            for b in BATCH_NORM_STATE]
+
+
 @contextmanager
 def forwards_replaced(replacements: dict[nn.Module, Callable[..., torch.Tensor]]) -> Iterator[None]:
     """Call `replacements[m]` instead of m.forward while the block runs (an instance attribute, removed after)."""
@@ -75,5 +84,5 @@ def forwards_replaced(replacements: dict[nn.Module, Callable[..., torch.Tensor]]
             del module.forward
 
 
-__all__ = ["DROPOUT_TYPES", "dropout_modules", "forwards_replaced", "hard_cross_entropy", "kl_divergence",
-           "seeded_dropout", "student_loss"]
+__all__ = ["BATCH_NORM_STATE", "BATCH_NORM_TYPES", "DROPOUT_TYPES", "dropout_modules", "forwards_replaced",
+           "hard_cross_entropy", "kl_divergence", "seeded_dropout", "state_buffers", "student_loss"]

@@ -110,7 +110,8 @@ def _resolve(source: ModelSource, settings: ExportSettings | None,
     if isinstance(source, ExportSettings):
         if settings is not None:
             raise ExportError("pass the settings once: export_trainer(settings) or export_trainer(model, settings)")
-        return _resolve_arch(replace(source, **changes))
+        s = replace(source, **changes)
+        return s, initial_model(s)
     named = settings is not None or "arch" in changes
     s = replace(settings or ExportSettings(), **changes)
     if isinstance(source, nn.Module):
@@ -119,7 +120,8 @@ def _resolve(source: ModelSource, settings: ExportSettings | None,
                               "parameters are exported with params='stored'")
         return (s if named else replace(s, arch=type(source).__qualname__)), source
     if isinstance(source, str):
-        return _resolve_arch(replace(s, arch=source))
+        s = replace(s, arch=source)
+        return s, initial_model(s)
     if callable(source):
         s = replace(s, arch=factory_name(source) or getattr(source, "__qualname__", type(source).__name__))
         with torch.random.fork_rng(devices=[]):
@@ -130,10 +132,6 @@ def _resolve(source: ModelSource, settings: ExportSettings | None,
         return s, model
     raise ExportError(f"cannot export a {type(source).__name__}: pass ExportSettings, a torch module, a factory "
                       "or 'pkg.module:factory'")
-
-
-def _resolve_arch(s: ExportSettings) -> tuple[ExportSettings, nn.Module]:
-    return s, initial_model(s)
 
 
 def _check_settings(s: ExportSettings) -> None:

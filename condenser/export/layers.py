@@ -22,7 +22,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from condenser.export.errors import ExportError, UnsupportedOpError
 from runtime.bundle import DropoutSpec
-from runtime.torch_step import DROPOUT_TYPES, dropout_modules, seeded_dropout
+from runtime.torch_step import (
+    BATCH_NORM_STATE,
+    BATCH_NORM_TYPES,
+    DROPOUT_TYPES,
+    dropout_modules,
+    seeded_dropout,
+    state_buffers,
+)
 
 aten = torch.ops.aten
 
@@ -34,8 +41,7 @@ REFUSED: dict[type[nn.Module], str] = {
     nn.Dropout1d: "nn.Dropout", nn.Dropout2d: "nn.Dropout", nn.Dropout3d: "nn.Dropout",
     nn.AlphaDropout: "nn.Dropout", nn.FeatureAlphaDropout: "nn.Dropout",
 }
-BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
-BN_STATE = ("running_mean", "running_var")
+BN_TYPES, BN_STATE = BATCH_NORM_TYPES, BATCH_NORM_STATE
 
 
 def _where(name: str, module: nn.Module) -> str:
@@ -80,12 +86,6 @@ def _is_library_layer(m: nn.Module) -> bool:
     """A torch.nn layer (LSTM, Embedding, ConvTranspose2d, ...), as opposed to the user's own module, whose
     own parameters are plain tensors that its forward combines with ops the trace checks."""
     return type(m).__module__.startswith("torch.nn")
-
-
-def state_buffers(model: nn.Module) -> list[str]:
-    """Names of the buffers a train step carries: the running statistics of every BatchNorm, in order."""
-    return [f"{name}.{b}" if name else b for name, m in model.named_modules() if isinstance(m, BN_TYPES)
-            for b in BN_STATE]
 
 
 @dataclass

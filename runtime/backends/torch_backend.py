@@ -91,10 +91,7 @@ class TorchTrainer:
         if missing:
             raise TrainerError(f"torch model {spec.arch!r} has no buffer {missing[0]!r} of the trainer bundle")
         if not spec.param_names:
-            bn = tuple(f"{n}.{b}" if n else b for n, m in self.model.named_modules()
-                       if isinstance(m, (self._torch.nn.BatchNorm1d, self._torch.nn.BatchNorm2d))
-                       for b in ("running_mean", "running_var"))
-            spec = replace(spec, param_names=names, buffer_names=bn)
+            spec = replace(spec, param_names=names, buffer_names=tuple(self._step_fns.state_buffers(self.model)))
         return spec
 
     def _dropout_modules(self) -> list[tuple[int, str, Any]]:
