@@ -38,7 +38,7 @@ from condenser.device import resolve_device
 from condenser.distributed import current
 from condenser.errors import CondenserError
 from condenser.methods import METHODS
-from condenser.methods.selection import SELECTIONS
+from condenser.methods.selection import SELECTIONS, FeatureSource
 from condenser.paths import cache_root, runs_dir
 from condenser.profiles import get_profile
 from condenser.progress import stage
@@ -258,14 +258,14 @@ def condense_stage(cfg: BuildConfig, settings: Config, train: ImageDataset, log:
     """gm/dm: teacher (for the soft labels) -> the condense loop with the multisize wrapper."""
     ccfg = cfg.condense_config(settings)
     teacher = None
-    if cfg.soft_labels == "teacher" or ccfg.init in SELECTIONS:  # the labeller; the selection's features
+    if needs_teacher(cfg, ccfg):
         t0 = time.time()
         dist = current()
         with dist.local_first("teacher training"):
             teacher = get_teacher(cfg, log)
         dist.broadcast_module(teacher.model, what="broadcast of the teacher")  # one labeller on every rank
         seconds["teacher"] = time.time() - t0
-    features = teacher.features() if teacher is not None else None
+    features = selection_features(ccfg, teacher)
     t0 = time.time()
     run_dir = run_dir_for(ccfg, cfg.dataset, train.fingerprint, selection=selection_identity(ccfg, features))
     result = condense(ccfg, train, run_dir=run_dir, stop_after=stop_after, features=features)
@@ -278,6 +278,16 @@ def condense_stage(cfg: BuildConfig, settings: Config, train: ImageDataset, log:
     }
     return StageResult(result=result, relabel_models=[teacher.model] if teacher is not None else [],
                        teacher=teacher, provenance=provenance)
+
+
+def needs_teacher(cfg: BuildConfig, ccfg: CondenseConfig) -> bool:
+    """The teacher labels the views, and its features choose the real images a selection init starts from."""
+    return cfg.soft_labels == "teacher" or ccfg.init in SELECTIONS
+
+
+def selection_features(ccfg: CondenseConfig, teacher: Teacher | None) -> FeatureSource | None:
+    """The network a selection init (herding, kmeans) embeds with: the teacher; None for the other inits."""
+    return teacher.features() if teacher is not None and ccfg.init in SELECTIONS else None
 
 
 def data_record(cfg: BuildConfig, train: ImageDataset) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -99,3 +101,25 @@ def _class_seeds(seed: int, num_classes: int) -> list[int]:
     from condenser.condense import class_seed
 
     return [class_seed(seed, c) for c in range(num_classes)]
+
+
+def test_baseline_b_runs_start_from_consecutive_images_of_one_selection():
+    from condenser.baselines import build_sized_sets
+    from condenser.condense import CondenseConfig, class_seed
+    from condenser.data import synthetic
+    from condenser.methods.selection import FeatureSource
+    from condenser.models import build_model
+    from condenser.multisize import MultisizeConfig
+
+    train = synthetic(num_classes=3, image_shape=(1, 8, 8), per_class=16)
+    cfg = CondenseConfig(method="dm", ipc=3, outer_loops=1, inner_loops=1, multisize=MultisizeConfig(period=1),
+                         batch_real=4, width=8, depth=2, device="cpu", init="herding")
+    torch.manual_seed(0)
+    features = FeatureSource(build_model("convnet", (1, 8, 8), 3, width=8, depth=2), "net")
+    sets = build_sized_sets("B", cfg, train, progress=False, features=features)
+    full = torch.cat([select_indices(train, 3, "herding", features, classes=[c],
+                                     generator=torch.Generator().manual_seed(class_seed(0, c))) for c in range(3)])
+    for k, run in enumerate(sets.runs):  # run k starts from image k of every class's nested order
+        assert torch.equal(run.init_indices[:, 0], full[:, k])
+    with pytest.raises(MethodConfigError, match="init 'kmeans' has no image offset"):
+        build_sized_sets("B", dataclasses.replace(cfg, init="kmeans"), train, progress=False, features=features)

@@ -31,6 +31,7 @@ from condenser.evaluate.controls import (
     formed_real_subset,
     random_real_subset,
 )
+from condenser.methods.selection import FeatureSource
 from condenser.profiles import Profile
 from condenser.teacher import Teacher
 
@@ -83,9 +84,10 @@ def share_equivalent_runs(run_dir: Path, ipc: int) -> None:
 
 
 def method_sets(method: str, cfg: BuildConfig, profile: Profile, train: ImageDataset, run_dir: Path,
-                progress: bool = True, workers: int = 1, log: Callable[[str], None] = lambda _: None) -> SizedSets:
+                progress: bool = True, workers: int = 1, log: Callable[[str], None] = lambda _: None,
+                features: FeatureSource | None = None) -> SizedSets:
     """Condense (resumably, runs under `run_dir`) or sample the sets of `method`: A, B, C, mdc, random or
-    random-formed (at the tree's condense.factor).
+    random-formed (at the tree's condense.factor). `features`: the selection inits' network (the teacher).
 
     With `workers` > 1 on a CPU, the N independent runs of A or B are condensed in parallel processes first.
     """
@@ -102,8 +104,8 @@ def method_sets(method: str, cfg: BuildConfig, profile: Profile, train: ImageDat
         runs = [(run_dir / name, run_cfg) for name, run_cfg in planned_runs(method, ccfg)]
         log(f"{method}: condensing {len(runs)} runs in {min(workers, len(runs))} processes")
         condense_runs(runs, cfg.dataset, cfg.data_root, min(workers, len(runs)),
-                      on_done=lambda path, s: log(f"{method}: {path.name} condensed ({s:.0f} s)"))
-    return build_sized_sets(method, ccfg, train, run_dir, progress=progress)
+                      on_done=lambda path, s: log(f"{method}: {path.name} condensed ({s:.0f} s)"), features=features)
+    return build_sized_sets(method, ccfg, train, run_dir, progress=progress, features=features)
 
 
 def teacher_summary(teacher: Teacher | None) -> dict | None:
@@ -164,22 +166,24 @@ def files_carry_key(files: MethodFiles, key: str) -> bool:
     return True
 
 
-def baseline_run_dir(cfg: BuildConfig, profile: Profile) -> Path:
+def baseline_run_dir(cfg: BuildConfig, profile: Profile, features: FeatureSource | None = None) -> Path:
     """Run directory of the baselines of one configuration: A, B and C runs live side by side in it."""
     from condenser.checkpoint import config_hash
+    from condenser.condense import selection_identity
     from condenser.data import load_dataset
     from condenser.paths import runs_dir
 
     ccfg = cfg.condense_config(profile).with_subset(False)
     data = load_dataset(cfg.dataset, "train", root=cfg.data_root).fingerprint  # changed data: a new run
     stem = cfg.dataset.replace(":", "_").replace("/", "_")
-    return runs_dir() / f"baselines-{stem}-{data[:8]}-{config_hash(asdict(ccfg))}"
+    key = {**asdict(ccfg), "selection": selection_identity(ccfg, features)}
+    return runs_dir() / f"baselines-{stem}-{data[:8]}-{config_hash(key if features else asdict(ccfg))}"
 
 
 def build_baseline(name: str, cfg: BuildConfig, out: str | Path, log: Callable[[str], None] = print,
                    progress: bool = True, workers: int = 1) -> MethodFiles:
     """`condenser baseline A|B|C`: teacher (cached) -> the baseline's condensations (resumable) -> file(s)."""
-    from condenser.build import get_teacher
+    from condenser.build import get_teacher, needs_teacher, selection_features
     from condenser.data import load_dataset
 
     if name not in ("A", "B", "C"):
@@ -188,7 +192,9 @@ def build_baseline(name: str, cfg: BuildConfig, out: str | Path, log: Callable[[
         raise CondenserError(f"--soft-labels must be 'teacher' or 'none', got {cfg.soft_labels!r}")
     profile = cfg.settings
     train = load_dataset(cfg.dataset, "train", root=cfg.data_root)
-    teacher = get_teacher(cfg, log) if cfg.soft_labels == "teacher" else None
-    sets = method_sets(name, cfg, profile, train, baseline_run_dir(cfg, profile), progress=progress,
-                       workers=workers, log=log)
+    ccfg = cfg.condense_config(profile)
+    teacher = get_teacher(cfg, log) if needs_teacher(cfg, ccfg) else None
+    features = selection_features(ccfg, teacher)
+    sets = method_sets(name, cfg, profile, train, baseline_run_dir(cfg, profile, features), progress=progress,
+                       workers=workers, log=log, features=features)
     return write_sized_sets(sets, out, cfg, profile, train, teacher, log=log)

@@ -37,13 +37,15 @@ from condenser.bench.sets import (
     write_sized_sets,
 )
 from condenser.bench.workers import Job, auto_workers, evaluate_jobs
-from condenser.build import BuildConfig, environment, get_teacher
+from condenser.build import BuildConfig, environment, get_teacher, needs_teacher, selection_features
 from condenser.checkpoint import config_hash
+from condenser.condense import selection_identity
 from condenser.config import differences
 from condenser.config.tree import Config
 from condenser.data import ImageDataset, load_dataset
 from condenser.evaluate.controls import CONTROL_METHOD, FORMED_CONTROL_METHOD
 from condenser.evaluate.sizes import LABEL_MODES
+from condenser.methods.selection import FeatureSource
 from condenser.profiles import get_profile
 from condenser.teacher import Teacher
 
@@ -118,16 +120,19 @@ class _Context:
     def set_path(self, method: str) -> Path:
         return self.out / "sets" / (method if method == "A" else f"{method}.mdc")
 
-    def run_dir(self) -> Path:
+    def run_dir(self, features: FeatureSource | None = None) -> Path:
         ccfg = replace(self.build.condense_config(self.profile).with_subset(False), device="")
-        return self.out / "runs" / config_hash({"condense": asdict(ccfg), "data": self.train.fingerprint})
+        key = {"condense": asdict(ccfg), "data": self.train.fingerprint}
+        if features is not None:  # a selection init's runs depend on its network (condenser/methods/selection.py)
+            key["selection"] = selection_identity(ccfg, features)
+        return self.out / "runs" / config_hash(key)
 
 
 def _prepare(cfg: BenchConfig, log: Callable[[str], None]) -> _Context:
     build = cfg.build_config()
     train = load_dataset(cfg.dataset, "train", root=cfg.data_root)
     test = load_dataset(cfg.dataset, "test", root=cfg.data_root)
-    teacher = get_teacher(build, log) if build.soft_labels == "teacher" else None
+    teacher = get_teacher(build, log) if needs_teacher(build, build.condense_config(build.settings)) else None
     return _Context(cfg, build.settings, build, train, test, teacher, cfg.out_dir)
 
 
@@ -138,8 +143,9 @@ def _ensure_sets(ctx: _Context, method: str, progress: bool, log: Callable[[str]
     if files_carry_key(files, key):
         return files, False
     workers = ctx.cfg.workers or auto_workers(ctx.cfg.device)
-    sets = method_sets(method, ctx.build, ctx.profile, ctx.train, ctx.run_dir(), progress=progress,
-                       workers=workers, log=log)
+    features = selection_features(ctx.build.condense_config(ctx.profile), ctx.teacher)
+    sets = method_sets(method, ctx.build, ctx.profile, ctx.train, ctx.run_dir(features), progress=progress,
+                       workers=workers, log=log, features=features)
     return write_sized_sets(sets, ctx.set_path(method), ctx.build, ctx.profile, ctx.train, ctx.teacher,
                             {"bench_key": key}, log=log), True
 

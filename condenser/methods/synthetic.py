@@ -2,7 +2,7 @@
 
 Layout: `data` is [N, C, ch, H, W] (image number i of class c at [i, c]), i.e. IPC-major, so
 `data.reshape(N * C, ...)` is the record order r = i*C + c of the .mdc file without a copy.
-Values are in normalised space (contracts.md); `clamp_` keeps them inside the image of [0, 1].
+Values are in normalised space (docs/format.md §5); `clamp_` keeps them inside the image of [0, 1].
 C counts the classes the set holds: all of them, or a process's share when classes are sharded.
 """
 
@@ -103,6 +103,9 @@ def _selected(dataset: ImageDataset, start: int, need: int, mode: str, generator
     if embedder is None:
         raise MethodConfigError(f"init {mode!r} selects real images on a network's features; none was given "
                                 "(a build passes its teacher)")
+    if mode == "kmeans" and start > 0:  # k-means with more centres is another set, not a longer order
+        raise MethodConfigError("init 'kmeans' has no image offset (its selection changes with the number of "
+                                "images; Baseline B's runs need one nested order): use init 'herding'")
     gens = per_class_generators(generator, len(classes)) or [generator] * len(classes)
     return torch.cat([select_indices(dataset, start + need, mode, embedder, generator=g, classes=[c])[:, start:]
                       for c, g in zip(classes, gens, strict=True)])
