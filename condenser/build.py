@@ -118,10 +118,13 @@ def exporter_digest() -> str:
     import runtime.bundle
     import runtime.models
     import runtime.torch_losses
+    import runtime.torch_step
+    import runtime.user_models
 
     sources = [s for package in (condenser.export, condenser.models)
                for s in sorted(Path(package.__file__).parent.glob("*.py"))]
-    sources += [Path(m.__file__) for m in (runtime.bundle, runtime.models, runtime.torch_losses)]
+    sources += [Path(m.__file__) for m in (runtime.bundle, runtime.models, runtime.torch_losses, runtime.torch_step,
+                                           runtime.user_models)]
     h = hashlib.sha256()
     for source in sources:
         h.update(source.name.encode())
