@@ -308,10 +308,13 @@ def container_rows(names: list[str], work: Path, repeats: int) -> list[Row]:
         with formats.open_mdc(path, threads=threads) as r:
             r.read_raw(bench_format.IPC)
 
+    def compact() -> None:
+        with formats.open_mdc(path) as r:
+            r.read(bench_format.IPC, targets="compact")
+
     reads = {"read": ("verified read_raw", lambda: raw(None)),
              "read_1thread": ("verified read_raw on one thread (the reader before issue 14 item 5)", lambda: raw(1)),
-             "decode": ("read(targets='compact')",
-                        lambda: formats.open_mdc(path).read(bench_format.IPC, targets="compact"))}
+             "decode": ("read(targets='compact')", compact)}
     wanted = {name: reads[name] for name in reads if name in names}
     if wanted:
         rows += cached_read_rows(wanted, path, repeats)

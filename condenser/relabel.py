@@ -33,7 +33,7 @@ from condenser.distributed import DistContext, current
 from condenser.methods.formation import decode
 from condenser.progress import track
 from formats import Views
-from formats.formation import regroup_views
+from formats.formation import regroup_views, to_decoded_order
 from runtime.torch_views import apply_views
 
 
@@ -121,9 +121,7 @@ def training_images(images: torch.Tensor, num_classes: int, factor: int) -> torc
     (formats/formation.py); f = 1: `images` themselves."""
     if factor == 1:
         return images
-    decoded = decode(images, factor)  # [k*C, f*f, ch, H, W]
-    k = images.shape[0] // num_classes
-    return decoded.reshape(k, num_classes, *decoded.shape[1:]).transpose(1, 2).reshape(-1, *images.shape[1:])
+    return to_decoded_order(decode(images, factor), num_classes)  # the format's order, on torch tensors
 
 
 @torch.no_grad()
