@@ -131,6 +131,10 @@ class DropoutSpec:
     p: float
     shape: tuple[int, ...]
 
+    def to_dict(self) -> dict[str, Any]:
+        """The map meta.dropout (and a checkpoint's spec) stores; dropout_from_list reads it back."""
+        return {"module": self.module, "p": self.p, "shape": list(self.shape)}
+
 
 @dataclass(frozen=True)
 class GraphIO:
@@ -378,7 +382,7 @@ class TrainerMeta:
             d["buffer_names"] = list(self.buffer_names)
             d["buffer_shapes"] = [list(s) for s in self.buffer_shapes]
         if self.dropout:
-            d["dropout"] = [{"module": x.module, "p": x.p, "shape": list(x.shape)} for x in self.dropout]
+            d["dropout"] = [x.to_dict() for x in self.dropout]
         return d
 
     @classmethod

@@ -124,8 +124,7 @@ def spec_to_dict(spec: ModelSpec) -> dict[str, Any]:
             "arch_kwargs": dict(spec.arch_kwargs), "optimizer": spec.optimizer.to_dict(),
             "loss": {"name": spec.loss.name, **spec.loss.settings()}, "batch_size": spec.batch_size,
             "param_names": list(spec.param_names), "buffer_names": list(spec.buffer_names),
-            "dropout": None if spec.dropout is None else [
-                {"module": d.module, "p": d.p, "shape": list(d.shape)} for d in spec.dropout]}
+            "dropout": None if spec.dropout is None else [d.to_dict() for d in spec.dropout]}
 
 
 def to_bytes(s: ModelState) -> bytes:

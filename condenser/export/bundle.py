@@ -85,9 +85,7 @@ def _rule(model: nn.Module, name: str, p: torch.Tensor) -> dict[str, float] | No
         bound = 1.0 / math.sqrt(module.weight[0].numel())
         if not flat.numel() or float(flat.abs().max()) <= bound * (1 + 1e-6):  # float32 rounding of the bound
             return {"uniform": bound}
-    if flat.numel() and bool((flat == flat[0]).all()):
-        return {"fill": float(flat[0])}
-    return None
+    return _fill_rule(name, p)
 
 
 def _entries(tensors: list[tuple[str, torch.Tensor]], rule: Callable[[str, torch.Tensor], Any] | None) -> list[Any]:
