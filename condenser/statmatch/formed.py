@@ -28,9 +28,9 @@ from torch import nn
 from condenser.data import ImageDataset
 from condenser.errors import CondenserError
 from condenser.methods.formation import check_factor, decode, encode, upsample
-from condenser.methods.selection import embed, herding_order
+from condenser.methods.selection import embed
 from condenser.relabel import teacher_probabilities
-from condenser.statmatch.order import apply_order, real_class_means
+from condenser.statmatch.order import herd_by_features
 
 
 class FormationError(CondenserError, ValueError):
@@ -137,13 +137,9 @@ def herd_stored(images: torch.Tensor, model: nn.Module, train: ImageDataset, fac
                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Herding order of stored images (IPC-major [N*C, ...]) on the mean feature of their decoded images;
     returns (reordered images, order [C, N])."""
-    c = train.spec.num_classes
-    n = images.shape[0] // c
     decoded = decode(images, factor)  # [N*C, f*f, ch, H, W]
-    feats = embed(model, decoded.flatten(0, 1)).view(n * c, factor * factor, -1).mean(1)
-    feats = feats.view(n, c, -1).transpose(0, 1)  # [C, N, D]
-    order = herding_order(feats, real_class_means(model, train, real_per_class, seed).to(feats.device))
-    return apply_order(images, order), order.cpu()
+    feats = embed(model, decoded.flatten(0, 1)).view(images.shape[0], factor * factor, -1).mean(1)
+    return herd_by_features(images, feats, model, train, real_per_class, seed)
 
 
 def _reorder_rows(per_class: torch.Tensor, order: torch.Tensor, ff: int) -> torch.Tensor:

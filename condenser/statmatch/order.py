@@ -39,8 +39,15 @@ def apply_order(images: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 def herd(images: torch.Tensor, model: nn.Module, train: ImageDataset, real_per_class: int = 256, seed: int = 0
          ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reorder IPC-major `images` by herding on `model`'s features; returns (images, order [C, N])."""
+    return herd_by_features(images, embed(model, images), model, train, real_per_class, seed)
+
+
+def herd_by_features(images: torch.Tensor, feats: torch.Tensor, model: nn.Module, train: ImageDataset,
+                     real_per_class: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reorder IPC-major `images` by herding their features `feats` [N*C, D] towards the real class means of
+    `model`; returns (images, order [C, N])."""
     c = train.spec.num_classes
     n = images.shape[0] // c
-    feats = embed(model, images).view(n, c, -1).transpose(0, 1)  # [C, N, D]
+    feats = feats.view(n, c, -1).transpose(0, 1)  # [C, N, D]
     order = herding_order(feats, real_class_means(model, train, real_per_class, seed).to(feats.device))
     return apply_order(images, order), order.cpu()
