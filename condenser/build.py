@@ -29,7 +29,7 @@ from torch import nn
 
 import formats
 from condenser.checkpoint import atomic_write_bytes, config_hash
-from condenser.condense import CondenseConfig, CondenseResult, condense, selection_identity
+from condenser.condense import CondenseConfig, CondenseResult, condense, run_config_key
 from condenser.config import ConfigError
 from condenser.config.tree import Config
 from condenser.data import DEFAULT_DATASET, ArraySource, DatasetSpec, ImageDataset, get_source, load_dataset
@@ -98,14 +98,13 @@ def get_teacher(cfg: BuildConfig, log: Callable[[str], None] = print) -> Teacher
 
 
 def run_dir_for(ccfg: CondenseConfig, dataset: str, fingerprint: str | None = None,
-                data_root: str | None = None, selection: str = "") -> Path:
+                data_root: str | None = None, features: FeatureSource | None = None) -> Path:
     """A condensation's run directory: the dataset name, its training data's fingerprint (looked up by name
-    unless given) and the configuration hash (with the selection init's network, `selection_identity`), so
+    unless given) and the configuration hash (with the selection init's network, `run_config_key`), so
     changed data or another teacher never meets an old run's checkpoint."""
     data = fingerprint or load_dataset(dataset, "train", root=data_root).fingerprint
     stem = dataset.replace(":", "_").replace("/", "_")
-    key = config_hash(asdict(ccfg)) if not selection else config_hash({**asdict(ccfg), "selection": selection})
-    return runs_dir() / f"{stem}-{data[:8]}-{key}"
+    return runs_dir() / f"{stem}-{data[:8]}-{config_hash(run_config_key(ccfg, features))}"
 
 
 def exporter_digest() -> str:
@@ -270,7 +269,7 @@ def condense_stage(cfg: BuildConfig, settings: Config, train: ImageDataset, log:
         seconds["teacher"] = time.time() - t0
     features = selection_features(ccfg, teacher)
     t0 = time.time()
-    run_dir = run_dir_for(ccfg, cfg.dataset, train.fingerprint, selection=selection_identity(ccfg, features))
+    run_dir = run_dir_for(ccfg, cfg.dataset, train.fingerprint, features=features)
     result = condense(ccfg, train, run_dir=run_dir, stop_after=stop_after, features=features)
     seconds["condense"] = time.time() - t0
     provenance = {

@@ -380,6 +380,12 @@ def selection_identity(cfg: CondenseConfig, features: FeatureSource | None) -> s
     return f"+{features.identity}" if cfg.init in SELECTIONS and features is not None else ""
 
 
+def run_config_key(cfg: CondenseConfig, features: FeatureSource | None = None) -> dict:
+    """What a run directory is hashed from: the config, plus the selection's network where the init uses one."""
+    selection = selection_identity(cfg, features)
+    return {**asdict(cfg), "selection": selection} if selection else asdict(cfg)
+
+
 def _checkpoint_due(cfg: CondenseConfig, t: int) -> bool:
     """Every `checkpoint_every` outer loops (default: the MLS period) and after the last one."""
     return t % (cfg.checkpoint_every or cfg.period) == 0 or t == cfg.outer_loops

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -169,15 +169,14 @@ def files_carry_key(files: MethodFiles, key: str) -> bool:
 def baseline_run_dir(cfg: BuildConfig, profile: Profile, features: FeatureSource | None = None) -> Path:
     """Run directory of the baselines of one configuration: A, B and C runs live side by side in it."""
     from condenser.checkpoint import config_hash
-    from condenser.condense import selection_identity
+    from condenser.condense import run_config_key
     from condenser.data import load_dataset
     from condenser.paths import runs_dir
 
     ccfg = cfg.condense_config(profile).with_subset(False)
     data = load_dataset(cfg.dataset, "train", root=cfg.data_root).fingerprint  # changed data: a new run
     stem = cfg.dataset.replace(":", "_").replace("/", "_")
-    key = {**asdict(ccfg), "selection": selection_identity(ccfg, features)}
-    return runs_dir() / f"baselines-{stem}-{data[:8]}-{config_hash(key if features else asdict(ccfg))}"
+    return runs_dir() / f"baselines-{stem}-{data[:8]}-{config_hash(run_config_key(ccfg, features))}"
 
 
 def build_baseline(name: str, cfg: BuildConfig, out: str | Path, log: Callable[[str], None] = print,

@@ -39,7 +39,7 @@ from condenser.bench.sets import (
 from condenser.bench.workers import Job, auto_workers, evaluate_jobs
 from condenser.build import BuildConfig, environment, get_teacher, needs_teacher, selection_features
 from condenser.checkpoint import config_hash
-from condenser.condense import selection_identity
+from condenser.condense import run_config_key
 from condenser.config import differences
 from condenser.config.tree import Config
 from condenser.data import ImageDataset, load_dataset
@@ -122,9 +122,7 @@ class _Context:
 
     def run_dir(self, features: FeatureSource | None = None) -> Path:
         ccfg = replace(self.build.condense_config(self.profile).with_subset(False), device="")
-        key = {"condense": asdict(ccfg), "data": self.train.fingerprint}
-        if features is not None:  # a selection init's runs depend on its network (condenser/methods/selection.py)
-            key["selection"] = selection_identity(ccfg, features)
+        key = {"condense": run_config_key(ccfg, features), "data": self.train.fingerprint}
         return self.out / "runs" / config_hash(key)
 
 

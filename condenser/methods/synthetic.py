@@ -79,9 +79,9 @@ def init_indices(dataset: ImageDataset, ipc: int, factor: int = 1, mode: str = "
     per = factor * factor
     need, start = ipc * per, offset * per
     classes = list(range(dataset.spec.num_classes)) if classes is None else list(classes)
-    if mode in SELECTIONS:
-        return _selected(dataset, start, need, mode, generator, classes, embedder)
     gens = per_class_generators(generator, len(classes)) or [generator] * len(classes)
+    if mode in SELECTIONS:
+        return _selected(dataset, start, need, mode, gens, classes, embedder)
     rows = []
     for c, g in zip(classes, gens, strict=True):
         idx = dataset.class_indices(c)
@@ -97,7 +97,7 @@ def init_indices(dataset: ImageDataset, ipc: int, factor: int = 1, mode: str = "
     return torch.stack(rows)
 
 
-def _selected(dataset: ImageDataset, start: int, need: int, mode: str, generator: Generators,
+def _selected(dataset: ImageDataset, start: int, need: int, mode: str, gens: list,
               classes: list[int], embedder: Embedder | None) -> torch.Tensor:
     """Rows of a nested selection, one class (and one generator) at a time so class shards agree."""
     if embedder is None:
@@ -106,7 +106,6 @@ def _selected(dataset: ImageDataset, start: int, need: int, mode: str, generator
     if mode == "kmeans" and start > 0:  # k-means with more centres is another set, not a longer order
         raise MethodConfigError("init 'kmeans' has no image offset (its selection changes with the number of "
                                 "images; Baseline B's runs need one nested order): use init 'herding'")
-    gens = per_class_generators(generator, len(classes)) or [generator] * len(classes)
     return torch.cat([select_indices(dataset, start + need, mode, embedder, generator=g, classes=[c])[:, start:]
                       for c, g in zip(classes, gens, strict=True)])
 
