@@ -111,3 +111,12 @@ def test_decoded_record_order(factor: int) -> None:
     np.testing.assert_array_equal(decoded[:, 1], p)
     np.testing.assert_array_equal(stored_record(d, c, factor), i * c + cls)
     np.testing.assert_array_equal(to_stored_order(decoded, c, factor), tags)
+
+
+def test_decode_weights_are_built_once_per_device_and_dtype():
+    from condenser.methods.formation import _weights
+
+    x = torch.zeros(2, 1, 28, 28)
+    first, again = _weights(14, 28, x), _weights(14, 28, x)
+    assert all(a is b for a, b in zip(first, again))  # no new tensors (no host-to-device copy) per step
+    assert _weights(14, 28, x.double())[2].dtype == torch.float64

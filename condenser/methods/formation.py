@@ -13,6 +13,8 @@ numpy reference (formats/formation.py) bit for bit.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -30,9 +32,16 @@ def check_factor(factor: int, height: int, width: int) -> None:
 
 def _weights(small: int, out: int, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The format's 2-tap resize weights (formats.formation.upsample_weights) on `like`'s device and dtype."""
+    return _device_weights(small, out, like.device, like.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _device_weights(small: int, out: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    # Cached per device: a condensation step decodes every stored image, and fresh tensors would be a
+    # host-to-device copy per step on a GPU. Callers only read them.
     i0, i1, w0, w1 = upsample_weights(small, out)
-    idx = [torch.tensor(i, device=like.device) for i in (i0, i1)]  # copies: the cached arrays are read-only
-    return (*idx, *(torch.tensor(w, device=like.device).to(like.dtype) for w in (w0, w1)))
+    idx = [torch.tensor(i, device=device) for i in (i0, i1)]  # copies: the cached arrays are read-only
+    return (*idx, *(torch.tensor(w, device=device).to(dtype) for w in (w0, w1)))
 
 
 def upsample(patches: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
