@@ -112,7 +112,8 @@ def test_yaml_and_toml_files_give_the_same_tree(tmp_path):
     ("pack.codec=zip", "pack (--set): unknown soft-label codec 'zip'; valid: "),
     ("method.name=gmm", "method (--set): unknown method 'gmm'; valid: dm, gm, gvbsm, sre2l, teddy"),
     ("teacher.arch=vgg", "unknown model 'vgg' (teacher.arch); valid: "),
-    ("quick.evaluate.loss=mse", "unknown student loss 'mse' (quick.evaluate.loss); valid: mse_gt, soft_ce"),
+    ("quick.evaluate.loss=mse", "unknown student loss 'mse' (quick.evaluate.loss); valid: kl, mse_gt, soft_ce"),
+    ("evaluate.loss_temperature=0", "evaluate (--set): loss_temperature must be > 0, got 0"),
     ("method.teddy.schedule=sometimes", "method.teddy (--set): unknown schedule 'sometimes'; known: per-ipc, joint"),
 ])
 def test_a_bad_key_or_value_is_one_config_error_naming_the_key(item, message):

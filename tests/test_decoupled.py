@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from condenser.config import ConfigError
 from condenser.errors import CheckpointError
 from condenser.evaluate.losses import STUDENT_LOSSES, mse_gt
 from condenser.models import build_model
-from condenser.profiles import get_profile
+from condenser.profiles import EvalBudget, get_profile
 from condenser.relabel import RelabelConfig, relabel, teacher_probabilities
 from condenser.resume import Interrupted
 from condenser.statmatch import (
@@ -34,6 +35,7 @@ from condenser.statmatch.order import apply_order
 from condenser.statmatch.recover import initial_images
 from condenser.statmatch.stats import channel_stats, patch_stats
 from condenser.statmatch.teachers import PoolContext, build_pool
+from formats.testing import make_data
 
 TINY = {"norm": "batch", "width": 8}
 # Tiny teachers on the smoke profile (128 real images, one epoch) and tiny G-VBSM backbones.
@@ -202,18 +204,86 @@ def test_recover_resumes_to_the_same_images(pools, small_train, tmp_path):
     torch.testing.assert_close(resumed.images, straight.images, rtol=0, atol=0)
 
 
+def _one_view(targets: np.ndarray) -> formats.Views:
+    """Views of one unmixed full-image view per record, with the given stored targets [N, 1, K]."""
+    n = targets.shape[0]
+    return formats.Views(crop=np.zeros((n, 1, 4), np.float32), flip=np.zeros((n, 1), bool),
+                         mix_partner=-np.ones((n, 1), np.int32), mix_box=np.zeros((n, 1, 4), np.float32),
+                         mix_lam=np.ones((n, 1), np.float32), targets=targets.astype(np.float32))
+
+
 def test_mse_gt_student_loss():
     logits = torch.tensor([[2.0, 0.0, -2.0]])
     centred_teacher = logits - logits.mean()
     target = torch.cat([centred_teacher, torch.tensor([[1.0, 0, 0]])], 1)
     ce = torch.nn.functional.cross_entropy(logits, torch.tensor([0]))
     assert mse_gt(logits + 7.0, target, 0.1).item() == pytest.approx(0.1 * ce.item(), rel=1e-5)  # shift-invariant
-    views = formats.Views(crop=np.zeros((2, 1, 4), np.float32), flip=np.zeros((2, 1), bool),
-                          mix_partner=-np.ones((2, 1), np.int32), mix_box=np.zeros((2, 1, 4), np.float32),
-                          mix_lam=np.ones((2, 1), np.float32), targets=np.full((2, 1, 3), 1 / 3, np.float32))
-    t = STUDENT_LOSSES.get("mse_gt").targets(views, "probs", 1.0, torch.tensor([0, 2]))
+    t = STUDENT_LOSSES.get("mse_gt").targets(_one_view(np.full((2, 1, 3), 1 / 3)), "probs", 1.0, torch.tensor([0, 2]),
+                                             EvalBudget())
     assert t.shape == (2, 1, 6) and torch.allclose(t[:, 0, :3], torch.zeros(2, 3), atol=1e-6)
     assert t[1, 0, 3:].tolist() == [0.0, 0.0, 1.0]
+
+
+def _gradient(loss: str, logits: torch.Tensor, targets: torch.Tensor, budget: EvalBudget) -> torch.Tensor:
+    z = logits.clone().requires_grad_(True)
+    STUDENT_LOSSES.get(loss).fn(z, targets, budget).backward()
+    return z.grad
+
+
+def test_kl_at_temperature_one_has_the_gradient_of_soft_ce():
+    """KL(q || softmax(s)) = CE(q, s) - H(q): the same gradient, a loss lower by the teacher's entropy."""
+    gen = torch.Generator().manual_seed(0)
+    logits, q = torch.randn(8, 5, generator=gen), torch.softmax(2 * torch.randn(8, 5, generator=gen), -1)
+    budget = EvalBudget(loss="kl", loss_temperature=1.0)
+    torch.testing.assert_close(_gradient("kl", logits, q, budget), _gradient("soft_ce", logits, q, budget),
+                               rtol=0, atol=1e-6)
+    entropy = -(q * q.log()).sum(-1).mean()
+    kl = STUDENT_LOSSES.get("kl").fn(logits, q, budget)
+    assert kl.item() == pytest.approx(STUDENT_LOSSES.get("soft_ce").fn(logits, q, budget).item() - entropy.item(),
+                                      abs=1e-5)
+
+
+def test_kl_retempers_the_teacher_to_tau_and_scales_the_kl_by_tau_squared():
+    p = np.array([0.7, 0.2, 0.1])
+    budget = EvalBudget(loss="kl", loss_temperature=2.0)
+    kl = STUDENT_LOSSES.get("kl")
+    q = kl.targets(_one_view(p[None, None]), "probs", 1.0, None, budget)[0, 0].double()
+    by_hand = np.sqrt(p) / np.sqrt(p).sum()  # softmax(log p / 2)
+    np.testing.assert_allclose(q.numpy(), by_hand, rtol=1e-6)
+    assert -(q * q.log()).sum().item() > -(p * np.log(p)).sum()  # flatter than the stored target
+    s = np.array([-1.0, 0.0, 2.0])  # a student that disagrees: a KL well above float32 rounding
+    log_r = s / 2 - np.log(np.exp(s / 2).sum())
+    expected = 4.0 * (by_hand * (np.log(by_hand) - log_r)).sum()
+    loss = kl.fn(torch.tensor(s[None], dtype=torch.float32), q[None].float(), budget)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # the file's own temperature is undone: probabilities stored at T = tau come back as they are
+    same = kl.targets(_one_view(p[None, None]), "probs", 2.0, None, budget)[0, 0]
+    np.testing.assert_allclose(same.numpy(), p, rtol=1e-5)
+    # stored logits z: softmax(z / tau), whatever the file's temperature
+    z = np.array([2.0, 0.0, -2.0])
+    from_logits = kl.targets(_one_view(z[None, None]), "logits", 5.0, None, budget)[0, 0]
+    np.testing.assert_allclose(from_logits.numpy(), np.exp(z / 2) / np.exp(z / 2).sum(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("tau", [0.0, -1.0, float("nan")])
+def test_a_kl_temperature_must_be_positive(tau):
+    with pytest.raises(ConfigError, match="loss_temperature must be > 0"):
+        EvalBudget(loss="kl", loss_temperature=tau)
+
+
+def test_eval_with_the_kl_loss_trains_and_records_its_temperature(tmp_path):
+    path = tmp_path / "tiny.mdc"
+    formats.write_mdc(path, make_data(num_classes=3, ipc_max=2, image_shape=(1, 8, 8)))
+    out = tmp_path / "tiny.json"
+    evaluated = CliRunner().invoke(app, ["eval", str(path), "--sizes", "1-2", "--labels", "soft", "--profile", "smoke",
+                                         "--epochs", "1", "--seeds", "1", "--device", "cpu", "--no-control",
+                                         "--dataset", "synthetic:3:1x8x8:8", "--loss", "kl",
+                                         "--set", "quick.evaluate.loss_temperature=2", "--json", str(out)])
+    assert evaluated.exit_code == 0, evaluated.output
+    results = json.loads(out.read_text())
+    assert results["protocol"]["loss"] == "kl" and results["protocol"]["loss_temperature"] == 2.0
+    assert sorted(results["sizes"]) == ["1", "2"]
+    assert all(0.0 <= row["soft"]["mean"] <= 100.0 for row in results["sizes"].values())
 
 
 def test_tiny_imagenet_shaped_build_loads(tmp_path):

@@ -10,6 +10,7 @@ import torch
 
 import formats
 import runtime
+from condenser.config.tree import EvalBudget
 from condenser.evaluate.losses import PROB_FLOOR, STUDENT_LOSSES, teacher_logits, view_probabilities
 from formats.testing import make_data
 from runtime.dataset import decode_targets
@@ -35,7 +36,7 @@ def _views(path: Path) -> formats.Views:
 @pytest.mark.parametrize(("codec", "topk", "kind", "temperature"), CASES)
 def test_server_targets_are_the_device_batch_targets_bit_for_bit(tmp_path, codec, topk, kind, temperature):
     path = _file(tmp_path, codec, topk, kind, temperature)
-    server = STUDENT_LOSSES.get("soft_ce").targets(_views(path), kind, temperature, None)
+    server = STUDENT_LOSSES.get("soft_ce").targets(_views(path), kind, temperature, None, EvalBudget())
     ds = runtime.load(path)
     records = np.repeat(np.arange(len(ds)), V)
     views = np.tile(np.arange(V), len(ds))

@@ -34,12 +34,13 @@ from condenser.statmatch.settings import DecoupledSettings, preset
 LABEL_MODES = ("hard", "soft")
 
 
-def _at_least(section: object, minimum: int, *names: str) -> None:
-    """Range checks of integer settings (a None optional setting passes)."""
+def _at_least(section: object, minimum: float, *names: str, strict: bool = False) -> None:
+    """Range checks of numeric settings: >= minimum, or > minimum when `strict` (a temperature > 0); a None
+    optional setting passes."""
     for name in names:
         value = getattr(section, name)
-        if value is not None and value < minimum:
-            raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+        if value is not None and not (value > minimum if strict else value >= minimum):
+            raise ConfigError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -88,11 +89,14 @@ class EvalBudget:
     seeds: int = 3
     width: int = 128  # the ConvNet-D3 width, of server evaluation and of the embedded device trainer
     max_test: int | None = None  # a seeded stratified sample of the test split; None = the whole split
-    loss: str = "soft_ce"  # student loss on soft-label views: soft_ce | mse_gt (G-VBSM: logit MSE + gamma*CE)
+    # student loss on soft-label views: soft_ce | mse_gt (G-VBSM: logit MSE + gamma*CE) | kl (SRe2L: tau^2 * KL)
+    loss: str = "soft_ce"
     loss_gamma: float = 0.1  # gamma of mse_gt (G-VBSM: 0.1 ImageNet/Tiny, 0.15 CIFAR)
+    loss_temperature: float = 4.0  # tau of kl, the student's and the re-tempered teacher's (SRe2L: 20 best)
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "epochs", "batch_size", "seeds", "width", "max_test")
+        _at_least(self, 0, "loss_temperature", strict=True)
 
 
 @dataclass(frozen=True)

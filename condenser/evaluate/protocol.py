@@ -246,12 +246,13 @@ def evaluate_views(
 ) -> EvalResult:
     """Soft-label evaluation: train on replayed views against the stored teacher outputs.
 
-    The student loss is `budget.loss` (condenser.evaluate.losses); `mse_gt` needs the records' `labels`.
+    The student loss is `budget.loss` (condenser.evaluate.losses), with its settings from `budget`; `mse_gt`
+    needs the records' `labels`.
     """
     loss = STUDENT_LOSSES.get(budget.loss)
-    targets = loss.targets(views, label_kind, temperature, labels)
+    targets = loss.targets(views, label_kind, temperature, labels, budget)
     return evaluate_source(
         lambda: ViewSource(images, views, targets),
         test_set, budget, "soft", int(images.shape[0]), seeds, arch, device,
-        loss_fn=None if budget.loss == "soft_ce" else lambda z, y: loss.fn(z, y, budget.loss_gamma),
+        loss_fn=None if budget.loss == "soft_ce" else lambda z, y: loss.fn(z, y, budget),
     )
