@@ -157,6 +157,7 @@ def test_teacher_points_to_a_models_command_that_exists():
     (["--labels", "soft,both"], ["use hard, soft or hard,soft"]),
     (["--seeds", "0"], ["--seeds"]),
     (["--loss", "mse"], ["unknown student loss 'mse' (quick.evaluate.loss)", "soft_ce"]),
+    (["--loss", "kl", "--temperature", "0"], ["loss_temperature must be > 0, got 0"]),
     (["--protocol", "pinned", "--set", "evaluate.loss=mse"], ["unknown student loss 'mse' (evaluate.loss)"]),
     (["--set", "quick.sizes=[0]"], ["quick (--set): sizes must be a non-empty list of sizes >= 1"]),
     (["--profile", "smok"], ["unknown profile 'smok'"]),

@@ -278,7 +278,7 @@ def test_eval_with_the_kl_loss_trains_and_records_its_temperature(tmp_path):
     evaluated = CliRunner().invoke(app, ["eval", str(path), "--sizes", "1-2", "--labels", "soft", "--profile", "smoke",
                                          "--epochs", "1", "--seeds", "1", "--device", "cpu", "--no-control",
                                          "--dataset", "synthetic:3:1x8x8:8", "--loss", "kl",
-                                         "--set", "quick.evaluate.loss_temperature=2", "--json", str(out)])
+                                         "--temperature", "2", "--json", str(out)])
     assert evaluated.exit_code == 0, evaluated.output
     results = json.loads(out.read_text())
     assert results["protocol"]["loss"] == "kl" and results["protocol"]["loss_temperature"] == 2.0

@@ -117,7 +117,8 @@ def _protocol(name: str) -> str:
 
 
 EVAL_FLAGS = {"seeds": ("--seeds", "seeds"), "epochs": ("--epochs", "epochs"), "max_test": ("--max-test", "max_test"),
-              "loss": ("--loss", "loss"), "gamma": ("--gamma", "loss_gamma")}
+              "loss": ("--loss", "loss"), "gamma": ("--gamma", "loss_gamma"),
+              "temperature": ("--temperature", "loss_temperature")}
 
 
 def eval_aliases(protocol: str, **values: object) -> dict[str, tuple[str, object]]:
@@ -275,10 +276,13 @@ def eval_file(
                                                  "teacher).")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Training processes (default: one per core on a CPU, "
                                                 "at most 8, unless the work is too small; one on CUDA).")] = None,
-    loss: Annotated[str | None, typer.Option(help="Soft-label student loss: soft_ce (default) or mse_gt (G-VBSM: "
-                                             "logit MSE + gamma*CE; sets the protocol section's loss).")] = None,
+    loss: Annotated[str | None, typer.Option(help="Soft-label student loss: soft_ce (default), mse_gt (G-VBSM: "
+                                             "logit MSE + gamma*CE) or kl (SRe2L: tau^2 * KL at temperature tau); "
+                                             "sets the protocol section's loss).")] = None,
     gamma: Annotated[float | None, typer.Option(help="gamma of the mse_gt loss (default 0.1; sets the protocol "
                                                 "section's loss_gamma).")] = None,
+    temperature: Annotated[float | None, typer.Option(help="tau of the kl loss (default 4; sets the protocol "
+                                                      "section's loss_temperature).")] = None,
     write: Annotated[bool, typer.Option("--write/--no-write", help="Also store the table in the .mdc's header "
                                         "(rewrites FILE atomically; default: FILE is only read).")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="JSON path (default: FILE.eval.json).")] = None,
@@ -301,7 +305,8 @@ def eval_file(
     from condenser.data.trusted import header_dataset
     from condenser.evaluate.controls import ensure_controls
 
-    aliases = eval_aliases(protocol, seeds=seeds, epochs=epochs, max_test=max_test, loss=loss, gamma=gamma)
+    aliases = eval_aliases(protocol, seeds=seeds, epochs=epochs, max_test=max_test, loss=loss, gamma=gamma,
+                           temperature=temperature)
     prof = resolve_settings(profile, config, settings, aliases)
     budget = eval_budget(prof, protocol)
     with reading(file), formats.open_mdc(file) as reader:
