@@ -3,18 +3,23 @@
     python benchmarks/bench_runtime.py make-file --out /tmp/bench_rt      # bundle + IPC-10 FMNIST file (torch)
     python benchmarks/bench_runtime.py step --backend onnx --dir /tmp/bench_rt --threads 1
     python benchmarks/bench_runtime.py step --backend torch --dir /tmp/bench_rt --threads 1
+    python benchmarks/bench_runtime.py compare --bundles A.trainer B.trainer --samples 7 --steps 5
     python benchmarks/bench_runtime.py sizes
     python benchmarks/bench_runtime.py load --dir /tmp/bench_rt
     python benchmarks/bench_runtime.py all --out /tmp/bench_rt             # everything, one process per backend
 
 `step` runs in its own process and imports torch only for backend torch, so its peak RSS is what a
-device training process with that backend costs. Each prints one JSON line.
+device training process with that backend costs. `compare` measures onnx trainers of several bundles
+(an exporter before and after a change) next to the torch eager and torch.compile peers, samples
+interleaved in one single-threaded process (CPU time, so it reads right on a shared machine; no RSS).
+Each prints one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import resource
 import subprocess
@@ -39,22 +44,37 @@ def peak_rss_mb() -> float:
 # -------------------------------------------------------------------------------------- make-file
 
 
+MEAN, STD = (0.2860,), (0.3530,)
+
+
+def export_bundle():
+    """The benchmarked trainer bundle (ConvNet-D3 width 128, batch 64, default SGD), exported by this checkout."""
+    import torch
+
+    from condenser.export import ExportSettings, export_trainer
+
+    torch.set_num_threads(1)
+    return export_trainer(ExportSettings(arch="convnet", in_shape=SHAPE, num_classes=C, batch_size=BATCH, seed=0,
+                                         model_kwargs={"width": WIDTH}, dataset="fashion-mnist", mean=MEAN, std=STD))
+
+
+def fixed_batch() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, soft targets, weights) of the trainer-only step measurements."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((BATCH, *SHAPE)).astype(np.float32)
+    return x, rng.dirichlet(np.ones(C), BATCH).astype(np.float32), np.ones(BATCH, np.float32)
+
+
 def make_file(out: Path) -> dict:
     """Trainer bundle (convnet width 128, batch 64) and an IPC-10 file of real Fashion-MNIST images
     (the first 10 train images per class) with 10 random whole-pixel views each (topk-u8 labels)."""
-    import torch
-
     import formats
-    from condenser.export import ExportSettings, export_trainer
     from runtime.data import read_idx_dir
 
-    torch.set_num_threads(1)
     out.mkdir(parents=True, exist_ok=True)
-    mean, std = (0.2860,), (0.3530,)
+    mean, std = MEAN, STD
     t0 = time.perf_counter()
-    bundle = export_trainer(ExportSettings(arch="convnet", in_shape=SHAPE, num_classes=C, batch_size=BATCH,
-                                           seed=0, model_kwargs={"width": WIDTH}, dataset="fashion-mnist",
-                                           mean=mean, std=std))
+    bundle = export_bundle()
     export_s = time.perf_counter() - t0
     bundle.save(out / "convnet_w128_b64.trainer")
     x, y = read_idx_dir(FMNIST, "train")
@@ -91,10 +111,7 @@ def step(backend: str, d: Path, threads: int, steps: int, epochs: int) -> dict:
     rss0 = peak_rss_mb()
     bundle = runtime.TrainerBundle.load(d / "convnet_w128_b64.trainer")
     tr = make_trainer(backend, ModelSpec.from_bundle(bundle), bundle, bundle.initial_params(), threads=threads)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((BATCH, *SHAPE)).astype(np.float32)
-    t = rng.dirichlet(np.ones(C), BATCH).astype(np.float32)
-    w = np.ones(BATCH, np.float32)
+    x, t, w = fixed_batch()
     for _ in range(3):
         tr.step(0.01, x, t, w)
     times, cpu0 = [], time.process_time()
@@ -116,6 +133,59 @@ def step(backend: str, d: Path, threads: int, steps: int, epochs: int) -> dict:
             "train_wall_ms_per_step_with_views": round(1000 * model.seconds / model.steps, 1),
             "train_steps": model.steps, "peak_rss_mb": round(peak_rss_mb(), 1),
             "rss_after_python_start_mb": round(rss0, 1), "torch_imported": "torch" in sys.modules}
+
+
+# --------------------------------------------------------------------------------------- compare
+
+PEERS = ("eager", "compile")
+
+
+def _peer(name: str, bundle) -> object:
+    """The torch backend's trainer on the bundle's network and initial parameters, eager or with its network
+    through torch.compile (inductor, forward and backward; loss and SGD stay eager, as in bench_hotpaths)."""
+    import torch
+
+    from runtime.backends import ModelSpec, make_trainer
+
+    tr = make_trainer("torch", ModelSpec.from_bundle(bundle), bundle, bundle.initial_params(), threads=1)
+    if name == "compile":
+        tr.model = torch.compile(tr.model)
+    return tr
+
+
+def compare(bundles: list[Path], peers: list[str], samples: int, steps: int) -> dict:
+    """CPU time per step of onnx trainers on several bundles and of torch peers, in one single-threaded
+    process: every sample (`steps` steps) of each trainer in turn, round-robin, so the load of a shared
+    machine spreads over all of them alike; medians of the samples, and of each trainer's ratio to the first
+    trainer within a round."""
+    import runtime
+    from runtime.backends import ModelSpec, make_trainer
+
+    x, t, w = fixed_batch()
+    trainers: dict[str, object] = {}
+    for path in bundles:
+        bundle = runtime.TrainerBundle.load(path)
+        trainers[f"onnx {path}"] = make_trainer("onnx", ModelSpec.from_bundle(bundle), bundle,
+                                                 bundle.initial_params(), threads=1)
+    for name in peers:
+        trainers[f"torch {name}"] = _peer(name, runtime.TrainerBundle.load(bundles[0]))
+    for tr in trainers.values():
+        for _ in range(3):  # warm-up, and the compile
+            tr.step(0.01, x, t, w)
+    cpu: dict[str, list[float]] = {k: [] for k in trainers}
+    for _ in range(samples):
+        for k, tr in trainers.items():
+            c0 = time.process_time()
+            for _ in range(steps):
+                tr.step(0.01, x, t, w)
+            cpu[k].append(1000 * (time.process_time() - c0) / steps)
+    first = np.array(next(iter(cpu.values())))
+    return {"bench": "compare", "batch": BATCH, "width": WIDTH, "threads": 1, "steps_per_sample": steps,
+            "step_cpu_ms_median": {k: round(float(np.median(v)), 1) for k, v in cpu.items()},
+            # each sample over the first trainer's sample of the same round: the load of the moment cancels
+            "ratio_to_first_median": {k: round(float(np.median(np.array(v) / first)), 3) for k, v in cpu.items()},
+            "step_cpu_ms_samples": {k: [round(c, 1) for c in v] for k, v in cpu.items()},
+            "load_average_1min": round(os.getloadavg()[0], 1)}
 
 
 # ----------------------------------------------------------------------------------------- sizes
@@ -202,18 +272,27 @@ def load(d: Path, repeats: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["make-file", "step", "sizes", "load", "all"])
+    p.add_argument("what", choices=["make-file", "step", "compare", "sizes", "load", "all"])
     p.add_argument("--out", "--dir", dest="dir", type=Path, default=Path("/tmp/bench_rt"))
     p.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--bundles", type=Path, nargs="+", help="compare: trainer bundles (default: the one in --dir)")
+    p.add_argument("--peers", default=",".join(PEERS), help="compare: torch peers among eager,compile ('' none)")
+    p.add_argument("--samples", type=int, default=7, help="compare: samples per trainer")
     a = p.parse_args()
     if a.what == "make-file":
         print(json.dumps(make_file(a.dir)))
     elif a.what == "step":
         print(json.dumps(step(a.backend, a.dir, a.threads, a.steps, a.epochs)))
+    elif a.what == "compare":
+        peers = [n for n in a.peers.split(",") if n]
+        if set(peers) - set(PEERS):
+            p.error(f"--peers: choose among {', '.join(PEERS)}")
+        bundles = a.bundles or [a.dir / "convnet_w128_b64.trainer"]
+        print(json.dumps(compare(bundles, peers, a.samples, a.steps)))
     elif a.what == "sizes":
         print(json.dumps(sizes()))
     elif a.what == "load":

@@ -169,8 +169,9 @@ def test_bundle_errors(exported):
 @pytest.mark.parametrize("narrow,groups", [(True, 1), (False, 1), (False, 2), (False, 4)],
                          ids=["im2col", "per-offset", "grouped", "depthwise"])
 @pytest.mark.parametrize("cfg", [dict(h=9, w=7, k=3, s=1, p=1, d=1), dict(h=8, w=8, k=1, s=2, p=0, d=1),
-                                 dict(h=7, w=9, k=3, s=2, p=1, d=1), dict(h=10, w=10, k=3, s=1, p=2, d=2)],
-                         ids=["3x3", "1x1s2", "3x3s2-odd", "dilated"])
+                                 dict(h=7, w=9, k=3, s=2, p=1, d=1), dict(h=10, w=10, k=3, s=1, p=2, d=2),
+                                 dict(h=6, w=5, k=1, s=1, p=1, d=1)],
+                         ids=["3x3", "1x1s2", "3x3s2-odd", "dilated", "1x1-padded"])
 def test_convolution_backward_decomposition(cfg, narrow, groups, monkeypatch):
     monkeypatch.setattr(decompositions, "NARROW_COLUMNS", 64 if narrow else 0)
     g = torch.Generator().manual_seed(0)

@@ -54,6 +54,8 @@ VARIANTS = {  # together they emit every op of onnx_check.ALLOWED_OPS (and every
     "group-instance-norm-pools-nesterov-hard": (USER + "group_norm_cnn", {"width": 4}, {
         "optimizer": SGDConfig(nesterov=True), "loss": LossConfig("hard_cross_entropy")}),
     "batchnorm": (USER + "bn_mlp", {"width": 8}, {}),
+    # depthwise and strided convolutions: their input gradients stay ConvTranspose (stride-1 ones are Conv)
+    "mobilenet-depthwise-strided": (USER + "mobilenet_like", {"width": 4}, {}),
 }
 
 

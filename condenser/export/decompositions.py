@@ -2,7 +2,8 @@
 
 Core ATen decompositions cover almost every backward op; `convolution_backward` and
 `avg_pool2d_backward` have none and no ONNX translation either, so they are rewritten here as
-transposed convolutions and matrix products, which ONNX has. A few ops are left in the graph instead
+convolutions (with the flipped kernel for stride 1, transposed otherwise) and matrix products, which
+ONNX has. A few ops are left in the graph instead
 (native_group_norm_backward, threshold_backward, non-overlapping avg_pool2d_backward): translations.py
 translates them into fewer onnxruntime passes than their decompositions would take.
 """
@@ -27,16 +28,23 @@ def _output_padding(in_size: Sequence[int], out_size: Sequence[int], kernel: Seq
                                + dilation[d] * (kernel[d] - 1) + 1) for d in range(2)]
 
 
+def _pad_hw_last(x: torch.Tensor, padding) -> torch.Tensor:
+    """Zero-pad the two spatial axes of [..., H, W, C] (channels last) by `padding` (ph, pw)."""
+    return aten.constant_pad_nd(x, [0, 0, padding[1], padding[1], padding[0], padding[0]], 0.0)
+
+
 def _weight_grad_matmul(grad_out, inp, kernel, stride, padding, dilation):
     """dW[:, :, i, j] = grad_out [O, B*h*w] @ shifted input [B*h*w, C], one product per kernel offset.
 
     Well-shaped products on strided slices of the padded NHWC input, with no im2col matrix in
     memory; onnxruntime runs this markedly faster than the equivalent convolution (batch as
-    channels, output 3x3), whose matrix product is only 9 columns wide.
+    channels, output 3x3), whose matrix product is only 9 columns wide. The input is transposed
+    before it is padded: onnxruntime's Pad copies whole channel rows in NHWC but single image rows
+    in NCHW (14x14 x 128 channels, batch 64: 1.2 + 1.0 ms -> about 0.7 ms for both).
     """
     b, c = inp.shape[:2]
     o, ho, wo = grad_out.shape[1:]
-    x = aten.constant_pad_nd(inp, [padding[1], padding[1], padding[0], padding[0]], 0.0).permute(0, 2, 3, 1)
+    x = _pad_hw_last(inp.permute(0, 2, 3, 1), padding)
     go = grad_out.permute(1, 0, 2, 3).reshape(o, b * ho * wo)
     cols = []
     for i in range(kernel[0]):
@@ -90,8 +98,7 @@ def _weight_grad_grouped(grad_out, inp, kernel, stride, padding, dilation, group
     b, c = inp.shape[:2]
     o, ho, wo = grad_out.shape[1:]
     cg, og = c // groups, o // groups
-    xp = aten.constant_pad_nd(inp, [padding[1], padding[1], padding[0], padding[0]], 0.0)
-    x = xp.reshape(b, groups, cg, xp.shape[2], xp.shape[3]).permute(1, 0, 3, 4, 2)
+    x = _pad_hw_last(inp.reshape(b, groups, cg, inp.shape[2], inp.shape[3]).permute(1, 0, 3, 4, 2), padding)
     go = grad_out.reshape(b, groups, og, ho * wo).permute(1, 2, 0, 3).reshape(groups, og, b * ho * wo)
     cols = []
     for i in range(kernel[0]):
@@ -102,17 +109,30 @@ def _weight_grad_grouped(grad_out, inp, kernel, stride, padding, dilation, group
     return torch.stack(cols, dim=-1).reshape(o, cg, kernel[0], kernel[1])
 
 
+def _input_grad(grad_out, inp, weight, stride, padding, dilation, groups: int):
+    """dx of a convolution: for stride 1 (one group), the convolution of grad_out with the kernel flipped
+    and transposed to [C_in, C_out, kh, kw], padded by dilation * (k - 1) - padding, which onnxruntime
+    runs faster than the transposed convolution (14x14 and 7x7 x 128 channels, batch 64: about 5 %
+    less); else the transposed convolution itself."""
+    kernel = weight.shape[2:]
+    flipped_pad = [dilation[d] * (kernel[d] - 1) - padding[d] for d in range(2)]
+    if groups == 1 and all(s == 1 for s in stride) and min(flipped_pad) >= 0:
+        flipped = weight.flip([2, 3]).transpose(0, 1)
+        return aten.convolution(grad_out, flipped, None, [1, 1], flipped_pad, dilation, False, [0, 0], 1)
+    pad = _output_padding(inp.shape[2:], grad_out.shape[2:], kernel, stride, padding, dilation)
+    return aten.convolution(grad_out, weight, None, stride, padding, dilation, True, pad, groups)
+
+
 def convolution_backward(grad_out, inp, weight, bias_sizes, stride, padding, dilation, transposed,
                          output_padding, groups, output_mask):
-    """Input grad = transposed conv of grad_out; weight grad = per-offset matrix products (or one batched
+    """Input grad = `_input_grad` of grad_out; weight grad = per-offset matrix products (or one batched
     im2col product for narrow inputs; per group for grouped convs); bias grad = sum."""
     if transposed or inp.dim() != 4:
         raise UnsupportedOpError("train-step export supports only 2-d, non-transposed convolutions")
     kernel = weight.shape[2:]
     grad_in = grad_w = grad_b = None
     if output_mask[0]:
-        pad = _output_padding(inp.shape[2:], grad_out.shape[2:], kernel, stride, padding, dilation)
-        grad_in = aten.convolution(grad_out, weight, None, stride, padding, dilation, True, pad, groups)
+        grad_in = _input_grad(grad_out, inp, weight, stride, padding, dilation, groups)
     if output_mask[1] and groups != 1:
         grad_w = _weight_grad_grouped(grad_out, inp, kernel, stride, padding, dilation, groups)
     elif output_mask[1] and inp.shape[1] * kernel[0] * kernel[1] <= NARROW_COLUMNS:

@@ -10,7 +10,7 @@ SUPPORTED_ATEN_OPS: frozenset[str] = frozenset(f"aten.{op}" for op in (
     "avg_pool2d.default", "avg_pool2d_backward.default", "bmm.default", "cat.default", "clamp.default",
     "clone.default", "constant_pad_nd.default", "convolution.default", "copy_.default", "div.Scalar",
     "div.Tensor", "empty.memory_format", "eq.Scalar", "erf.default", "exp.default", "expand.default",
-    "full.default", "full_like.default", "gather.default", "ge.Scalar", "gelu.default", "gt.Scalar",
+    "flip.default", "full.default", "full_like.default", "gather.default", "ge.Scalar", "gelu.default", "gt.Scalar",
     "isnan.default", "leaky_relu.default", "log.default", "max_pool2d_with_indices.default",
     "max_pool2d_with_indices_backward.default", "mean.dim", "mm.default", "mul.Tensor",
     "native_batch_norm.default", "native_group_norm.default", "native_group_norm_backward.default",
