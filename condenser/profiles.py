@@ -55,8 +55,9 @@ profile("cpu", {
     # set, + 12 scorings of 2,000 test images x ~5 s; the file and its random-real control = ~520 CPU-s, ~4.5 min in
     # 2 single-threaded processes on 2 idle cores. The bench's evaluation budget, so the numbers compare.
     "quick": {"evaluate": {"epochs": 100, "max_test": 2000}},
-    # The Fashion-MNIST IPC-10 bench in ~95 min on 2 idle cores: 20 DM runs x 150 steps (~3600 CPU-s) + 300
-    # trainings (~6900 CPU-s, 2 processes); the arithmetic is in condenser/bench/__init__.py.
+    # The Fashion-MNIST IPC-10 bench at factor 1 in ~95 min on 2 idle cores: 20 DM runs x 150 steps (~3600 CPU-s) +
+    # 300 trainings (~6900 CPU-s, 2 processes); the arithmetic is in condenser/bench/__init__.py. At the profile's
+    # factor 2 every condensed set's cells train on 4x the images: ~3 h (docs/RESULTS.md "Multi-formation").
     "bench": {"condense": {"outer_loops": 15, "inner_loops": 10, "multisize": {"period": 3}},
               "evaluate": {"epochs": 100, "max_test": 2000}},
 })
