@@ -121,6 +121,16 @@ EVAL_FLAGS = {"seeds": ("--seeds", "seeds"), "epochs": ("--epochs", "epochs"), "
               "temperature": ("--temperature", "loss_temperature")}
 
 
+# The student-loss options of `eval` (module level, so the command's signature stays readable).
+Loss = Annotated[str | None, typer.Option(help="Soft-label student loss: soft_ce (default), mse_gt (G-VBSM: logit MSE "
+                                          "+ gamma*CE) or kl (SRe2L: tau^2 * KL at temperature tau); sets the "
+                                          "protocol section's loss).")]
+Gamma = Annotated[float | None, typer.Option(help="gamma of the mse_gt loss (default 0.1; sets the protocol section's "
+                                             "loss_gamma).")]
+Temperature = Annotated[float | None, typer.Option(help="tau of the kl loss (default 4; sets the protocol section's "
+                                                   "loss_temperature).")]
+
+
 def eval_aliases(protocol: str, **values: object) -> dict[str, tuple[str, object]]:
     """The flags of `eval` as keys of the section the protocol trains with: quick.evaluate or evaluate."""
     section = "quick.evaluate" if protocol == "quick" else "evaluate"
@@ -276,13 +286,9 @@ def eval_file(
                                                  "teacher).")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Training processes (default: one per core on a CPU, "
                                                 "at most 8, unless the work is too small; one on CUDA).")] = None,
-    loss: Annotated[str | None, typer.Option(help="Soft-label student loss: soft_ce (default), mse_gt (G-VBSM: "
-                                             "logit MSE + gamma*CE) or kl (SRe2L: tau^2 * KL at temperature tau); "
-                                             "sets the protocol section's loss).")] = None,
-    gamma: Annotated[float | None, typer.Option(help="gamma of the mse_gt loss (default 0.1; sets the protocol "
-                                                "section's loss_gamma).")] = None,
-    temperature: Annotated[float | None, typer.Option(help="tau of the kl loss (default 4; sets the protocol "
-                                                      "section's loss_temperature).")] = None,
+    loss: Loss = None,
+    gamma: Gamma = None,
+    temperature: Temperature = None,
     write: Annotated[bool, typer.Option("--write/--no-write", help="Also store the table in the .mdc's header "
                                         "(rewrites FILE atomically; default: FILE is only read).")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="JSON path (default: FILE.eval.json).")] = None,
