@@ -47,13 +47,14 @@ profile("cpu", {
     # Multi-formation (IDC's factor 2, the official MDC command's): each stored image holds 2x2 patches that decode
     # to 4 training images. In the Fashion-MNIST IPC-10 bench (docs/RESULTS.md "Multi-formation") it lifts MDC's
     # soft-label average over sizes 1-10 from 75.0 to 78.7 % and beats the random-real control at every size
-    # (factor 1 lost at 5 of 10), for 1.6x the bytes (4x the label views).
+    # (factor 1 lost at 5 of 10), for 1.65x the bytes per prefix (4x the label views).
     "condense": {"outer_loops": 20, "inner_loops": 10, "init": "herding", "factor": 2, "multisize": {"period": 4}},
     "method": {"name": "dm", "dm": {"lr": 0.1}, "gm": {"n_data": 256}, **_decoupled(500)},
     "evaluate": {"epochs": 300},
     # `condenser eval`'s default: sizes 1, 2, 5, 10 (180 images) x 100 epochs x 3 seeds x ~3.75 ms = ~200 CPU-s per
     # set, + 12 scorings of 2,000 test images x ~5 s; the file and its random-real control = ~520 CPU-s, ~4.5 min in
-    # 2 single-threaded processes on 2 idle cores. The bench's evaluation budget, so the numbers compare.
+    # 2 single-threaded processes on 2 idle cores (at factor 1; the factor-2 file trains on 4x the images: 8 min 50 s
+    # wall measured, README). The bench's evaluation budget, so the numbers compare.
     "quick": {"evaluate": {"epochs": 100, "max_test": 2000}},
     # The Fashion-MNIST IPC-10 bench at factor 1 in ~95 min on 2 idle cores: 20 DM runs x 150 steps (~3600 CPU-s) +
     # 300 trainings (~6900 CPU-s, 2 processes); the arithmetic is in condenser/bench/__init__.py. At the profile's

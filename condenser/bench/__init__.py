@@ -18,8 +18,8 @@ seconds measured on the 2-core dev machine (ConvNet-D3 width 128, 28x28):
   2-thread process. Knobs: +10 outer loops = +1900 CPU-s (~+19 min); +10 eval epochs = +545 CPU-s (~+5 min).
   The protocol's E = 300 on the full test split would need ~22000 CPU-s for the evaluation alone.
 - multi-formation (condense.factor 2, the cpu profile's default since 2026-12-02): a condensed set's cells train
-  on k*4 images per class, ~4x the series cost above (measured: 50 CPU-min for MDC's 60 cells, 63 for
-  random-formed's, 16 for random's), so the full bench is ~3 h on 2 cores; docs/RESULTS.md "Multi-formation".
+  on k*4 images per class, ~4x the series cost above (measured, summed wall time of single-threaded cells at load 3: 50 min
+  for MDC's 60 cells, 63 for random-formed's, 16 for random's), so the full bench is ~3 h on 2 cores; docs/RESULTS.md "Multi-formation".
 """
 
 from condenser.bench.cells import Cell, CellCache
