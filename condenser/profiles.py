@@ -23,9 +23,19 @@ Profile = Config  # a profile is a tree; the name is kept for the many signature
 PROFILES: Registry[Config] = Registry("profile")
 
 
-def _decoupled(iterations: int) -> dict[str, Any]:
-    """Recover iterations per IPC index of every decoupled method (SRe2L Tiny: 1000; cpu/smoke: budgets)."""
-    return {name: {"recover": {"iterations": iterations}} for name in ("sre2l", "gvbsm", "teddy")}
+def _decoupled(iterations: int, bn_teacher: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Recover iterations per IPC index of every decoupled method (SRe2L Tiny: 1000; cpu/smoke: budgets), and the
+    BN teacher of sre2l and teddy (gvbsm's backbones keep their own small-scale preset)."""
+    out: dict[str, Any] = {name: {"recover": {"iterations": iterations}} for name in ("sre2l", "gvbsm", "teddy")}
+    for name in ("sre2l", "teddy") if bn_teacher else ():
+        out[name].update(bn_teacher)
+    return out
+
+
+# sre2l's and teddy's BN teacher on CPU: width 64 (as the cpu teacher, a quarter of the FLOPs) on a class-balanced
+# 10,000-image cap. The presets' width-128 teacher on all 60,000 images took 17 min per epoch on the shared 2-core
+# box (2026-12-02), so teddy's 15-epoch prior run alone would have needed over 4 hours.
+_CPU_BN_TEACHER = {"teacher_kwargs": {"norm": "batch", "width": 64}, "teacher_max_train": 10000}
 
 
 def profile(name: str, changes: dict[str, Any]) -> Config:
@@ -49,7 +59,7 @@ profile("cpu", {
     # soft-label average over sizes 1-10 from 75.0 to 78.7 % and beats the random-real control at every size
     # (factor 1 lost at 5 of 10), for 1.65x the bytes per prefix (4x the label views).
     "condense": {"outer_loops": 20, "inner_loops": 10, "init": "herding", "factor": 2, "multisize": {"period": 4}},
-    "method": {"name": "dm", "dm": {"lr": 0.1}, "gm": {"n_data": 256}, **_decoupled(500)},
+    "method": {"name": "dm", "dm": {"lr": 0.1}, "gm": {"n_data": 256}, **_decoupled(500, _CPU_BN_TEACHER)},
     "evaluate": {"epochs": 300},
     # `condenser eval`'s default: sizes 1, 2, 5, 10 (180 images) x 100 epochs x 3 seeds x ~3.75 ms = ~200 CPU-s per
     # set, + 12 scorings of 2,000 test images x ~5 s; the file and its random-real control = ~520 CPU-s, ~4.5 min in
