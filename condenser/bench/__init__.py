@@ -18,8 +18,9 @@ seconds measured on the 2-core dev machine (ConvNet-D3 width 128, 28x28):
   2-thread process. Knobs: +10 outer loops = +1900 CPU-s (~+19 min); +10 eval epochs = +545 CPU-s (~+5 min).
   The protocol's E = 300 on the full test split would need ~22000 CPU-s for the evaluation alone.
 - multi-formation (condense.factor 2, the cpu profile's default since 2026-12-02): a condensed set's cells train
-  on k*4 images per class, ~4x the series cost above (measured, summed wall time of single-threaded cells at load 3: 50 min
-  for MDC's 60 cells, 63 for random-formed's, 16 for random's), so the full bench is ~3 h on 2 cores; docs/RESULTS.md "Multi-formation".
+  on k*4 images per class, ~4x the series cost above (measured, summed wall time of single-threaded cells at
+  load 3: 50 min for MDC's 60 cells, 63 for random-formed's, 16 for random's), so the full bench is ~3 h on 2
+  cores; docs/RESULTS.md "Multi-formation".
   Baseline A at factor 2 (2026-12-02, a box with 25 % steal time, 2 single-threaded workers plus one other job): its
   10 runs condensed in 51 min wall, and an IPC-10 cell took 368-374 s wall (400 decoded images), so A's 60 cells alone
   need ~1.5 h of wall time there. No full factor-2 bench has run yet; the ~3 h above is an estimate.
