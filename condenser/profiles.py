@@ -26,10 +26,9 @@ PROFILES: Registry[Config] = Registry("profile")
 def _decoupled(iterations: int, bn_teacher: dict[str, Any] | None = None) -> dict[str, Any]:
     """Recover iterations per IPC index of every decoupled method (SRe2L Tiny: 1000; cpu/smoke: budgets), and the
     BN teacher of sre2l and teddy (gvbsm's backbones keep their own small-scale preset)."""
-    out: dict[str, Any] = {name: {"recover": {"iterations": iterations}} for name in ("sre2l", "gvbsm", "teddy")}
-    for name in ("sre2l", "teddy") if bn_teacher else ():
-        out[name].update(bn_teacher)
-    return out
+    teacher = bn_teacher or {}
+    return {name: {"recover": {"iterations": iterations}, **(teacher if name != "gvbsm" else {})}
+            for name in ("sre2l", "gvbsm", "teddy")}
 
 
 # sre2l's and teddy's BN teacher on CPU: width 64 (as the cpu teacher, a quarter of the FLOPs) on a class-balanced

@@ -22,7 +22,7 @@ seconds measured on the 2-core dev machine (ConvNet-D3 width 128, 28x28):
   load 3: 50 min for MDC's 60 cells, 63 for random-formed's, 16 for random's), so the full bench is ~3 h on 2
   cores; docs/RESULTS.md "Multi-formation".
   Baseline A at factor 2 (2026-12-02, a box with 25 % steal time, 2 single-threaded workers plus one other job): its
-  10 runs condensed in 51 min wall, and an IPC-10 cell took 368-374 s wall (400 decoded images), so A's 60 cells alone
+  10 runs condensed in 51 min wall, and an IPC-10 cell took 368-487 s wall (400 decoded images), so A's 60 cells alone
   need ~1.5 h of wall time there. No full factor-2 bench has run yet; the ~3 h above is an estimate.
 """
 
