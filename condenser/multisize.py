@@ -19,6 +19,10 @@ Freezing keeps earlier MLS images from being damaged by larger subsets (MDC pape
 - `none`.
 Frozen images still feed every forward pass; only their update is masked (MaskedSGD), so they
 are bit-identical across steps and momentum cannot leak into them.
+
+`subsets = "all"` (ours, not the paper's) replaces the MLS term by the mean base loss over every prefix
+1..N-1: each size a device may load gets a term of its own, as in Baseline A's separate runs, and nothing
+is measured, selected or frozen. With dm all prefixes come from the one forward of the synthetic batch.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from condenser.errors import CondenserError
 from condenser.methods.base import BaseMethod
 
 FREEZE_RULES = ("paper", "code", "none")
+SUBSET_RULES = ("mls", "all")
 
 
 class MultisizeConfigError(CondenserError, ValueError):
@@ -49,8 +54,12 @@ class MultisizeConfig:
     period: int = 100  # Δt, in outer loops
     freeze: str = "paper"  # paper | code | none
     class_wise: bool = False  # one MLS per class instead of one shared
+    subsets: str = "mls"  # mls: the paper's one selected prefix; all: the mean over every prefix 1..N-1
 
     def __post_init__(self) -> None:
+        if self.subsets not in SUBSET_RULES:
+            raise MultisizeConfigError(
+                f"unknown subset rule {self.subsets!r}; known: {', '.join(SUBSET_RULES)}")
         if self.freeze not in FREEZE_RULES:
             raise MultisizeConfigError(
                 f"unknown freeze rule {self.freeze!r}; known: {', '.join(FREEZE_RULES)}")
@@ -170,8 +179,9 @@ class MLSSelector:
         return self.current is not None and self.ipc > 1
 
     def measuring(self, outer_loop: int) -> bool:
-        """Distances are measured in loop 1 and every loop t with t % period == 0 (1-based t)."""
-        return self.ipc > 1 and (outer_loop == 1 or outer_loop % self.config.period == 0)
+        """Distances are measured in loop 1 and every loop t with t % period == 0 (1-based t); never for `all`."""
+        periodic = outer_loop == 1 or outer_loop % self.config.period == 0
+        return self.ipc > 1 and self.config.subsets == "mls" and periodic
 
     def _per_class(self, values: list[int]) -> list[int]:
         return values * self.num_classes if len(values) == 1 else list(values)
@@ -270,9 +280,12 @@ class Multisize:
             hook = getattr(self.base, "real_feature_mean", None)
             real_mean = hook(model, target) if hook is not None else None
             self.observe(model, syn, real, labels, real_mean)
-        if not self.selector.active or self.config.weight == 0:
+        if self.config.subsets == "all" and self.ipc > 1 and self.config.weight > 0:
+            full, subset = self._all_prefix_terms(model, syn, target, labels)
+        elif not self.selector.active or self.config.weight == 0:
             return self.base.match(model, syn, target, labels)
-        full, subset = self._terms(model, syn, target, labels)
+        else:
+            full, subset = self._terms(model, syn, target, labels)
         return full + self.config.weight * subset
 
     def _terms(self, model: nn.Module, syn: torch.Tensor, target: Any, labels: torch.Tensor
@@ -293,6 +306,27 @@ class Multisize:
         if sizes is not None:
             return full, prefix(model, syn, target, labels, sizes)
         return full, self.base.match(model, syn, target, labels, self.subset_weights(labels, syn.shape[1]))
+
+    def _all_prefix_terms(self, model: nn.Module, syn: torch.Tensor, target: Any, labels: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The base term and the mean of the base loss over every prefix 1..N-1 (`subsets = "all"`).
+
+        Every size a device may load gets its own term, as Baseline A's separate runs do, but on shared images.
+        With `match_terms` (dm) all prefixes come from one forward of the synthetic batch.
+        """
+        masks = self._prefix_masks(syn.shape[1], labels.device).unsqueeze(1).expand(-1, labels.shape[0], -1)
+        terms = getattr(self.base, "match_terms", None)
+        if terms is not None:
+            full, *prefixes = terms(model, syn, target, labels, [None, *masks])
+        else:
+            full = self.base.match(model, syn, target, labels)
+            prefixes = [self.base.match(model, syn, target, labels, m) for m in masks]
+        return full, torch.stack(prefixes).mean()
+
+    def _prefix_masks(self, samples: int, device: torch.device) -> torch.Tensor:
+        """[N-1, M] 0/1 masks of the prefixes 1..N-1 in decoded samples."""
+        sizes = torch.arange(1, self.ipc, device=device) * self.per_image
+        return (torch.arange(samples, device=device).unsqueeze(0) < sizes.unsqueeze(1)).float()
 
     @torch.no_grad()
     def observe(self, model: nn.Module, syn: torch.Tensor, real: torch.Tensor, labels: torch.Tensor,

@@ -97,6 +97,8 @@ def test_config_errors_are_typed():
         MultisizeConfig(freeze="sometimes")
     with pytest.raises(MultisizeConfigError):
         MultisizeConfig(period=0)
+    with pytest.raises(MultisizeConfigError, match="subset rule"):
+        MultisizeConfig(subsets="some")
 
 
 # --- freeze rules (MDC paper §3.3.2, Eq. 10) --------------------------------------------------------
@@ -258,6 +260,26 @@ def test_subset_loss_is_base_loss_on_the_mls_prefix(method, factor):
 
     (g_sub,) = torch.autograd.grad(wrapper.loss(model, syn, real, labels) - full, stored, retain_graph=True)
     assert g_sub[:2].abs().sum() > 0 and torch.equal(g_sub[2:], torch.zeros_like(g_sub[2:]))
+
+
+@pytest.mark.parametrize("method", ["dm", "gm"])
+@pytest.mark.parametrize("factor", [1, 2])
+def test_all_prefix_loss_is_the_mean_of_every_prefix_loss(method, factor):
+    """subsets = all: base(S) + w * mean_n base(S_[n]), n = 1..N-1, from the first loop on and with no measuring."""
+    torch.manual_seed(0)
+    model = build_model("convnet", (1, 8, 8), 2, width=8, depth=2)
+    base = build_method(method)
+    per = factor * factor
+    wrapper = Multisize(base, ipc=4, num_classes=2, per_image=per, config=MultisizeConfig(weight=0.7, subsets="all"))
+    g = torch.Generator().manual_seed(3)
+    syn = torch.randn(2, 4 * per, 1, 8, 8, generator=g)
+    real, labels = torch.randn(2, 6, 1, 8, 8, generator=g), torch.arange(2)
+    assert not wrapper.selector.measuring(1) and not wrapper.selector.measuring(100)
+
+    target = base.target(model, real, labels)
+    prefixes = [base.match(model, syn[:, : n * per], target, labels) for n in (1, 2, 3)]
+    expected = base.match(model, syn, target, labels) + 0.7 * torch.stack(prefixes).mean()
+    torch.testing.assert_close(wrapper.loss(model, syn, real, labels), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_no_subset_loss_before_first_selection():
