@@ -87,7 +87,7 @@ def test_yaml_and_toml_files_give_the_same_tree(tmp_path):
                               "checkpoint_every, depth, factor, init, inner_loops, lr_img, model, mom_img, multisize, "
                               "norm, outer_loops, width"),
     ("condense.multisize.perod=3", "unknown setting 'condense.multisize.perod' (--set); valid: class_wise, enabled, "
-                                   "freeze, period, weight"),
+                                   "freeze, period, subsets, weight"),
     ("bench.evaluate.epoch=3", "unknown setting 'bench.evaluate.epoch' (--set); valid: batch_size, "),
     ("condense.outer_loops=2.5", "condense.outer_loops = 2.5 (--set): expected int"),
     ("condense.outer_loops=true", "condense.outer_loops = True (--set): expected int"),
