@@ -118,5 +118,5 @@ def test_decode_weights_are_built_once_per_device_and_dtype():
 
     x = torch.zeros(2, 1, 28, 28)
     first, again = _weights(14, 28, x), _weights(14, 28, x)
-    assert all(a is b for a, b in zip(first, again))  # no new tensors (no host-to-device copy) per step
+    assert all(a is b for a, b in zip(first, again, strict=True))  # no new tensors (no host-to-device copy) per step
     assert _weights(14, 28, x.double())[2].dtype == torch.float64
