@@ -90,6 +90,11 @@ def prefix_feature_distances(feat_syn: torch.Tensor, feat_real: torch.Tensor, ip
     return ((means - real_mean.unsqueeze(1)) ** 2).sum(-1)
 
 
+def prefix_masks(sizes: torch.Tensor, samples: int) -> torch.Tensor:
+    """[S, M] 0/1 float masks: row i keeps the first sizes[i] of `samples` decoded samples."""
+    return (torch.arange(samples, device=sizes.device).unsqueeze(0) < sizes.unsqueeze(1)).float()
+
+
 class DistanceMeter:
     """Sums per-class prefix distances on the device (no host sync) over one measuring outer loop."""
 
@@ -251,8 +256,7 @@ class Multisize:
         key = (tuple(self.selector.subset_sizes()), samples, labels.device)
         if self._weights_cache is None or self._weights_cache[0] != key:
             sizes = torch.tensor(key[0], device=labels.device) * self.per_image  # [C]
-            mask = (torch.arange(samples, device=labels.device).unsqueeze(0) < sizes.unsqueeze(1)).float()
-            self._weights_cache = (key, mask)
+            self._weights_cache = (key, prefix_masks(sizes, samples))
         return self._weights_cache[1].index_select(0, labels)
 
     def batch_prefix_sizes(self, labels: torch.Tensor) -> list[int] | None:
@@ -314,7 +318,8 @@ class Multisize:
         Every size a device may load gets its own term, as Baseline A's separate runs do, but on shared images.
         With `match_terms` (dm) all prefixes come from one forward of the synthetic batch.
         """
-        masks = self._prefix_masks(syn.shape[1], labels.device).unsqueeze(1).expand(-1, labels.shape[0], -1)
+        sizes = torch.arange(1, self.ipc, device=labels.device) * self.per_image
+        masks = prefix_masks(sizes, syn.shape[1]).unsqueeze(1).expand(-1, labels.shape[0], -1)  # [N-1, K, M]
         terms = getattr(self.base, "match_terms", None)
         if terms is not None:
             full, *prefixes = terms(model, syn, target, labels, [None, *masks])
@@ -322,11 +327,6 @@ class Multisize:
             full = self.base.match(model, syn, target, labels)
             prefixes = [self.base.match(model, syn, target, labels, m) for m in masks]
         return full, torch.stack(prefixes).mean()
-
-    def _prefix_masks(self, samples: int, device: torch.device) -> torch.Tensor:
-        """[N-1, M] 0/1 masks of the prefixes 1..N-1 in decoded samples."""
-        sizes = torch.arange(1, self.ipc, device=device) * self.per_image
-        return (torch.arange(samples, device=device).unsqueeze(0) < sizes.unsqueeze(1)).float()
 
     @torch.no_grad()
     def observe(self, model: nn.Module, syn: torch.Tensor, real: torch.Tensor, labels: torch.Tensor,

@@ -233,17 +233,21 @@ def test_observe_averages_over_steps_and_classes():
 # --- the subset loss ---------------------------------------------------------------------------------
 
 
+def _wrapped(method: str, factor: int, config: MultisizeConfig):
+    """A small network, the base method, its IPC-4 two-class wrapper and a seeded generator for the batches."""
+    torch.manual_seed(0)
+    model = build_model("convnet", (1, 8, 8), 2, width=8, depth=2)
+    base = build_method(method)
+    wrapper = Multisize(base, ipc=4, num_classes=2, per_image=factor * factor, config=config)
+    return model, base, wrapper, torch.Generator().manual_seed(3)
+
+
 @pytest.mark.parametrize("method", ["dm", "gm"])
 @pytest.mark.parametrize("factor", [1, 2])
 def test_subset_loss_is_base_loss_on_the_mls_prefix(method, factor):
     """loss = base(S) + w * base(S_[n*]) with the same real batch; the subset term reaches only S_[n*]."""
-    torch.manual_seed(0)
-    model = build_model("convnet", (1, 8, 8), 2, width=8, depth=2)
-    base = build_method(method)
+    model, base, wrapper, g = _wrapped(method, factor, MultisizeConfig(weight=0.7, period=1, freeze="none"))
     per = factor * factor
-    wrapper = Multisize(base, ipc=4, num_classes=2, per_image=per,
-                        config=MultisizeConfig(weight=0.7, period=1, freeze="none"))
-    g = torch.Generator().manual_seed(3)
     stored = torch.randn(4, 2, 1, 8, 8, generator=g).requires_grad_(True)
     syn = decode(stored, factor).transpose(0, 1).reshape(2, 4 * per, 1, 8, 8)
     real = torch.randn(2, 6, 1, 8, 8, generator=g)
@@ -266,12 +270,8 @@ def test_subset_loss_is_base_loss_on_the_mls_prefix(method, factor):
 @pytest.mark.parametrize("factor", [1, 2])
 def test_all_prefix_loss_is_the_mean_of_every_prefix_loss(method, factor):
     """subsets = all: base(S) + w * mean_n base(S_[n]), n = 1..N-1, from the first loop on and with no measuring."""
-    torch.manual_seed(0)
-    model = build_model("convnet", (1, 8, 8), 2, width=8, depth=2)
-    base = build_method(method)
+    model, base, wrapper, g = _wrapped(method, factor, MultisizeConfig(weight=0.7, subsets="all"))
     per = factor * factor
-    wrapper = Multisize(base, ipc=4, num_classes=2, per_image=per, config=MultisizeConfig(weight=0.7, subsets="all"))
-    g = torch.Generator().manual_seed(3)
     syn = torch.randn(2, 4 * per, 1, 8, 8, generator=g)
     real, labels = torch.randn(2, 6, 1, 8, 8, generator=g), torch.arange(2)
     assert not wrapper.selector.measuring(1) and not wrapper.selector.measuring(100)
