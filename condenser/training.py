@@ -9,6 +9,7 @@ hard, mixed and soft labels one code path: soft cross-entropy.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,6 +56,15 @@ class TensorSource:
         return x, y
 
 
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """The forward pass's arithmetic: nothing for fp32; bf16 autocast keeps parameters and gradients in float32."""
+    if precision == "fp32":
+        return nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    raise ValueError(f"unknown precision {precision!r}; known: fp32, bf16")
+
+
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(labels.long(), num_classes).float()
 
@@ -69,11 +79,13 @@ def train_epoch(
     step_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     on_step: Callable[[], None] | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = soft_cross_entropy,
+    precision: str = "fp32",
 ) -> float:
     """One pass over `source` in a random order; returns the mean loss (one host sync per epoch).
 
     `step_scheduler` is stepped after every batch (one-cycle style); epoch schedulers are the caller's.
     `loss_fn(logits, targets)` defaults to soft cross-entropy (see condenser.evaluate.losses for others).
+    `precision` bf16 runs the forward under autocast; the loss is taken on float32 logits either way.
     """
     model.train()
     n = len(source)
@@ -83,7 +95,9 @@ def train_epoch(
     for start in range(0, n, batch_size):
         x, y = source.batch(order[start : start + batch_size], generator)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = loss_fn(model(x), y)
+        with autocast(device, precision):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

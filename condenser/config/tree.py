@@ -34,6 +34,9 @@ from condenser.statmatch.settings import DecoupledSettings, preset
 LABEL_MODES = ("hard", "soft")
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 def _at_least(section: object, minimum: float, *names: str, strict: bool = False) -> None:
     """Range checks of numeric settings: >= minimum, or > minimum when `strict` (a temperature > 0); a None
     optional setting passes."""
@@ -93,10 +96,16 @@ class EvalBudget:
     loss: str = "soft_ce"
     loss_gamma: float = 0.1  # gamma of mse_gt (G-VBSM: 0.1 ImageNet/Tiny, 0.15 CIFAR)
     loss_temperature: float = 4.0  # tau of kl, the student's and the re-tempered teacher's (SRe2L: 20 best)
+    # arithmetic of the student's training step (condenser/training.py): fp32, or bf16 autocast (convolutions and
+    # matmuls in bfloat16, parameters, optimizer and loss in float32; fast only where the CPU has AVX512-BF16/AMX)
+    precision: str = "fp32"
+    compile: bool = False  # torch.compile the student's step (condenser/compiled.py); not bit-identical to eager
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "epochs", "batch_size", "seeds", "width", "max_test")
         _at_least(self, 0, "loss_temperature", strict=True)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass(frozen=True)

@@ -108,21 +108,23 @@ def train_student(
 ) -> nn.Module:
     """Train a fresh `arch` on `source` with `budget` (seeded init, order and augmentation); return it.
 
-    `use_compile` (None: $MULTISIZE_COMPILE, off by default) trains through torch.compile (condenser/compiled.py):
-    less CPU per step, parameters equal to eager's within float tolerance rather than bit for bit.
+    `use_compile` (None: `budget.compile`, or $MULTISIZE_COMPILE when that is off) trains through torch.compile
+    (condenser/compiled.py): less CPU per step, parameters equal to eager's within float tolerance rather than bit
+    for bit. `budget.precision` bf16 trains under autocast (condenser/training.py).
     """
     dev = resolve_device(device)
     torch.manual_seed(seed)
     kwargs = {"width": budget.width} if arch == "convnet" else {}
     kwargs.update(model_kwargs or {})
     model = build_model(arch, spec.image_shape, spec.num_classes, **kwargs).to(dev)
-    step_model = compiled(model) if compile_requested(use_compile) else model  # shares model's parameters
+    wanted = use_compile if use_compile is not None else (budget.compile or None)
+    step_model = compiled(model) if compile_requested(wanted) else model  # shares model's parameters
     optimizer = sgd(model, budget.lr, budget.momentum, budget.weight_decay)
     scheduler = multistep_scheduler(optimizer, budget)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(budget.epochs):
         train_epoch(step_model, source, optimizer, budget.batch_size, generator, dev,
-                    loss_fn=loss_fn or soft_cross_entropy)
+                    loss_fn=loss_fn or soft_cross_entropy, precision=budget.precision)
         scheduler.step()
     return model
 
