@@ -47,7 +47,7 @@ import bench_format  # noqa: E402
 import bench_runtime  # noqa: E402
 
 HOT_PATHS = ("dm", "gm", "onnx_step", "torch_eager_step", "torch_compile_step", "eval", "eval_ipc1", "eval_compile",
-             "eval_compile_ipc1", "read", "read_1thread", "decode", "write")
+             "eval_compile_ipc1", "eval_bf16", "eval_bf16_ipc1", "read", "read_1thread", "decode", "write")
 MEASURING = ("dm_measuring", "gm_measuring")
 IPC, MLS, BATCH_REAL, GM_N_DATA = 10, 5, 64, 256  # the cpu profile's condensation (condenser/profiles.py)
 
@@ -129,12 +129,22 @@ def gemm_rates(n: int, calls: int, repeats: int) -> list[float]:
     return [2.0 * n**3 * calls / s for s in samples]
 
 
-def peak_row(n: int, rates: list[float]) -> Row:
-    """The GEMM peak: the best sample, taken before and after the hot paths (the cores are shared, and a
-    busy moment would otherwise inflate every share)."""
+def bf16_gemm_rates(n: int, calls: int, repeats: int) -> list[float]:
+    """FLOP/s of torch bfloat16 matmul, single thread: the peak of the bf16 rows (AMX/AVX512-BF16 where present)."""
+    import torch
+
+    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    a @ b
+    _, samples = median_seconds(lambda: [a @ b for _ in range(calls)], repeats)
+    return [2.0 * n**3 * calls / s for s in samples]
+
+
+def peak_row(n: int, rates: list[float], path: str, kind: str) -> Row:
+    """A GEMM peak: the best sample (the float32 one taken before and after the hot paths: the cores are shared,
+    and a busy moment would otherwise inflate every share)."""
     flops = 2.0 * n**3
     best = max(rates)
-    return Row("gemm_peak", f"{n}x{n} matmul", flops / best, [flops / r for r in rates], flops, 1.0, "itself",
+    return Row(path, f"{n}x{n} {kind} matmul", flops / best, [flops / r for r in rates], flops, 1.0, "itself",
                f"{best / 1e9:.1f} GFLOP/s (best of {len(rates)}; median {statistics.median(rates) / 1e9:.1f})")
 
 
@@ -211,7 +221,10 @@ def trainer_rows(names: list[str], bundle_dir: Path, steps: int, repeats: int, p
     return rows
 
 
-EVAL_ROWS = {"eval": (10, False), "eval_ipc1": (1, False), "eval_compile": (10, True), "eval_compile_ipc1": (1, True)}
+# name: (IPC, torch.compile, evaluate.precision); the bf16 rows are compiled too, the fastest setting on AMX
+EVAL_ROWS = {"eval": (10, False, "fp32"), "eval_ipc1": (1, False, "fp32"), "eval_compile": (10, True, "fp32"),
+             "eval_compile_ipc1": (1, True, "fp32"), "eval_bf16": (10, True, "bf16"),
+             "eval_bf16_ipc1": (1, True, "bf16")}
 
 
 @dataclass
@@ -238,7 +251,7 @@ def eval_run(name: str, image_epochs: int) -> EvalRun:
     from condenser.profiles import get_profile
     from condenser.training import sgd, train_epoch
 
-    ipc, use_compile = EVAL_ROWS[name]
+    ipc, use_compile, precision = EVAL_ROWS[name]
     train = load_dataset("fashion-mnist", "train")
     c = train.spec.num_classes
     idx = torch.cat([train.first_of_class(k, ipc) for k in range(c)])
@@ -251,7 +264,7 @@ def eval_run(name: str, image_epochs: int) -> EvalRun:
     cold = use_compile and not any(inductor_cache_dir().rglob("*.py"))
     step_model = compiled(model) if use_compile else model
     epoch = lambda m=step_model: train_epoch(m, source, optimizer, budget.batch_size, generator,  # noqa: E731
-                                             torch.device("cpu"))
+                                             torch.device("cpu"), precision=precision)
     t0, c0 = time.perf_counter(), cpu_seconds()
     epoch()
     first = ""
@@ -261,13 +274,14 @@ def eval_run(name: str, image_epochs: int) -> EvalRun:
     epochs = max(1, image_epochs // len(idx))
     flops = count_flops(lambda: epoch(model)) / len(idx)  # eager: a dispatch mode cannot see into inductor's kernels
     note = (f"IPC-{ipc}: {len(idx)} images, {epochs} epochs per sample, DSA + CutMix, batch "
-            f"{min(budget.batch_size, len(idx))}, {'compiled' if use_compile else 'eager'}{first}")
+            f"{min(budget.batch_size, len(idx))}, {'compiled' if use_compile else 'eager'}, {precision}{first}")
     return EvalRun(lambda: [epoch() for _ in range(epochs)], epochs * len(idx), flops, note)
 
 
-def eval_rows(names: list[str], image_epochs: int, repeats: int, peak: float) -> list[Row]:
+def eval_rows(names: list[str], image_epochs: int, repeats: int, peak: float, bf16_peak: float) -> list[Row]:
     """CPU-s per trained image-epoch of each eval variant, their samples interleaved (round-robin), so that a busy
-    moment of the shared cores does not favour one variant."""
+    moment of the shared cores does not favour one variant. A bf16 row's share is of the bf16 GEMM peak; its note
+    gives the share of the float32 peak too."""
     runs = {name: eval_run(name, image_epochs) for name in names}
     samples: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(repeats):
@@ -278,8 +292,13 @@ def eval_rows(names: list[str], image_epochs: int, repeats: int, peak: float) ->
     rows = []
     for name, run in runs.items():
         seconds = statistics.median(samples[name])
-        rows.append(Row(name, "image-epoch", seconds, samples[name], run.flops, run.flops / seconds / peak,
-                        "GEMM peak", run.note))
+        rate = run.flops / seconds
+        if EVAL_ROWS[name][2] == "bf16":
+            rows.append(Row(name, "image-epoch", seconds, samples[name], run.flops, rate / bf16_peak,
+                            "bf16 GEMM peak", f"{run.note}; {100 * rate / peak:.0f} % of the float32 peak"))
+        else:
+            rows.append(Row(name, "image-epoch", seconds, samples[name], run.flops, rate / peak, "GEMM peak",
+                            run.note))
     return rows
 
 
@@ -372,12 +391,16 @@ def run(args: argparse.Namespace) -> list[Row]:
         rows += trainer_rows(trainers, args.dir, 3 if args.quick else 10, args.repeats, peak)
     evals = [p for p in EVAL_ROWS if p in wanted]
     if evals:
-        rows += eval_rows(evals, 100 if args.quick else 300, args.repeats, peak)
+        bf16 = any(EVAL_ROWS[p][2] == "bf16" for p in evals)
+        bf16_rates = bf16_gemm_rates(n, calls, args.repeats) if bf16 else [float("nan")]
+        rows += eval_rows(evals, 100 if args.quick else 300, args.repeats, peak, max(bf16_rates))
+        if bf16:
+            rows.insert(0, peak_row(n, bf16_rates, "gemm_peak_bf16", "torch bfloat16"))
     rates += gemm_rates(n, calls, args.repeats)
     if max(rates) > peak:  # a quieter moment at the end: every share against the better peak
         for r in rows:
-            r.share_of_peak *= peak / max(rates)
-    rows.insert(0, peak_row(n, rates))
+            r.share_of_peak *= peak / max(rates) if r.peer == "GEMM peak" else 1.0
+    rows.insert(0, peak_row(n, rates, "gemm_peak", "numpy float32"))
     io = [p for p in ("read", "read_1thread", "decode", "write") if p in wanted]
     if io:
         with tempfile.TemporaryDirectory(prefix="bench-hot-") as work:

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from condenser.augment import DSA, DSAConfig
 from condenser.checkpoint import atomic_save_safetensors, atomic_write_bytes, config_hash
+from condenser.compiled import compiled
 from condenser.config.tree import Config, TeacherBudget, TeacherSection
 from condenser.data import ImageDataset, data_fingerprint, load_dataset
 from condenser.device import resolve_device
@@ -230,10 +231,11 @@ def _train_epochs(run: _TeacherRun, checkpoint: Checkpoint, stop: StopAfter, log
     with progress_bar() as progress:
         task = progress.add_task(f"teacher {name}", total=budget.epochs * run.steps_per_epoch,
                                  completed=run.epoch * run.steps_per_epoch)
+        step_model = compiled(run.model) if budget.compile else run.model  # shares run.model's parameters
         while run.epoch < budget.epochs:
             loss = train_epoch(
-                run.model, run.source, run.optimizer, budget.batch_size, run.generator, run.device,
-                step_scheduler=run.scheduler, on_step=lambda: progress.advance(task),
+                step_model, run.source, run.optimizer, budget.batch_size, run.generator, run.device,
+                step_scheduler=run.scheduler, on_step=lambda: progress.advance(task), precision=budget.precision,
             )
             run.epoch += 1
             run.history.append({"epoch": run.epoch, "loss": loss})

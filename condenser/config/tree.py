@@ -37,6 +37,12 @@ LABEL_MODES = ("hard", "soft")
 PRECISIONS = ("fp32", "bf16")
 
 
+def _one_of(section: object, name: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(section, name)
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
 def _at_least(section: object, minimum: float, *names: str, strict: bool = False) -> None:
     """Range checks of numeric settings: >= minimum, or > minimum when `strict` (a temperature > 0); a None
     optional setting passes."""
@@ -58,9 +64,12 @@ class TeacherBudget:
     weight_decay: float = 5e-4
     max_train: int | None = None  # cap on training images (smoke only)
     max_test: int | None = None  # cap on test images (smoke only)
+    precision: str = "fp32"  # the training step's arithmetic, as evaluate.precision (condenser/training.py)
+    compile: bool = False  # torch.compile the training step (condenser/compiled.py)
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "epochs", "batch_size", "max_train", "max_test")
+        _one_of(self, "precision", PRECISIONS)
 
 
 @dataclass(frozen=True)
@@ -104,8 +113,7 @@ class EvalBudget:
     def __post_init__(self) -> None:
         _at_least(self, 1, "epochs", "batch_size", "seeds", "width", "max_test")
         _at_least(self, 0, "loss_temperature", strict=True)
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        _one_of(self, "precision", PRECISIONS)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""The evaluation's bf16 autocast (`evaluate.precision`, condenser/training.py): fp32 stays the default and is
-unchanged, bf16 trains the same network within bfloat16's tolerance with float32 parameters, and a setting
-outside fp32/bf16 is a config error naming the key."""
+"""bf16 autocast of the training step (`evaluate.precision`, `teacher.precision`; condenser/training.py): fp32
+stays the default and is unchanged, bf16 trains the same network within bfloat16's tolerance with float32
+parameters, a bf16 teacher is its own cache entry, and a setting outside fp32/bf16 is a config error naming the
+key."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 from condenser.config.schema import ConfigError
 from condenser.data import synthetic
 from condenser.evaluate.protocol import hard_label_source, train_student
-from condenser.profiles import EvalBudget
+from condenser.profiles import EvalBudget, TeacherBudget, get_profile
+from condenser.teacher import TeacherConfig, train_teacher
 from condenser.training import autocast
 
 
@@ -42,5 +44,21 @@ def test_bf16_training_keeps_float32_parameters_close_to_fp32():
 
 
 def test_an_unknown_precision_is_a_config_error():
-    with pytest.raises(ConfigError, match=r"^precision must be one of fp32, bf16, got 'fp16'$"):
-        EvalBudget(precision="fp16")
+    for section in (EvalBudget, TeacherBudget):
+        with pytest.raises(ConfigError, match=r"^precision must be one of fp32, bf16, got 'fp16'$"):
+            section(precision="fp16")
+    with pytest.raises(ConfigError, match="precision"):
+        get_profile("smoke").updated({"teacher.precision": "half"})
+
+
+def test_a_bf16_teacher_trains_in_its_own_cache_entry(tmp_path):
+    configs = [TeacherConfig(profile="smoke", model_kwargs={"width": 8},
+                             budget=TeacherBudget(epochs=2, batch_size=32, max_train=100, max_test=50, precision=p))
+               for p in ("fp32", "bf16")]
+    assert configs[0].name != configs[1].name
+    fp32, bf16 = (train_teacher(c, root=tmp_path, device="cpu", log=lambda _: None) for c in configs)
+    assert bf16.meta["config"]["budget"]["precision"] == "bf16"
+    for (name, a), (_, b) in zip(fp32.model.state_dict().items(), bf16.model.state_dict().items(), strict=True):
+        assert b.dtype == a.dtype, name
+    assert any(not torch.equal(a, b) for a, b in zip(fp32.model.state_dict().values(),
+                                                      bf16.model.state_dict().values(), strict=True))
