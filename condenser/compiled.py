@@ -19,6 +19,7 @@ from torch import nn
 from condenser.paths import cache_root
 
 COMPILE_ENV = "MULTISIZE_COMPILE"
+RECOMPILE_LIMIT = 64  # batch shapes one process compiles before dynamo falls back to eager
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
@@ -63,6 +64,9 @@ def compiled(model: nn.Module) -> nn.Module:
     shares its parameters, so training it trains `model`. One static graph per batch shape (an IPC-10
     cell's 64 and 36), not a slower dynamic one."""
     use_multisize_cache()
+    # a bench worker meets every size's last-batch shape (IPC 1..10 at factor 2: 9 shapes); past dynamo's
+    # recompile limit (8) it would silently train the rest eagerly
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     return torch.compile(model, dynamic=False)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import torch
 
 from condenser.errors import CondenserError
@@ -21,3 +24,29 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 in hardware: CUDA with bf16, or a CPU with AMX or AVX512-BF16.
+    Elsewhere oneDNN emulates bf16 through float32, slower than float32 itself."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(_cpu_flags() & {"amx_bf16", "avx512_bf16"})
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where there is none."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "flags:")
+    return frozenset(line.partition(":")[2].split())
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """A training step's arithmetic on `device`: `auto` is bf16 where the hardware has it (native_bf16), else fp32."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision

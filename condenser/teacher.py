@@ -24,7 +24,7 @@ from condenser.checkpoint import atomic_save_safetensors, atomic_write_bytes, co
 from condenser.compiled import compiled
 from condenser.config.tree import Config, TeacherBudget, TeacherSection
 from condenser.data import ImageDataset, data_fingerprint, load_dataset
-from condenser.device import resolve_device
+from condenser.device import resolve_device, resolve_precision
 from condenser.errors import CheckpointError
 from condenser.methods.selection import FeatureSource
 from condenser.models import build_model
@@ -39,6 +39,9 @@ def _profile_tree(profile: str | Config) -> Config:
     from condenser.profiles import get_profile  # profiles -> tree -> ... -> this module: imported when used
 
     return get_profile(profile) if isinstance(profile, str) else profile
+
+
+_LATER_BUDGET_FIELDS = {"precision": "fp32", "compile": False}  # TeacherBudget fields added on 2026-12-03
 
 
 @dataclass(frozen=True)
@@ -86,9 +89,13 @@ class TeacherConfig:
         return f"{keyed}-{config_hash(self.as_dict())[:8]}"
 
     def as_dict(self) -> dict:
-        """The identity (what the checkpoint hash and the metadata record): the fields but data_root, + data."""
+        """The identity (what the checkpoint hash and the metadata record): the fields but data_root, + data.
+        The budget's later fields are left out at their defaults, so teachers cached before them keep their names."""
         out = asdict(self)
         del out["data_root"], out["settings"]
+        for name, default in _LATER_BUDGET_FIELDS.items():
+            if out["budget"][name] == default:
+                del out["budget"][name]
         return {**out, "data": self.data}
 
 
@@ -235,7 +242,8 @@ def _train_epochs(run: _TeacherRun, checkpoint: Checkpoint, stop: StopAfter, log
         while run.epoch < budget.epochs:
             loss = train_epoch(
                 step_model, run.source, run.optimizer, budget.batch_size, run.generator, run.device,
-                step_scheduler=run.scheduler, on_step=lambda: progress.advance(task), precision=budget.precision,
+                step_scheduler=run.scheduler, on_step=lambda: progress.advance(task),
+                precision=resolve_precision(budget.precision, run.device),
             )
             run.epoch += 1
             run.history.append({"epoch": run.epoch, "loss": loss})

@@ -45,7 +45,7 @@ def test_bf16_training_keeps_float32_parameters_close_to_fp32():
 
 def test_an_unknown_precision_is_a_config_error():
     for section in (EvalBudget, TeacherBudget):
-        with pytest.raises(ConfigError, match=r"^precision must be one of fp32, bf16, got 'fp16'$"):
+        with pytest.raises(ConfigError, match=r"^precision must be one of fp32, bf16, auto, got 'fp16'$"):
             section(precision="fp16")
     with pytest.raises(ConfigError, match="precision"):
         get_profile("smoke").updated({"teacher.precision": "half"})
@@ -56,9 +56,24 @@ def test_a_bf16_teacher_trains_in_its_own_cache_entry(tmp_path):
                              budget=TeacherBudget(epochs=2, batch_size=32, max_train=100, max_test=50, precision=p))
                for p in ("fp32", "bf16")]
     assert configs[0].name != configs[1].name
+    # teachers cached before the field existed keep their names: fp32 stays out of the identity
+    assert "precision" not in configs[0].as_dict()["budget"] and "compile" not in configs[0].as_dict()["budget"]
+    assert configs[1].as_dict()["budget"]["precision"] == "bf16"
     fp32, bf16 = (train_teacher(c, root=tmp_path, device="cpu", log=lambda _: None) for c in configs)
     assert bf16.meta["config"]["budget"]["precision"] == "bf16"
     for (name, a), (_, b) in zip(fp32.model.state_dict().items(), bf16.model.state_dict().items(), strict=True):
         assert b.dtype == a.dtype, name
     assert any(not torch.equal(a, b) for a, b in zip(fp32.model.state_dict().values(),
                                                       bf16.model.state_dict().values(), strict=True))
+
+
+@pytest.mark.parametrize(("flags", "expected"), [({"avx512f", "amx_bf16"}, "bf16"), ({"avx512_bf16"}, "bf16"),
+                                                 ({"avx512f", "avx2"}, "fp32"), (set(), "fp32")])
+def test_auto_precision_is_bf16_only_where_the_cpu_multiplies_bf16(monkeypatch, flags, expected):
+    import condenser.device as device
+
+    monkeypatch.setattr(device, "_cpu_flags", lambda: frozenset(flags))
+    cpu = torch.device("cpu")
+    assert device.resolve_precision("auto", cpu) == expected
+    assert device.resolve_precision("fp32", cpu) == "fp32" and device.resolve_precision("bf16", cpu) == "bf16"
+    assert EvalBudget(precision="auto").precision == "auto"  # resolved where it runs, not in the tree

@@ -43,6 +43,7 @@ from condenser.condense import run_config_key
 from condenser.config import differences
 from condenser.config.tree import Config
 from condenser.data import ImageDataset, load_dataset
+from condenser.device import resolve_device, resolve_precision
 from condenser.evaluate.controls import CONTROL_METHOD, FORMED_CONTROL_METHOD
 from condenser.evaluate.sizes import LABEL_MODES
 from condenser.methods.selection import FeatureSource
@@ -132,7 +133,10 @@ def _prepare(cfg: BenchConfig, log: Callable[[str], None]) -> _Context:
     train = load_dataset(cfg.dataset, "train", root=cfg.data_root)
     test = load_dataset(cfg.dataset, "test", root=cfg.data_root)
     teacher = get_teacher(build, log) if needs_teacher(build, build.condense_config(build.settings)) else None
-    return _Context(cfg, build.settings, build, train, test, teacher, cfg.out_dir)
+    # cells are keyed and reported by the arithmetic they ran, never by `auto`
+    precision = resolve_precision(build.settings.evaluate.precision, resolve_device(cfg.device))
+    settings = build.settings.updated({"evaluate.precision": precision})
+    return _Context(cfg, settings, build, train, test, teacher, cfg.out_dir)
 
 
 def _ensure_sets(ctx: _Context, method: str, progress: bool, log: Callable[[str], None]) -> tuple[MethodFiles, bool]:

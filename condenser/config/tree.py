@@ -34,7 +34,7 @@ from condenser.statmatch.settings import DecoupledSettings, preset
 LABEL_MODES = ("hard", "soft")
 
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where the hardware has it (condenser/device.py)
 
 
 def _one_of(section: object, name: str, allowed: tuple[str, ...]) -> None:
@@ -106,7 +106,8 @@ class EvalBudget:
     loss_gamma: float = 0.1  # gamma of mse_gt (G-VBSM: 0.1 ImageNet/Tiny, 0.15 CIFAR)
     loss_temperature: float = 4.0  # tau of kl, the student's and the re-tempered teacher's (SRe2L: 20 best)
     # arithmetic of the student's training step (condenser/training.py): fp32, or bf16 autocast (convolutions and
-    # matmuls in bfloat16, parameters, optimizer and loss in float32; fast only where the CPU has AVX512-BF16/AMX)
+    # matmuls in bfloat16, parameters, optimizer and loss in float32; fast only where the hardware has bf16), or
+    # auto: bf16 where it is fast, else fp32 (condenser/device.py resolve_precision, on the machine that trains)
     precision: str = "fp32"
     compile: bool = False  # torch.compile the student's step (condenser/compiled.py); not bit-identical to eager
 

@@ -18,7 +18,7 @@ from torch import nn
 from condenser.augment import DSA, DSAConfig, cutmix
 from condenser.compiled import compile_requested, compiled
 from condenser.data import DatasetSpec, ImageDataset
-from condenser.device import resolve_device
+from condenser.device import resolve_device, resolve_precision
 from condenser.evaluate.losses import STUDENT_LOSSES
 from condenser.models import build_model
 from condenser.profiles import EvalBudget
@@ -119,12 +119,13 @@ def train_student(
     model = build_model(arch, spec.image_shape, spec.num_classes, **kwargs).to(dev)
     wanted = use_compile if use_compile is not None else (budget.compile or None)
     step_model = compiled(model) if compile_requested(wanted) else model  # shares model's parameters
+    precision = resolve_precision(budget.precision, dev)
     optimizer = sgd(model, budget.lr, budget.momentum, budget.weight_decay)
     scheduler = multistep_scheduler(optimizer, budget)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(budget.epochs):
         train_epoch(step_model, source, optimizer, budget.batch_size, generator, dev,
-                    loss_fn=loss_fn or soft_cross_entropy, precision=budget.precision)
+                    loss_fn=loss_fn or soft_cross_entropy, precision=precision)
         scheduler.step()
     return model
 
