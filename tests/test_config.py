@@ -38,10 +38,11 @@ def test_profiles_keep_the_budgets_they_had():
     assert smoke.quick_budget == EvalBudget(epochs=2, seeds=2, width=16, max_test=256)
     assert (smoke.method.name, smoke.method.gm.n_data, smoke.relabel.views) == ("dm", 64, 2)
     assert (smoke.condense.outer_loops, smoke.condense.inner_loops, smoke.condense.period) == (4, 2, 2)
-    assert cpu.quick_budget == EvalBudget(epochs=100, max_test=2000) and cpu.evaluate.epochs == 300
+    assert cpu.quick_budget == EvalBudget(epochs=100, max_test=2000, precision="auto") and cpu.evaluate.epochs == 300
     bench = cpu.benched()
     assert (bench.condense.outer_loops, bench.condense.inner_loops, bench.condense.period) == (15, 10, 3)
-    assert bench.evaluate == EvalBudget(epochs=100, max_test=2000) and bench.bench == get_profile("paper").bench
+    assert bench.evaluate == EvalBudget(epochs=100, max_test=2000, precision="auto", compile=True)
+    assert bench.bench == get_profile("paper").bench
     assert [get_profile(n).method.teddy.recover.iterations for n in ("smoke", "cpu", "paper")] == [20, 500, 1000]
 
 
@@ -148,8 +149,9 @@ def test_set_items_parse_json_else_text_and_nest():
 def test_overlays_change_only_the_settings_they_give():
     tree = resolve("cpu", items=["evaluate.width=64", "bench.evaluate.seeds=2"])
     assert tree.quick_budget.width == 64 and tree.quick_budget.epochs == 100  # quick changes epochs, max_test
-    assert tree.bench.evaluate == {"epochs": 100, "max_test": 2000, "seeds": 2}  # merged into the profile's
-    assert tree.benched().evaluate == EvalBudget(epochs=100, max_test=2000, seeds=2, width=64)
+    assert tree.bench.evaluate == {"epochs": 100, "max_test": 2000, "compile": True, "seeds": 2}  # merged
+    assert tree.benched().evaluate == EvalBudget(epochs=100, max_test=2000, seeds=2, width=64, precision="auto",
+                                                 compile=True)
     paper = resolve("paper", aliases={"quick.evaluate.epochs": ("--epochs", 5)})
     assert paper.quick_budget == dataclasses.replace(paper.evaluate, epochs=5)
     assert resolve("cpu", items=["quick.evaluate=null"]).quick_budget == get_profile("cpu").evaluate
@@ -198,7 +200,7 @@ def test_the_example_config_in_the_docs_parses_and_resolves(tmp_path):
     assert tree.relabel.views == 4 and tree.relabel.crop_scale == (0.4, 1.0) and tree.pack.codec == "topk-f16"
     assert (tree.evaluate.width, tree.evaluate.seeds, tree.quick.sizes) == (64, 3, (1, 5, 10))
     bench = resolve("cpu", files=[path], bench=True)
-    assert bench.evaluate == EvalBudget(epochs=50, max_test=2000, width=64, seeds=2)
+    assert bench.evaluate == EvalBudget(epochs=50, max_test=2000, width=64, seeds=2, precision="auto", compile=True)
     for section in Config().as_dict():  # every section of the tree is in the page
         assert f"`{section}`" in text
 

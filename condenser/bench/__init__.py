@@ -24,6 +24,12 @@ seconds measured on the 2-core dev machine (ConvNet-D3 width 128, 28x28):
   Baseline A at factor 2 (2026-12-02, a box with 25 % steal time, 2 single-threaded workers plus one other job): its
   10 runs condensed in 51 min wall, and an IPC-10 cell took 368-487 s wall (400 decoded images), so A's 60 cells alone
   need ~1.5 h of wall time there. No full factor-2 bench has run yet; the ~3 h above is an estimate.
+- bf16 (2026-12-03, a 2-core Intel Xeon with AMX: float32 GEMM peak 155 GFLOP/s, bfloat16 1,051): the cpu profile
+  evaluates with `precision = "auto"` (bf16 there) and the bench compiles the step. An IPC-10 image-epoch costs
+  2.75 ms fp32 eager, 2.22 fp32 compiled, 1.02 bf16 compiled (benchmarks/bench_hotpaths.py); whole cells gain less,
+  since each new batch shape compiles once per worker (~10-35 s) and scoring stays fp32: the 30 factor-1
+  random-real hard cells took 498 s fp32 and 356 s bf16 (summed cell wall time), an IPC-10 cell 29.2 -> 14.1 s.
+  dm condensation in bf16 (not wired: `condense.amp` is CUDA-only) measured 1.28 -> 0.91 CPU-s per step.
 """
 
 from condenser.bench.cells import Cell, CellCache
