@@ -61,7 +61,7 @@ profile("cpu", {
     "method": {"name": "dm", "dm": {"lr": 0.1}, "gm": {"n_data": 256}, **_decoupled(500, _CPU_BN_TEACHER)},
     # bf16 autocast where the CPU multiplies bf16 (AMX, AVX512-BF16), fp32 elsewhere: on a 2-core AMX Xeon an
     # IPC-10 image-epoch took 2.75 ms in fp32 and 1.02 ms in bf16 compiled, and the random-real control scored the
-    # same within seed noise at every size (docs/RESULTS.md "bf16 evaluation")
+    # same within seed noise at every size (docs/RESULTS.md "bf16 training on a CPU that multiplies bf16")
     "evaluate": {"epochs": 300, "precision": "auto"},
     # `condenser eval`'s default: sizes 1, 2, 5, 10 (180 images) x 100 epochs x 3 seeds x ~3.75 ms = ~200 CPU-s per
     # set, + 12 scorings of 2,000 test images x ~5 s; the file and its random-real control = ~520 CPU-s, ~4.5 min in
