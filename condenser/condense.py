@@ -36,6 +36,7 @@ same world size resumes from the latest outer loop that every rank saved.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import time
 from collections.abc import Callable
@@ -65,6 +66,7 @@ from condenser.resume import (
     rng_state,
     run_identity,
 )
+from condenser.training import autocast
 
 CHECKPOINT_NAME = "condense.pt"  # the previous one is kept beside it (condense.prev.pt, condenser.resume)
 
@@ -337,9 +339,9 @@ def _image_lr(cfg: CondenseConfig, method: BaseMethod, dataset: ImageDataset, de
 def _autocasts(cfg: CondenseConfig, method: BaseMethod, device: torch.device
                ) -> tuple[Callable[[], Any], Callable[[], Any]]:
     """(the run's AMP context, the one the matching loss runs under)."""
-    amp = amp_dtype(device) if cfg.amp else None
-    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else contextlib.nullcontext
-    return autocast, autocast if method.autocast_matching else contextlib.nullcontext
+    precision = "bf16" if cfg.amp and amp_dtype(device) is not None else "fp32"
+    run_autocast = functools.partial(autocast, device, precision)
+    return run_autocast, run_autocast if method.autocast_matching else contextlib.nullcontext
 
 
 def _start(cfg: CondenseConfig, train_set: ImageDataset, dist: DistContext, features: FeatureSource | None = None

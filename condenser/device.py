@@ -21,9 +21,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
     """bfloat16 autocast on CUDA where supported; None (full precision) elsewhere."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
+    return torch.bfloat16 if device.type == "cuda" and native_bf16(device) else None
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -239,11 +239,11 @@ def _train_epochs(run: _TeacherRun, checkpoint: Checkpoint, stop: StopAfter, log
         task = progress.add_task(f"teacher {name}", total=budget.epochs * run.steps_per_epoch,
                                  completed=run.epoch * run.steps_per_epoch)
         step_model = compiled(run.model) if budget.compile else run.model  # shares run.model's parameters
+        precision = resolve_precision(budget.precision, run.device)
         while run.epoch < budget.epochs:
             loss = train_epoch(
                 step_model, run.source, run.optimizer, budget.batch_size, run.generator, run.device,
-                step_scheduler=run.scheduler, on_step=lambda: progress.advance(task),
-                precision=resolve_precision(budget.precision, run.device),
+                step_scheduler=run.scheduler, on_step=lambda: progress.advance(task), precision=precision,
             )
             run.epoch += 1
             run.history.append({"epoch": run.epoch, "loss": loss})
