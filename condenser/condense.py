@@ -48,7 +48,7 @@ import torch
 
 from condenser.checkpoint import config_hash
 from condenser.data import ImageDataset
-from condenser.device import amp_dtype, resolve_device
+from condenser.device import PRECISIONS, resolve_device, resolve_precision
 from condenser.distributed import DistContext, current
 from condenser.errors import CondenserError
 from condenser.methods import METHODS, BaseMethod, MaskedSGD, StepContext, SyntheticSet, init_synthetic
@@ -102,7 +102,9 @@ class CondenseConfig:
     method_settings: dict[str, Any] = field(default_factory=dict)  # the method's settings (method.<name>)
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # bfloat16 autocast on CUDA (condenser.device.amp_dtype; a no-op elsewhere)
+    # the forward's arithmetic (condenser.training.autocast): fp32; bf16 autocast, float32 images and gradients;
+    # auto: bf16 where the hardware multiplies bf16 (CUDA, AMX/AVX512-BF16 CPUs), fp32 elsewhere
+    precision: str = "auto"
     checkpoint_every: int | None = None  # outer loops; None = the MLS period
 
     def __post_init__(self) -> None:
@@ -112,6 +114,8 @@ class CondenseConfig:
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise CondenseConfigError(f"checkpoint_every must be >= 1 (or null: the period), got "
                                       f"{self.checkpoint_every}")
+        if self.precision not in PRECISIONS:
+            raise CondenseConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.method not in METHODS:
             raise CondenseConfigError(f"unknown method {self.method!r}; known: {', '.join(METHODS.names())}")
 
@@ -131,7 +135,11 @@ class CondenseConfig:
         """Hash of everything that changes the result (not the checkpoint cadence)."""
         d = self.to_dict()
         d.pop("checkpoint_every")
+        d["precision"] = self.resolved_precision()  # `auto` names two arithmetics; the hash names the one that runs
         return config_hash(d)
+
+    def resolved_precision(self) -> str:
+        return resolve_precision(self.precision, resolve_device(self.device))
 
 
 @dataclass
@@ -339,8 +347,7 @@ def _image_lr(cfg: CondenseConfig, method: BaseMethod, dataset: ImageDataset, de
 def _autocasts(cfg: CondenseConfig, method: BaseMethod, device: torch.device
                ) -> tuple[Callable[[], Any], Callable[[], Any]]:
     """(the run's AMP context, the one the matching loss runs under)."""
-    precision = "bf16" if cfg.amp and amp_dtype(device) is not None else "fp32"
-    run_autocast = functools.partial(autocast, device, precision)
+    run_autocast = functools.partial(autocast, device, resolve_precision(cfg.precision, device))
     return run_autocast, run_autocast if method.autocast_matching else contextlib.nullcontext
 
 
@@ -470,7 +477,8 @@ def _result(run: _Run, wall: float, loops: int) -> CondenseResult:
     return CondenseResult(
         images=images.reshape(-1, *images.shape[2:]).cpu().clone(), labels=torch.arange(num_classes).repeat(cfg.ipc),
         ipc=cfg.ipc, num_classes=num_classes, factor=cfg.factor, mls_history=history, timings=timings,
-        config=cfg.to_dict(), init_indices=init.clone(), outer_loops_done=run.done,
+        config={**cfg.to_dict(), "precision": cfg.resolved_precision()},  # what ran, not `auto`
+        init_indices=init.clone(), outer_loops_done=run.done,
     )
 
 

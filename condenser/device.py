@@ -19,11 +19,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """bfloat16 autocast on CUDA where supported; None (full precision) elsewhere."""
-    return torch.bfloat16 if device.type == "cuda" and native_bf16(device) else None
-
-
 def native_bf16(device: torch.device) -> bool:
     """Whether `device` multiplies bfloat16 in hardware: CUDA with bf16, or a CPU with AMX or AVX512-BF16.
     Elsewhere oneDNN emulates bf16 through float32, slower than float32 itself."""
@@ -41,6 +36,9 @@ def _cpu_flags() -> frozenset[str]:
         return frozenset()
     line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "flags:")
     return frozenset(line.partition(":")[2].split())
+
+
+PRECISIONS = ("fp32", "bf16", "auto")  # a training step's arithmetic (condenser.training.autocast)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -84,9 +84,9 @@ def test_yaml_and_toml_files_give_the_same_tree(tmp_path):
 @pytest.mark.parametrize(("item", "message"), [
     ("evaluat.epochs=3", "unknown section 'evaluat' (--set); valid: bench, condense, evaluate, method, pack, quick, "
                          "relabel, teacher"),
-    ("condense.outer_loop=3", "unknown setting 'condense.outer_loop' (--set); valid: amp, batch_real, "
+    ("condense.outer_loop=3", "unknown setting 'condense.outer_loop' (--set); valid: batch_real, "
                               "checkpoint_every, depth, factor, init, inner_loops, lr_img, model, mom_img, multisize, "
-                              "norm, outer_loops, width"),
+                              "norm, outer_loops, precision, width"),
     ("condense.multisize.perod=3", "unknown setting 'condense.multisize.perod' (--set); valid: class_wise, enabled, "
                                    "freeze, period, subsets, weight"),
     ("bench.evaluate.epoch=3", "unknown setting 'bench.evaluate.epoch' (--set); valid: batch_size, "),

@@ -32,7 +32,7 @@ CONDENSE = {"condense.width": 8, "condense.outer_loops": 2, "condense.inner_loop
             "method.gm.n_data": 32, "condense.batch_real": 8}
 SETTINGS = get_profile("smoke").updated({**CONDENSE, "method.name": "gm", "condense.multisize.class_wise": True,
                                          "relabel.views": 2, "pack.pixels": "float32", "pack.embed_trainer": False,
-                                         "condense.amp": False})
+                                         "condense.precision": "fp32"})
 BUILD = dict(dataset="synthetic", ipc=2, settings=SETTINGS, device="cpu")
 
 
@@ -96,7 +96,7 @@ def test_torchrun_build_equals_a_single_process_build(tmp_path, monkeypatch):
     args = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
             "-m", "condenser", "build", "--dataset", "synthetic", "--ipc", "2", "--profile", "smoke",
             "--method", "gm", "--class-wise", "--views", "2", "--pixels", "float32", "--no-embed-trainer",
-            "--device", "cpu", "--no-amp", "--teacher", str(teacher), "--out", str(tmp_path / "two.mdc")]
+            "--device", "cpu", "--precision", "fp32", "--teacher", str(teacher), "--out", str(tmp_path / "two.mdc")]
     for key, value in CONDENSE.items():
         args += ["--set", f"{key}={value}"]
     proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
@@ -157,7 +157,7 @@ def test_a_failing_rank_ends_the_job_with_a_clear_error(tmp_path, monkeypatch):
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not a checkpoint")
     args = ["-m", "condenser", "build", "--dataset", "synthetic", "--ipc", "2", "--profile", "smoke", "--method", "gm",
-            "--class-wise", "--soft-labels", "none", "--no-embed-trainer", "--device", "cpu", "--no-amp",
+            "--class-wise", "--soft-labels", "none", "--no-embed-trainer", "--device", "cpu", "--precision", "fp32",
             "--dist-timeout", "120", "--out", str(tmp_path / "never.mdc")]
     for key, value in CONDENSE.items():
         args += ["--set", f"{key}={value}"]

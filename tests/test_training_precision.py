@@ -77,3 +77,40 @@ def test_auto_precision_is_bf16_only_where_the_cpu_multiplies_bf16(monkeypatch, 
     assert device.resolve_precision("auto", cpu) == expected
     assert device.resolve_precision("fp32", cpu) == "fp32" and device.resolve_precision("bf16", cpu) == "bf16"
     assert EvalBudget(precision="auto").precision == "auto"  # resolved where it runs, not in the tree
+
+
+def _condense(precision: str, run_dir=None):
+    from condenser.condense import CondenseConfig, condense
+    from condenser.multisize import MultisizeConfig
+
+    cfg = CondenseConfig(method="dm", ipc=2, outer_loops=2, inner_loops=2, multisize=MultisizeConfig(period=1),
+                         batch_real=4, width=8, depth=2, device="cpu", precision=precision)
+    data = synthetic(num_classes=3, image_shape=(1, 8, 8), per_class=8)
+    return cfg, condense(cfg, data, run_dir, progress=False)
+
+
+def test_condensation_records_and_hashes_the_arithmetic_that_ran(monkeypatch):
+    import condenser.device as device
+    from condenser.condense import CondenseConfig, CondenseConfigError
+
+    with pytest.raises(CondenseConfigError, match=r"^precision must be one of fp32, bf16, auto, got 'fp16'$"):
+        CondenseConfig(precision="fp16")
+    for flags, ran in (({"amx_bf16"}, "bf16"), (set(), "fp32")):
+        monkeypatch.setattr(device, "_cpu_flags", lambda f=flags: frozenset(f))
+        auto = CondenseConfig(device="cpu")  # the tree's default: auto
+        assert auto.result_hash() == CondenseConfig(device="cpu", precision=ran).result_hash()
+        assert auto.result_hash() != CondenseConfig(device="cpu", precision={"bf16": "fp32"}.get(ran, "bf16")
+                                                    ).result_hash()
+    _, result = _condense("auto")
+    assert result.config["precision"] == "fp32"  # the flags patched last: a CPU without bf16 multiply
+
+
+def test_bf16_condensation_is_deterministic_and_close_to_fp32():
+    _, low = _condense("bf16")
+    _, again = _condense("bf16")
+    _, ref = _condense("fp32")
+    assert low.config["precision"] == "bf16" and low.images.dtype == torch.float32
+    assert torch.equal(low.images, again.images)
+    assert not torch.equal(low.images, ref.images), "bf16 condensed bit for bit like fp32: autocast never ran"
+    gap = (low.images - ref.images).abs()  # bf16 steps drift a few percent of the images' spread, no more
+    assert gap.mean() < 0.03 * ref.images.std() and gap.max() < 0.3 * ref.images.std()

@@ -14,7 +14,6 @@ import typer
 from condenser.cli.app import Debug, Quiet, app
 from condenser.cli.build import BUILD_FLAGS
 from condenser.cli.options import (
-    Amp,
     Codec,
     ConfigFiles,
     DataRoot,
@@ -23,6 +22,7 @@ from condenser.cli.options import (
     Download,
     EmbedTrainer,
     Pixels,
+    Precision,
     Profile,
     Seed,
     SetItems,
@@ -38,7 +38,8 @@ from condenser.cli.options import (
 )
 
 BASELINES = ("A", "B", "C")
-BASELINE_FLAGS = {name: BUILD_FLAGS[name] for name in ("method", "views", "codec", "pixels", "embed_trainer", "amp")}
+BASELINE_FLAGS = {name: BUILD_FLAGS[name]
+                  for name in ("method", "views", "codec", "pixels", "embed_trainer", "precision")}
 
 
 def _name(value: str) -> str:
@@ -68,7 +69,7 @@ def baseline(
     data_root: DataRoot = None,
     download: Download = False,
     device: Device = "auto",
-    amp: Amp = None,
+    precision: Precision = None,
     workers: Annotated[int | None, typer.Option(help="Processes for the N independent runs of A and B on CPU "
                                                 "(default: one per CPU core, at most 8).", min=1)] = None,
     seed: Seed = 0,
@@ -82,7 +83,7 @@ def baseline(
 
     name = name.upper()
     aliases = flag_aliases(BASELINE_FLAGS, method=method, views=views, codec=codec, pixels=pixels,
-                           embed_trainer=embed_trainer, amp=amp)
+                           embed_trainer=embed_trainer, precision=precision)
     cfg = BuildConfig(dataset=dataset, ipc=ipc, settings=resolve_settings(profile, config, settings, aliases),
                       soft_labels=soft_labels, teacher_path=str(teacher_path) if teacher_path else None, seed=seed,
                       device=device, data_root=str(data_root) if data_root else None)

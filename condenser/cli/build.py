@@ -13,7 +13,6 @@ import typer
 
 from condenser.cli.app import Debug, Quiet, app
 from condenser.cli.options import (
-    Amp,
     Codec,
     ConfigFiles,
     DataRoot,
@@ -22,6 +21,7 @@ from condenser.cli.options import (
     Download,
     EmbedTrainer,
     Pixels,
+    Precision,
     Profile,
     Seed,
     SetItems,
@@ -53,7 +53,8 @@ BUILD_FLAGS = {"method": ("--method", "method.name"), "multisize": ("--multisize
                "freeze": ("--freeze", "condense.multisize.freeze"),
                "class_wise": ("--class-wise", "condense.multisize.class_wise"), "views": ("--views", "relabel.views"),
                "codec": ("--codec", "pack.codec"), "pixels": ("--pixels", "pack.pixels"),
-               "embed_trainer": ("--embed-trainer", "pack.embed_trainer"), "amp": ("--amp", "condense.amp")}
+               "embed_trainer": ("--embed-trainer", "pack.embed_trainer"),
+               "precision": ("--precision", "condense.precision")}
 
 
 @app.command()
@@ -81,7 +82,7 @@ def build(
     data_root: DataRoot = None,
     download: Download = False,
     device: Device = "auto",
-    amp: Amp = None,
+    precision: Precision = None,
     seed: Seed = 0,
     dist_timeout: Annotated[float | None, typer.Option(
         "--dist-timeout", help="Under torchrun: seconds a collective waits for the other ranks before the job "
@@ -95,7 +96,7 @@ def build(
     from condenser.distributed import launched_world_size, session
 
     aliases = flag_aliases(BUILD_FLAGS, method=method, multisize=multisize, freeze=freeze, class_wise=class_wise,
-                           views=views, codec=codec, pixels=pixels, embed_trainer=embed_trainer, amp=amp)
+                           views=views, codec=codec, pixels=pixels, embed_trainer=embed_trainer, precision=precision)
     tree = resolve_settings(profile, config, settings, aliases)
     cfg = BuildConfig(dataset=dataset, ipc=ipc, settings=tree, soft_labels=soft_labels,
                       teacher_path=str(teacher_path) if teacher_path else None, seed=seed, device=device,

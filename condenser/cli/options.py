@@ -75,7 +75,9 @@ Pixels = Annotated[str | None, typer.Option("--pixels", help="Pixel encoding: ui
 Views = Annotated[int | None, typer.Option(min=1, help="Soft-label views per image (sets relabel.views).")]
 EmbedTrainer = Annotated[bool | None, typer.Option("--embed-trainer/--no-embed-trainer", help="Embed the ONNX "
                                                    "device trainer in the file (sets pack.embed_trainer).")]
-Amp = Annotated[bool | None, typer.Option("--amp/--no-amp", help="bfloat16 autocast on CUDA (sets condense.amp).")]
+Precision = Annotated[str | None, typer.Option("--precision", help="The condensation's arithmetic: fp32, bf16 or "
+                                               "auto (bf16 where the hardware multiplies bf16; sets "
+                                               "condense.precision).")]
 TeacherPath = Annotated[Path | None, typer.Option("--teacher", exists=True, dir_okay=False, help="A "
                                                   "teacher.safetensors to use instead of the cached/trained one.")]
 

@@ -25,6 +25,7 @@ from typing import Annotated, Any
 from condenser.condense import CondenseConfig
 from condenser.config.schema import ConfigError, Over, as_dict, job_fields, setting_names, updated
 from condenser.config.sources import nested
+from condenser.device import PRECISIONS
 from condenser.methods.dm import DMSettings
 from condenser.methods.gm import GMSettings
 from condenser.relabel import RelabelConfig
@@ -34,7 +35,6 @@ from condenser.statmatch.settings import DecoupledSettings, preset
 LABEL_MODES = ("hard", "soft")
 
 
-PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where the hardware has it (condenser/device.py)
 
 
 def _one_of(section: object, name: str, allowed: tuple[str, ...]) -> None:

@@ -100,7 +100,7 @@ def joint_schedule(method: str, cfg: Any, settings: Config, s: DecoupledSettings
     # the condense section's loop budgets and multisize rule; the network is the first teacher's
     ccfg = replace(settings.condense, method=METHOD_NAME, ipc=cfg.ipc, init="random", model="convnet",
                    width=kw.get("width", 128), depth=kw.get("depth", 3), norm=kw.get("norm", "instance"),
-                   method_settings=joint, seed=cfg.seed, device=cfg.device, amp=False)
+                   method_settings=joint, seed=cfg.seed, device=cfg.device, precision="fp32")
     result = condense(ccfg, train, run_dir=_run_dir(cfg.dataset, method, config_hash(asdict(ccfg))),
                       stop_after=stop_after)
     return result, {}
