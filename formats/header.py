@@ -7,7 +7,6 @@ shape has been checked against the rest of the header, so the reader can trust i
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
@@ -16,6 +15,7 @@ import msgpack
 import numpy as np
 
 from formats.bounded import unpack as bounded_unpack
+from formats.checksum import crc32
 from formats.codecs import REGISTRY, CodecParams
 from formats.errors import (
     BadMagicError,
@@ -165,11 +165,11 @@ def pack_header(header: dict[str, Any]) -> bytes:
         raise InvalidDataError(f"header is not serialisable to msgpack: {exc}") from None
 
 
-def unpack_header(data: bytes, crc32: int) -> dict[str, Any]:
+def unpack_header(data: bytes, stored_crc32: int) -> dict[str, Any]:
     """Verify the header checksum, then unpack it within a memory bound proportional to its size."""
-    actual = zlib.crc32(data)
-    if actual != crc32:
-        raise ChecksumError(f"header checksum mismatch: stored crc32 {crc32:#010x} at offset 16, "
+    actual = crc32(data)
+    if actual != stored_crc32:
+        raise ChecksumError(f"header checksum mismatch: stored crc32 {stored_crc32:#010x} at offset 16, "
                             f"computed {actual:#010x} over bytes {PREAMBLE_SIZE}..{PREAMBLE_SIZE + len(data)}")
     return bounded_unpack(data)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import zlib
 from collections.abc import Callable
 from itertools import pairwise
 from typing import Any, BinaryIO, Literal
@@ -12,6 +11,7 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from formats.checksum import crc32
 from formats.codecs import get_codec
 from formats.data import Prefix, RawPrefix
 from formats.errors import BudgetError, ChecksumError, InvalidDataError, TruncatedError
@@ -100,9 +100,9 @@ class MDCReader:
     keeps ownership: close() does not close it).
 
     `threads` caps the threads that read and check a prefix's blocks at once (None: one per 8 MiB of
-    prefix, up to 4 and the usable cores). zlib.crc32 releases the GIL, so a verified read of a large
-    prefix from the page cache runs at up to `threads` times one core's checksum rate. A file object is
-    always read on one thread.
+    prefix, up to 4 and the usable cores). The checksum (formats/checksum.py) releases the GIL, so a
+    verified read of a large prefix from the page cache runs at up to `threads` times one core's rate. A
+    file object is always read on one thread.
     """
 
     def __init__(self, source: MDCSource, *, threads: int | None = None) -> None:
@@ -305,7 +305,7 @@ class MDCReader:
     def _check_block(self, rows: np.ndarray, i: int) -> None:
         """ChecksumError naming IPC block i and its byte range unless its bytes (rows[i]) match its crc32."""
         s = self.spec
-        computed = zlib.crc32(rows[i])
+        computed = crc32(rows[i])
         if computed != s.block_crc32[i]:
             b0 = self.body_offset + s.blocks_offset + i * s.block_stride
             raise ChecksumError(f"IPC block {i} (bytes {b0}..{b0 + s.block_length}) fails its checksum: "
@@ -320,7 +320,7 @@ class MDCReader:
                     raise TruncatedError(f"section {name!r} (bytes {start}..{start + sec.length}) runs past "
                                          f"the end of the {self.file_size}-byte file")
                 data = self._pread(start, sec.length)
-                if zlib.crc32(data) != sec.crc32:
+                if crc32(data) != sec.crc32:
                     raise ChecksumError(f"section {name!r} (bytes {start}..{start + sec.length}) fails its "
                                         f"checksum")
                 return bytes(data)
@@ -352,7 +352,7 @@ class MDCReader:
                 data = self._pread(pos, end - pos)
                 for b in range(i, j):
                     lo = first + b * s.block_stride - pos
-                    if zlib.crc32(memoryview(data)[lo:lo + s.block_length]) != s.block_crc32[b]:
+                    if crc32(memoryview(data)[lo:lo + s.block_length]) != s.block_crc32[b]:
                         raise ChecksumError(f"IPC block {b} (bytes {pos + lo}..{pos + lo + s.block_length}) "
                                             f"fails its checksum; header not updated")
                 out.write(data)

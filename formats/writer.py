@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -12,6 +11,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from formats.atomic import atomic_write
+from formats.checksum import crc32
 from formats.codecs import CodecParams, get_codec
 from formats.data import MDCData, Views
 from formats.errors import InvalidDataError
@@ -164,7 +164,7 @@ def assemble(data: MDCData, stored: dict[str, np.ndarray], views_hdr: dict[str, 
     for spec in specs:
         a = np.ascontiguousarray(stored[spec.name])
         blocks[:, spec.offset:spec.end] = a.view(np.uint8).reshape(ipc_max, spec.length)
-    crcs = [zlib.crc32(blocks[i, :block_length]) for i in range(ipc_max)]
+    crcs = [crc32(blocks[i, :block_length]) for i in range(ipc_max)]
 
     sections: list[tuple[int, bytes]] = []
     section_hdr = []
@@ -173,7 +173,7 @@ def assemble(data: MDCData, stored: dict[str, np.ndarray], views_hdr: dict[str, 
         bundle = bytes(data.trainer_bundle)
         sections.append((0, bundle))
         section_hdr.append({"name": TRAINER_SECTION, "offset": 0, "length": len(bundle),
-                            "crc32": zlib.crc32(bundle)})
+                            "crc32": crc32(bundle)})
         blocks_offset = align(len(bundle))
 
     header: dict[str, Any] = {
@@ -208,7 +208,7 @@ def assemble(data: MDCData, stored: dict[str, np.ndarray], views_hdr: dict[str, 
 
 def _head(header: dict[str, Any], minor: int = FORMAT_MINOR) -> bytes:
     hb = pack_header(header)
-    pre = pack_preamble(len(hb), zlib.crc32(hb), FORMAT_MAJOR, minor)
+    pre = pack_preamble(len(hb), crc32(hb), FORMAT_MAJOR, minor)
     head = pre + hb
     return head + b"\0" * (align(PREAMBLE_SIZE + len(hb)) - len(head))
 

@@ -202,10 +202,19 @@ def _metadata(wheel: zipfile.ZipFile) -> dict[str, list[str]]:
     return {key: msg.get_all(key) or [] for key in ("Name", "Version", "Requires-Dist")}
 
 
+def _requirements(meta: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+    """(what every install requires, what the `fast` extra adds), as bare requirement strings."""
+    required = [r for r in meta["Requires-Dist"] if "extra ==" not in r]
+    fast = [r.split(";")[0].strip() for r in meta["Requires-Dist"] if "extra ==" in r and "fast" in r]
+    return required, fast
+
+
 def test_device_wheel_requires_exactly_numpy_msgpack_onnxruntime(device_wheel):
     meta = _metadata(device_wheel)
     assert meta["Name"] == ["multisize-runtime"]
-    assert sorted(r.split(">")[0] for r in meta["Requires-Dist"]) == ["msgpack", "numpy", "onnxruntime"]
+    required, fast = _requirements(meta)
+    assert sorted(r.split(">")[0] for r in required) == ["msgpack", "numpy", "onnxruntime"]
+    assert [r.split(">")[0] for r in fast] == ["isal"]  # the fast checksum (formats/checksum.py), optional
 
 
 def test_device_wheel_holds_formats_and_runtime_and_no_command(device_wheel):
@@ -221,4 +230,5 @@ def test_device_wheel_matches_the_main_distribution(device_wheel):
     meta = _metadata(device_wheel)
     assert meta["Version"] == [importlib.metadata.version("multisize")]
     main = importlib.metadata.requires("multisize") or []
-    assert all(dep in main for dep in meta["Requires-Dist"]), (meta["Requires-Dist"], main)
+    required, fast = _requirements(meta)
+    assert all(dep in main for dep in required + fast), (meta["Requires-Dist"], main)
