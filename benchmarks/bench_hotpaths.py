@@ -34,6 +34,7 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import zlib  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -46,8 +47,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 import bench_format  # noqa: E402
 import bench_runtime  # noqa: E402
 
-HOT_PATHS = ("dm", "gm", "onnx_step", "torch_eager_step", "torch_compile_step", "eval", "eval_ipc1", "eval_compile",
-             "eval_compile_ipc1", "eval_bf16", "eval_bf16_ipc1", "read", "read_1thread", "decode", "write")
+HOT_PATHS = ("dm", "dm_bf16", "gm", "onnx_step", "torch_eager_step", "torch_compile_step", "eval", "eval_ipc1",
+             "eval_compile", "eval_compile_ipc1", "eval_bf16", "eval_bf16_ipc1", "read", "read_1thread", "read_zlib",
+             "decode", "write")
 MEASURING = ("dm_measuring", "gm_measuring")
 IPC, MLS, BATCH_REAL, GM_N_DATA = 10, 5, 64, 256  # the cpu profile's condensation (condenser/profiles.py)
 
@@ -148,9 +150,10 @@ def peak_row(n: int, rates: list[float], path: str, kind: str) -> Row:
                f"{best / 1e9:.1f} GFLOP/s (best of {len(rates)}; median {statistics.median(rates) / 1e9:.1f})")
 
 
-def condensation_step(method_name: str, measuring: bool) -> Callable[[], None]:
+def condensation_step(method_name: str, measuring: bool, precision: str = "fp32") -> Callable[[], None]:
     """One inner step of condense() (condenser/condense.py's own `_start` and `_inner_step`) on Fashion-MNIST,
-    all 10 classes at IPC 10, ConvNet-D3 width 128, the multisize subset term at MLS 5."""
+    all 10 classes at IPC 10, ConvNet-D3 width 128, the multisize subset term at MLS 5. fp32 unless the row
+    asks for bf16 (condense.precision; its default `auto` would pick per machine)."""
     import torch
 
     from condenser.condense import CondenseConfig, _inner_step, _start
@@ -158,7 +161,7 @@ def condensation_step(method_name: str, measuring: bool) -> Callable[[], None]:
     from condenser.distributed import current
 
     train = load_dataset("fashion-mnist", "train")
-    cfg = CondenseConfig(method=method_name, ipc=IPC, batch_real=BATCH_REAL, device="cpu",
+    cfg = CondenseConfig(method=method_name, ipc=IPC, batch_real=BATCH_REAL, device="cpu", precision=precision,
                          method_settings={"n_data": GM_N_DATA} if method_name == "gm" else {})
     run = _start(cfg, train, current())
     run.objective.selector.current = [MLS]  # the state after a selection of MLS 5
@@ -171,10 +174,12 @@ def condensation_rows(names: list[str], repeats: int, peak: float) -> list[Row]:
     rows = []
     for name in names:
         method, measuring = name.split("_")[0], name.endswith("_measuring")
+        precision = "bf16" if name.endswith("_bf16") else "fp32"
         note = f"IPC {IPC} x 10 classes, batch_real {BATCH_REAL}, MLS {MLS}" + (
             f", network trains on {GM_N_DATA} real images" if method == "gm" else "") + (
-            ", measuring distances" if measuring else "")
-        rows.append(flop_row(name, "step", condensation_step(method, measuring), repeats, peak, note=note))
+            ", measuring distances" if measuring else "") + (", bf16 autocast" if precision == "bf16" else "")
+        rows.append(flop_row(name, "step", condensation_step(method, measuring, precision), repeats, peak,
+                             note=note))
     return rows
 
 
@@ -323,9 +328,16 @@ def container_rows(names: list[str], work: Path, repeats: int) -> list[Row]:
                         "dd write, conv=fdatasync", f"{size / 1e6:.1f} MB file: {size / 1e6 / ours:.0f} MB/s, "
                         f"dd {dd_mbs:.0f} MB/s; encode + write + fsync + rename"))
 
-    def raw(threads: int | None) -> None:
-        with formats.open_mdc(path, threads=threads) as r:
-            r.read_raw(bench_format.IPC)
+    def raw(threads: int | None, crc32: Callable[[bytes], int] | None = None) -> None:
+        import formats.checksum as checksum
+
+        fastest = checksum._crc32
+        checksum._crc32 = crc32 or fastest  # read_zlib: the checksum the reader had before formats/checksum.py
+        try:
+            with formats.open_mdc(path, threads=threads) as r:
+                r.read_raw(bench_format.IPC)
+        finally:
+            checksum._crc32 = fastest
 
     def compact() -> None:
         with formats.open_mdc(path) as r:
@@ -333,6 +345,8 @@ def container_rows(names: list[str], work: Path, repeats: int) -> list[Row]:
 
     reads = {"read": ("verified read_raw", lambda: raw(None)),
              "read_1thread": ("verified read_raw on one thread (the reader before issue 14 item 5)", lambda: raw(1)),
+             "read_zlib": ("verified read_raw with zlib.crc32 (the checksum before formats/checksum.py)",
+                           lambda: raw(None, zlib.crc32)),
              "decode": ("read(targets='compact')", compact)}
     wanted = {name: reads[name] for name in reads if name in names}
     if wanted:
@@ -385,7 +399,7 @@ def run(args: argparse.Namespace) -> list[Row]:
     n, calls = 2048, 2 if args.quick else 4
     rates = gemm_rates(n, calls, args.repeats)
     peak = max(rates)
-    rows = condensation_rows([p for p in ("dm", "gm", *MEASURING) if p in wanted], args.repeats, peak)
+    rows = condensation_rows([p for p in ("dm", "dm_bf16", "gm", *MEASURING) if p in wanted], args.repeats, peak)
     trainers = [p for p in ("onnx_step", "torch_eager_step", "torch_compile_step") if p in wanted]
     if trainers:
         rows += trainer_rows(trainers, args.dir, 3 if args.quick else 10, args.repeats, peak)
@@ -401,7 +415,7 @@ def run(args: argparse.Namespace) -> list[Row]:
         for r in rows:
             r.share_of_peak *= peak / max(rates) if r.peer == "GEMM peak" else 1.0
     rows.insert(0, peak_row(n, rates, "gemm_peak", "numpy float32"))
-    io = [p for p in ("read", "read_1thread", "decode", "write") if p in wanted]
+    io = [p for p in ("read", "read_1thread", "read_zlib", "decode", "write") if p in wanted]
     if io:
         with tempfile.TemporaryDirectory(prefix="bench-hot-") as work:
             rows += container_rows(io, Path(work), args.repeats)

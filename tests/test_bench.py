@@ -8,6 +8,7 @@ import statistics
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -20,6 +21,7 @@ from condenser.build import BuildConfig
 from condenser.cli import app
 from condenser.config import parse_item
 from condenser.data import denormalize_to_uint8
+from condenser.device import resolve_precision
 from condenser.evaluate.sizes import evaluate_prefix
 from condenser.profiles import get_profile, resolve
 
@@ -68,6 +70,10 @@ def test_bench_writes_json_markdown_png_whose_numbers_agree(tmp_path, monkeypatc
     assert data["methods"] == ["A", "B", "C", "mdc", "random"] and data["labels"] == ["hard", "soft"]
     assert data["budgets"]["evaluate"]["epochs"] == 1 and data["budgets"]["condense_config"]["outer_loops"] == 2
     ran = _bench(tmp_path).build_config().settings  # the resolved tree, as every method ran it
+    cpu = torch.device("cpu")  # `auto` is recorded as the arithmetic it resolved to on this machine
+    ran = ran.updated({"condense.precision": resolve_precision(ran.condense.precision, cpu),
+                       "evaluate.precision": resolve_precision(ran.evaluate.precision, cpu)})
+    assert ran.condense.precision in ("fp32", "bf16")
     assert data["settings"] == json.loads(json.dumps(ran.as_dict()))
     assert data["settings"]["name"] == "smoke" and data["settings"]["pack"]["embed_trainer"] is False
     for m in data["methods"]:

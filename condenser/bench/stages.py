@@ -133,9 +133,10 @@ def _prepare(cfg: BenchConfig, log: Callable[[str], None]) -> _Context:
     train = load_dataset(cfg.dataset, "train", root=cfg.data_root)
     test = load_dataset(cfg.dataset, "test", root=cfg.data_root)
     teacher = get_teacher(build, log) if needs_teacher(build, build.condense_config(build.settings)) else None
-    # cells are keyed and reported by the arithmetic they ran, never by `auto`
-    precision = resolve_precision(build.settings.evaluate.precision, resolve_device(cfg.device))
-    settings = build.settings.updated({"evaluate.precision": precision})
+    # sets and cells are keyed and reported by the arithmetic they ran, never by `auto`
+    device, tree = resolve_device(cfg.device), build.settings
+    settings = tree.updated({"evaluate.precision": resolve_precision(tree.evaluate.precision, device),
+                             "condense.precision": resolve_precision(tree.condense.precision, device)})
     return _Context(cfg, settings, build, train, test, teacher, cfg.out_dir)
 
 
