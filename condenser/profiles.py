@@ -57,6 +57,8 @@ profile("cpu", {
     # to 4 training images. In the Fashion-MNIST IPC-10 bench (docs/RESULTS.md "Multi-formation") it lifts MDC's
     # soft-label average over sizes 1-10 from 75.0 to 78.7 % and beats the random-real control at every size
     # (factor 1 lost at 5 of 10), for 1.65x the bytes per prefix (4x the label views).
+    # condense.precision stays the tree's `auto`: bf16 where the CPU multiplies bf16, and the bench's MDC file scored
+    # the same as its fp32 condensation at every size (docs/RESULTS.md "Condensation in bf16").
     "condense": {"outer_loops": 20, "inner_loops": 10, "init": "herding", "factor": 2, "multisize": {"period": 4}},
     "method": {"name": "dm", "dm": {"lr": 0.1}, "gm": {"n_data": 256}, **_decoupled(500, _CPU_BN_TEACHER)},
     # bf16 autocast where the CPU multiplies bf16 (AMX, AVX512-BF16), fp32 elsewhere: on a 2-core AMX Xeon an
