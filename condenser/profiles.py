@@ -72,7 +72,8 @@ profile("cpu", {
     "quick": {"evaluate": {"epochs": 100, "max_test": 2000}},
     # The Fashion-MNIST IPC-10 bench at factor 1 in ~95 min on 2 idle cores: 20 DM runs x 150 steps (~3600 CPU-s) +
     # 300 trainings (~6900 CPU-s, 2 processes); the arithmetic is in condenser/bench/__init__.py. At the profile's
-    # factor 2 every condensed set's cells train on 4x the images: ~3 h (docs/RESULTS.md "Multi-formation").
+    # factor 2 every condensed set's cells train on 4x the images; with bf16 condensation and evaluation on an AMX
+    # CPU the whole bench took 94.8 min (docs/RESULTS.md "The whole bench, one command"), ~3 h in fp32.
     "bench": {"condense": {"outer_loops": 15, "inner_loops": 10, "multisize": {"period": 3}},
               "evaluate": {"epochs": 100, "max_test": 2000, "compile": True}},
 })

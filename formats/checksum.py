@@ -1,8 +1,8 @@
 """The container's checksum, CRC-32 (ISO-HDLC, zlib's), computed by the fastest implementation installed.
 
-ISA-L's crc32 (the `isal` package) folds with carry-less multiplies: 13 GB/s on one core of the dev box against
-zlib's 1.9 (docs/RESULTS.md "Container"), which made zlib.crc32 the larger half of a verified prefix read. Both
-give the same value for every input (tests/test_formats_checksum.py); without `isal` (a platform it has no
+ISA-L's crc32 (the `isal` package) folds with carry-less multiplies: 13.2 GB/s on one core of the dev box against
+zlib's 1.9 (docs/RESULTS.md "The checksum through ISA-L"); zlib.crc32 was the larger half of a verified prefix
+read. Both give the same value for every input (tests/test_formats_checksum.py); without `isal` (a platform it has no
 wheel for, or the device distribution without its `fast` extra) zlib's is used.
 """
 

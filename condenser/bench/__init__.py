@@ -29,10 +29,11 @@ seconds measured on the 2-core dev machine (ConvNet-D3 width 128, 28x28):
   2.75 ms fp32 eager, 2.22 fp32 compiled, 1.02 bf16 compiled (benchmarks/bench_hotpaths.py); whole cells gain less,
   since each new batch shape compiles once per worker (~10-35 s) and scoring stays fp32: the 30 factor-1
   random-real hard cells took 498 s fp32 and 356 s bf16 (summed cell wall time), an IPC-10 cell 29.2 -> 14.1 s.
-  dm condensation in bf16 (not wired: `condense.amp` is CUDA-only) measured 1.28 -> 0.91 CPU-s per step.
+  A dm step in bf16 measured 1.28 -> 0.91 CPU-s (ad hoc); `condense.precision = "auto"` now condenses in bf16 there.
   Measured whole: mdc + random, hard + soft (120 cells) in 25 min wall on 2 workers (condensation 275 s; mdc's 60
-  cells 1,862 s summed, random's 501 s). The full bench by those costs: ~2 h 10 min, now mostly A's and B's
-  condensations (docs/RESULTS.md "bf16 training on a CPU that multiplies bf16").
+  cells 1,862 s summed, random's 501 s). The full bench, measured once with bf16 condensation too: 94.8 min wall
+  on 2 workers with the teacher cached (condensation 2,838 s summed, A 1,440 and B 982 of it; 360 cells 7,748 s
+  summed; docs/RESULTS.md "The whole bench, one command").
 """
 
 from condenser.bench.cells import Cell, CellCache

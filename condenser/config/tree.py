@@ -35,8 +35,6 @@ from condenser.statmatch.settings import DecoupledSettings, preset
 LABEL_MODES = ("hard", "soft")
 
 
-
-
 def _one_of(section: object, name: str, allowed: tuple[str, ...]) -> None:
     value = getattr(section, name)
     if value not in allowed:
