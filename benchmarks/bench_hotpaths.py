@@ -47,9 +47,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 import bench_format  # noqa: E402
 import bench_runtime  # noqa: E402
 
-HOT_PATHS = ("dm", "dm_bf16", "gm", "onnx_step", "torch_eager_step", "torch_compile_step", "eval", "eval_ipc1",
-             "eval_compile", "eval_compile_ipc1", "eval_bf16", "eval_bf16_ipc1", "read", "read_1thread", "read_zlib",
-             "decode", "write")
+HOT_PATHS = ("dm", "dm_bf16", "gm", "gm_bf16", "onnx_step", "torch_eager_step", "torch_compile_step", "eval",
+             "eval_ipc1", "eval_compile", "eval_compile_ipc1", "eval_bf16", "eval_bf16_ipc1", "read", "read_1thread",
+             "read_zlib", "decode", "write")
+CONDENSE_PATHS = ("dm", "dm_bf16", "gm", "gm_bf16")
 MEASURING = ("dm_measuring", "gm_measuring")
 IPC, MLS, BATCH_REAL, GM_N_DATA = 10, 5, 64, 256  # the cpu profile's condensation (condenser/profiles.py)
 
@@ -399,7 +400,7 @@ def run(args: argparse.Namespace) -> list[Row]:
     n, calls = 2048, 2 if args.quick else 4
     rates = gemm_rates(n, calls, args.repeats)
     peak = max(rates)
-    rows = condensation_rows([p for p in ("dm", "dm_bf16", "gm", *MEASURING) if p in wanted], args.repeats, peak)
+    rows = condensation_rows([p for p in (*CONDENSE_PATHS, *MEASURING) if p in wanted], args.repeats, peak)
     trainers = [p for p in ("onnx_step", "torch_eager_step", "torch_compile_step") if p in wanted]
     if trainers:
         rows += trainer_rows(trainers, args.dir, 3 if args.quick else 10, args.repeats, peak)
