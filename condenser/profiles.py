@@ -59,10 +59,10 @@ profile("cpu", {
     # (factor 1 lost at 5 of 10), for 1.65x the bytes per prefix (4x the label views).
     # condense.precision stays the tree's `auto`: bf16 where the CPU multiplies bf16, and the bench's MDC file scored
     # the same as its fp32 condensation at every size (docs/RESULTS.md "Condensation in bf16").
-    # The subset term is every prefix's own dm loss (`subsets = "all"`, the mean over prefixes 1..9) at weight 9, so each
-    # prefix weighs as much as the full set, as in Baseline A's separate runs. The paper's MLS picked prefix 1 in 11 of
-    # the bench's 15 outer loops and left sizes 2-9 without a term; in the same bench (teacher, views, budget) the
-    # soft-label average went 78.44 -> 79.37 %, above Baseline A's 78.83 (docs/RESULTS.md "Every prefix at weight 9").
+    # The subset term is every prefix's own dm loss (`subsets = "all"`, the mean over prefixes 1..9) at weight 9, so
+    # each prefix weighs as much as the full set, as in Baseline A's separate runs. The paper's MLS picked prefix 1 in
+    # 11 of the bench's 15 measuring loops and left sizes 2-9 without a term (docs/RESULTS.md "Every prefix at weight
+    # 9"; the one-command bench with it: "The whole bench with every prefix at weight 9").
     "condense": {"outer_loops": 20, "inner_loops": 10, "init": "herding", "factor": 2,
                  "multisize": {"period": 4, "subsets": "all", "weight": 9.0}},
     "method": {"name": "dm", "dm": {"lr": 0.1}, "gm": {"n_data": 256}, **_decoupled(500, _CPU_BN_TEACHER)},
