@@ -60,8 +60,8 @@ profile("cpu", {
     # condense.precision stays the tree's `auto`: bf16 where the CPU multiplies bf16, and the bench's MDC file scored
     # the same as its fp32 condensation at every size (docs/RESULTS.md "Condensation in bf16").
     # The subset term is every prefix's own dm loss (`subsets = "all"`, the mean over prefixes 1..9) at weight 9, so
-    # each prefix weighs as much as the full set, as in Baseline A's separate runs. The paper's MLS picked prefix 1 in
-    # 11 of the bench's 15 measuring loops and left sizes 2-9 without a term (docs/RESULTS.md "Every prefix at weight
+    # each prefix weighs as much as the full set, as in Baseline A's separate runs. The paper's MLS was prefix 1 for
+    # 11 of the bench's 15 outer loops and left sizes 2-9 without a term (docs/RESULTS.md "Every prefix at weight
     # 9"; the one-command bench with it: "The whole bench with every prefix at weight 9").
     "condense": {"outer_loops": 20, "inner_loops": 10, "init": "herding", "factor": 2,
                  "multisize": {"period": 4, "subsets": "all", "weight": 9.0}},
