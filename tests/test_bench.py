@@ -280,3 +280,20 @@ def test_baseline_cli_condenses_b_runs_in_parallel_workers(tmp_path, monkeypatch
     with formats.open_mdc(out) as reader:
         assert reader.ipc_max == 2 and reader.header["provenance"]["method"] == "B"
         assert all(r["timings"]["outer_loops_this_run"] == 0 for r in reader.header["provenance"]["runs"])
+
+
+def test_serial_stages_use_the_workers_cores_and_give_them_back(monkeypatch):
+    from condenser.bench import workers as workers_module
+
+    monkeypatch.setattr(workers_module.os, "cpu_count", lambda: 4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with workers_module.serial_stage_threads(2):
+            assert torch.get_num_threads() == 4  # 2 workers x 2 threads each
+        assert torch.get_num_threads() == 1
+        with workers_module.serial_stage_threads(1):  # one worker: the process's own setting stays
+            assert torch.get_num_threads() == 1
+        assert workers_module.worker_threads(3) == 1 and workers_module.worker_threads(8) == 1
+    finally:
+        torch.set_num_threads(before)

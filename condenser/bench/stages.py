@@ -36,7 +36,7 @@ from condenser.bench.sets import (
     teacher_summary,
     write_sized_sets,
 )
-from condenser.bench.workers import Job, auto_workers, evaluate_jobs
+from condenser.bench.workers import Job, auto_workers, evaluate_jobs, serial_stage_threads
 from condenser.build import BuildConfig, environment, get_teacher, needs_teacher, selection_features
 from condenser.checkpoint import config_hash
 from condenser.condense import run_config_key
@@ -206,7 +206,9 @@ def run_bench(
 ) -> BenchOutput:
     """Run (or resume) the whole benchmark and write its report; `on_cell(cell, record)` follows each cell."""
     started = time.time()
-    ctx = _prepare(cfg, log)
+    workers = cfg.workers or auto_workers(cfg.device)
+    with serial_stage_threads(workers):
+        ctx = _prepare(cfg, log)
     command = command or bench_command(cfg)
     order = [m for m in EXECUTION_ORDER if m in cfg.methods]
     budget = ctx.profile.evaluate
@@ -230,7 +232,8 @@ def run_bench(
         for m in order:  # stage 1: every method's sets (condensation runs are the long part)
             if bar:
                 bar.update(t_sets, description=f"condense {m} ({condensation_runs(m, cfg.ipc)} runs)")
-            files[m], built = _ensure_sets(ctx, m, nested, log)
+            with serial_stage_threads(workers):  # A's and B's runs go to single-threaded workers inside
+                files[m], built = _ensure_sets(ctx, m, nested, log)
             seconds["condense_by_method"][m] = round(condense_seconds(files[m]), 1)
             seconds["condense"] += seconds["condense_by_method"][m]
             if bar:
@@ -263,7 +266,6 @@ def run_bench(
                 jobs.append(Job(cell, path, key))
             else:
                 finished(cell, record, False)
-        workers = cfg.workers or auto_workers(cfg.device)
         if jobs:
             log(f"evaluating {len(jobs)} cells ({len(cells) - len(jobs)} cached) with {workers} process(es)")
         evaluate_jobs(jobs, ctx.test, cache, budget, cfg.device, workers,

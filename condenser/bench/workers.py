@@ -14,8 +14,9 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,26 @@ def auto_workers(device: str) -> int:
     if resolve_device(device).type != "cpu":
         return 1
     return max(1, min(8, os.cpu_count() or 1))
+
+
+def worker_threads(workers: int) -> int:
+    """Intra-op threads of each of `workers` processes: the cores shared out, at least one."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+@contextmanager
+def serial_stage_threads(workers: int) -> Iterator[None]:
+    """Give a stage that runs in this process alone (the teacher, a single condensation, relabelling) the cores
+    the workers would use. With OMP_NUM_THREADS=1 and 2 workers the bench's teacher trained on one core while
+    the other idled, 17 of 152 minutes (docs/RESULTS.md "The whole bench with every prefix at weight 9").
+    One worker keeps the process's own setting: `--workers 1` is how a user leaves cores to other work."""
+    before = torch.get_num_threads()
+    if workers > 1:
+        torch.set_num_threads(max(before, workers * worker_threads(workers)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _evaluate(job: Job, test: ImageDataset, cache: CellCache, budget: EvalBudget, device: str) -> dict:
@@ -97,8 +118,8 @@ def evaluate_jobs(
         for job in jobs:
             on_done(job, _evaluate(job, test, cache, budget, device))
         return
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    _run_in_pool(workers, _init_worker, (dataset, data_root, str(cache.root), threads, os.getpid()),
+    initargs = (dataset, data_root, str(cache.root), worker_threads(workers), os.getpid())
+    _run_in_pool(workers, _init_worker, initargs,
                  [(job, _worker_job, (job, budget, device)) for job in jobs], on_done)
 
 
@@ -145,7 +166,6 @@ def condense_runs(
     once (condense() resumes from the checkpoint). The caller then reads them back with condense() too.
     `features` (the selection inits' network) is pickled to every worker."""
     order = sorted(runs, key=lambda r: -r[1].ipc)
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-    _run_in_pool(workers, _init_condense_worker, (threads, os.getpid()),
+    _run_in_pool(workers, _init_condense_worker, (worker_threads(workers), os.getpid()),
                  [(run_dir, _condense_run, (dataset, data_root, cfg, run_dir, features)) for run_dir, cfg in order],
                  on_done)
